@@ -1,0 +1,102 @@
+--[[
+  preheat.lua: load an event's sale into Redis, or rebuild it from Postgres truth.
+
+  Mode "init": only when the event is not in Redis yet; sets the sale
+  parameters and the full stock. When the event is already loaded it changes
+  nothing and answers 0, so preheating twice is harmless.
+
+  Mode "rebuild": replaces the event's Redis state with Postgres truth plus
+  the intents still pending in the ledger. Pending intents whose order is in
+  Postgres are dropped from the ledger (confirmed: acked; failed: their stock
+  is simply not counted). Runs as one script, so no purchase interleaves.
+
+  KEYS[1] meta  KEYS[2] stock  KEYS[3] bought  KEYS[4] orders  KEYS[5] ledger
+
+  ARGV[1] mode ("init" | "rebuild")
+  ARGV[2] price  ARGV[3] limit  ARGV[4] starts_ms  ARGV[5] ends_ms  ARGV[6] total
+  rebuild only, then repeated groups of 4:
+    order_no, user_id, quantity, failed ("1" | "0")   -- every order in Postgres
+
+  Returns:
+    init:    1 loaded, 0 already loaded
+    rebuild: {stock_left, pending_intents_kept}
+]]
+local mode = ARGV[1]
+local total = tonumber(ARGV[6])
+if mode ~= 'init' and mode ~= 'rebuild' then
+  return redis.error_reply('ERR mode must be init or rebuild')
+end
+if (#ARGV - 6) % 4 ~= 0 then
+  return redis.error_reply('ERR rebuild takes groups of 4')
+end
+
+local function set_meta()
+  redis.call('HSET', KEYS[1], 'price', ARGV[2], 'limit', ARGV[3],
+    'starts_ms', ARGV[4], 'ends_ms', ARGV[5], 'total', ARGV[6])
+end
+
+if mode == 'init' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+  end
+  set_meta()
+  redis.call('SET', KEYS[2], total)
+  redis.call('DEL', KEYS[3], KEYS[4])
+  return 1
+end
+
+-- rebuild
+local held = {}
+local orders = {}
+local persisted = {}
+local taken = 0
+local function add_order(user, order_no, quantity, failed)
+  if orders[user] then
+    orders[user] = orders[user] .. ',' .. order_no .. (failed and '!' or '')
+  else
+    orders[user] = order_no .. (failed and '!' or '')
+  end
+  if not failed then
+    held[user] = (held[user] or 0) + quantity
+    taken = taken + quantity
+  end
+end
+
+for i = 7, #ARGV, 4 do
+  local order_no, user, quantity, failed = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'
+  persisted[order_no] = true
+  add_order(user, order_no, quantity, failed)
+end
+
+local kept = 0
+local settled = {}
+local pending = redis.call('HGETALL', KEYS[5])
+for i = 1, #pending, 2 do
+  local order_no, entry = pending[i], pending[i + 1]
+  if persisted[order_no] then
+    settled[#settled + 1] = order_no
+  else
+    local user, quantity = string.match(entry, '^(%d+):(%d+):')
+    add_order(user, order_no, tonumber(quantity), false)
+    kept = kept + 1
+  end
+end
+
+local left = total - taken
+if left < 0 then
+  return redis.error_reply('ERR orders exceed stock_total; refusing to rebuild')
+end
+-- Everything is validated; the writes start here.
+for _, order_no in ipairs(settled) do
+  redis.call('HDEL', KEYS[5], order_no)
+end
+set_meta()
+redis.call('SET', KEYS[2], left)
+redis.call('DEL', KEYS[3], KEYS[4])
+for user, quantity in pairs(held) do
+  redis.call('HSET', KEYS[3], user, quantity)
+end
+for user, list in pairs(orders) do
+  redis.call('HSET', KEYS[4], user, list)
+end
+return {left, kept}

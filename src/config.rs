@@ -1,0 +1,249 @@
+//! Typed settings: defaults, overridden by `SECKILL_*` environment variables,
+//! validated once at start so a bad deployment refuses to boot with a reason.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context};
+
+/// Everything the engine reads from its environment (SPEC §9).
+#[derive(Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub admin_token: String,
+    pub jwt_secret: Vec<u8>,
+    pub rate: RateSettings,
+    pub writer: WriterSettings,
+    pub reconcile_interval: Duration,
+    /// How old a pending intent must be before the reconciler replays it; the
+    /// writers normally persist within milliseconds.
+    pub reconcile_grace: Duration,
+    pub log_format: LogFormat,
+    /// Postgres pool size.
+    pub database_pool: u32,
+    /// Redis pool size (connections, each pipelined).
+    pub redis_pool: usize,
+    /// How long one Redis command may take before the request answers 503.
+    pub redis_timeout: Duration,
+}
+
+/// Governor quotas; `0` turns a limiter off.
+#[derive(Clone, Copy, Debug)]
+pub struct RateSettings {
+    pub global_rps: u32,
+    pub user_rps: u32,
+    pub user_burst: u32,
+    pub ip_rps: u32,
+    pub ip_burst: u32,
+}
+
+/// The writer pool that drains the channel into Postgres.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterSettings {
+    pub workers: usize,
+    pub batch_max: usize,
+    pub channel_capacity: usize,
+    /// Longest a worker waits to fill a batch once it holds one intent.
+    pub batch_linger: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+// Secrets never reach a log line.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("bind", &self.bind)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("admin_token", &"<redacted>")
+            .field("jwt_secret", &"<redacted>")
+            .field("rate", &self.rate)
+            .field("writer", &self.writer)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .field("reconcile_grace", &self.reconcile_grace)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Reads the process environment (after `.env`, when present).
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds settings from any variable source; tests pass a map.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let parsed = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a non-negative integer, got {v:?}")),
+            }
+        };
+
+        let bind = var("SECKILL_BIND").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let bind: SocketAddr = bind
+            .parse()
+            .with_context(|| format!("SECKILL_BIND is not an address: {bind:?}"))?;
+
+        let admin_token = var("SECKILL_ADMIN_TOKEN")
+            .context("SECKILL_ADMIN_TOKEN is required (at least 16 characters)")?;
+        if admin_token.len() < 16 {
+            bail!("SECKILL_ADMIN_TOKEN must be at least 16 characters");
+        }
+        let jwt_secret = var("SECKILL_JWT_SECRET")
+            .context("SECKILL_JWT_SECRET is required (at least 32 bytes)")?;
+        if jwt_secret.len() < 32 {
+            bail!("SECKILL_JWT_SECRET must be at least 32 bytes");
+        }
+
+        let redis_prefix = var("SECKILL_REDIS_PREFIX").unwrap_or_else(|| "sk".into());
+        if redis_prefix.is_empty()
+            || redis_prefix.len() > 64
+            || !redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            bail!("SECKILL_REDIS_PREFIX must be 1..=64 characters of [A-Za-z0-9_.-]");
+        }
+
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let writer = WriterSettings {
+            workers: parsed("SECKILL_WRITERS", cores.max(2) as u64)? as usize,
+            batch_max: parsed("SECKILL_BATCH_MAX", 512)? as usize,
+            channel_capacity: parsed("SECKILL_CHANNEL_CAPACITY", 65_536)? as usize,
+            batch_linger: Duration::from_millis(parsed("SECKILL_BATCH_LINGER_MS", 2)?),
+        };
+        if writer.workers == 0 || writer.batch_max == 0 || writer.channel_capacity == 0 {
+            bail!("SECKILL_WRITERS, SECKILL_BATCH_MAX and SECKILL_CHANNEL_CAPACITY must be at least 1");
+        }
+
+        let u32_of = |name: &str, default: u64| -> anyhow::Result<u32> {
+            u32::try_from(parsed(name, default)?).with_context(|| format!("{name} is too large"))
+        };
+        let rate = RateSettings {
+            global_rps: u32_of("SECKILL_RATE_GLOBAL_RPS", 200_000)?,
+            user_rps: u32_of("SECKILL_RATE_USER_RPS", 5)?,
+            user_burst: u32_of("SECKILL_RATE_USER_BURST", 10)?,
+            ip_rps: u32_of("SECKILL_RATE_IP_RPS", 200)?,
+            ip_burst: u32_of("SECKILL_RATE_IP_BURST", 400)?,
+        };
+
+        let log_format = match var("SECKILL_LOG_FORMAT").as_deref().unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => bail!("SECKILL_LOG_FORMAT must be pretty or json, got {other:?}"),
+        };
+
+        let reconcile_interval =
+            Duration::from_millis(parsed("SECKILL_RECONCILE_INTERVAL_MS", 5_000)?.max(10));
+        Ok(Self {
+            bind,
+            database_url: var("SECKILL_DATABASE_URL")
+                .or_else(|| var("DATABASE_URL"))
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/seckill".into()),
+            redis_url: var("SECKILL_REDIS_URL")
+                .or_else(|| var("REDIS_URL"))
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_prefix,
+            admin_token,
+            jwt_secret: jwt_secret.into_bytes(),
+            rate,
+            writer,
+            reconcile_interval,
+            reconcile_grace: Duration::from_millis(parsed("SECKILL_RECONCILE_GRACE_MS", 3_000)?),
+            log_format,
+            database_pool: parsed("SECKILL_DATABASE_POOL", (writer.workers as u64 + 8).max(10))?
+                as u32,
+            redis_pool: parsed("SECKILL_REDIS_POOL", 4)?.max(1) as usize,
+            redis_timeout: Duration::from_millis(
+                parsed("SECKILL_REDIS_TIMEOUT_MS", 2_000)?.max(50),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const OK: [(&str, &str); 2] = [
+        ("SECKILL_ADMIN_TOKEN", "0123456789abcdef"),
+        ("SECKILL_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+    ];
+
+    #[test]
+    fn refuses_missing_or_weak_secrets() {
+        assert!(with(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("SECKILL_ADMIN_TOKEN"));
+        let short = with(&[OK[0], ("SECKILL_JWT_SECRET", "short")]).unwrap_err();
+        assert!(short.to_string().contains("32 bytes"), "{short}");
+        assert!(with(&[("SECKILL_ADMIN_TOKEN", "short"), OK[1]]).is_err());
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = with(&OK).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.redis_prefix, "sk");
+        let s = with(&[
+            OK[0],
+            OK[1],
+            ("SECKILL_RATE_USER_RPS", "0"),
+            ("DATABASE_URL", "postgres://x@h/db"),
+        ])
+        .unwrap();
+        assert_eq!(s.rate.user_rps, 0);
+        assert_eq!(s.database_url, "postgres://x@h/db");
+        assert!(with(&[OK[0], OK[1], ("SECKILL_WRITERS", "zero")]).is_err());
+        assert!(with(&[OK[0], OK[1], ("SECKILL_REDIS_PREFIX", "a b")]).is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let s = with(&[
+            OK[0],
+            OK[1],
+            ("SECKILL_DATABASE_URL", "postgres://u:pw@h/db"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("0123456789abcdef") && !shown.contains("pw"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! `orders`, `payments`, `wallet_debits`: reads for the API, the admin
+//! figures and the reconciler. Writes live in `writer::persist`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use super::DbError;
+
+/// An order as the shopper and operator see it.
+#[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq)]
+pub struct Order {
+    pub order_no: Uuid,
+    pub event_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub amount: i64,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "order_no, event_id, user_id, quantity, amount, status, failure_reason, created_at";
+
+pub async fn get(pool: &PgPool, order_no: Uuid) -> Result<Option<Order>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_no = $1");
+    Ok(sqlx::query_as(&sql)
+        .bind(order_no)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A shopper's orders, newest first.
+pub async fn list_for_user(pool: &PgPool, user_id: i64, limit: i64) -> Result<Vec<Order>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC, order_no DESC LIMIT $2");
+    Ok(sqlx::query_as(&sql)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Which of these order_nos are persisted, with their status.
+pub async fn statuses(pool: &PgPool, order_nos: &[Uuid]) -> Result<Vec<(Uuid, String)>, DbError> {
+    Ok(
+        sqlx::query_as("SELECT order_no, status FROM orders WHERE order_no = ANY($1)")
+            .bind(order_nos)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Every order of an event: what a rebuild of its Redis state starts from.
+pub async fn for_event(pool: &PgPool, event_id: i64) -> Result<Vec<Order>, DbError> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM orders WHERE event_id = $1 ORDER BY created_at, order_no");
+    Ok(sqlx::query_as(&sql).bind(event_id).fetch_all(pool).await?)
+}
+
+/// Persisted figures of one event.
+#[derive(Clone, Copy, Debug, Default, FromRow, Serialize, PartialEq, Eq)]
+pub struct EventFigures {
+    pub confirmed_orders: i64,
+    pub confirmed_quantity: i64,
+    pub confirmed_amount: i64,
+    pub failed_orders: i64,
+    pub failed_quantity: i64,
+}
+
+pub async fn figures(pool: &PgPool, event_id: i64) -> Result<EventFigures, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'confirmed')                        AS confirmed_orders,
+                coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::int8 AS confirmed_quantity,
+                coalesce(sum(amount)   FILTER (WHERE status = 'confirmed'), 0)::int8 AS confirmed_amount,
+                count(*) FILTER (WHERE status = 'failed')                           AS failed_orders,
+                coalesce(sum(quantity) FILTER (WHERE status = 'failed'), 0)::int8    AS failed_quantity
+         FROM orders WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(pool)
+    .await?)
+}

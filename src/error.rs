@@ -1,0 +1,157 @@
+//! The one error type at the HTTP edge. Every error body is
+//! `{"error": "<code>", "message": "<text>"}` plus named extra fields; 5xx
+//! bodies never carry internals (those are logged once, in the request span).
+
+use std::time::Duration;
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::{json, Map, Value};
+
+use crate::{db::DbError, redis::RedisError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 (syntax) or 422 (semantics) `invalid_request`.
+    #[error("{message}")]
+    Invalid { status: StatusCode, message: String },
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// A business refusal: 409 with a code and extra fields.
+    #[error("{code}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        extra: Map<String, Value>,
+    },
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// Redis or Postgres unreachable: 503.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid { status, .. } => *status,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body (also what an idempotent replay stores).
+    pub fn body(&self) -> Value {
+        let (code, message): (&str, String) = match self {
+            Self::Invalid { message, .. } => ("invalid_request", message.clone()),
+            Self::Unauthorized => (
+                "unauthorized",
+                "missing, invalid or expired credentials".into(),
+            ),
+            Self::Forbidden => ("forbidden", "not allowed".into()),
+            Self::NotFound(what) => ("not_found", format!("{what} not found")),
+            Self::Conflict { code, message, .. } => (code, message.clone()),
+            Self::IdempotencyKeyReused => (
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request".into(),
+            ),
+            Self::RateLimited { .. } => ("rate_limited", "too many requests; retry later".into()),
+            Self::PayloadTooLarge => ("payload_too_large", "request body too large".into()),
+            Self::UnsupportedMediaType => (
+                "unsupported_media_type",
+                "expected Content-Type: application/json".into(),
+            ),
+            Self::Unavailable(_) => (
+                "unavailable",
+                "a backing service is unavailable; retry later".into(),
+            ),
+            Self::Internal(_) => ("internal", "internal error".into()),
+        };
+        let mut body = Map::new();
+        body.insert("error".into(), json!(code));
+        body.insert("message".into(), json!(message));
+        if let Self::Conflict { extra, .. } = self {
+            body.extend(extra.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        if let Self::RateLimited { retry_after } = self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+impl From<RedisError> for ApiError {
+    fn from(err: RedisError) -> Self {
+        Self::Unavailable(err.to_string())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        match &err {
+            DbError::Sqlx(sqlx::Error::Database(db)) if !err.is_transient() => {
+                Self::Internal(db.to_string())
+            }
+            _ => Self::Unavailable(err.to_string()),
+        }
+    }
+}

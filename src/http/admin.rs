@@ -1,0 +1,256 @@
+//! Operator routes: create and preheat sales, fund wallets, watch figures,
+//! check invariants, run the reconciler.
+
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+    Json,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{
+    events::EventView,
+    extract::{AppJson, Id, Operator},
+};
+use crate::{
+    db::{self, events::Event, wallets::Wallet},
+    error::ApiError,
+    state::AppState,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEvent {
+    name: String,
+    price: i64,
+    stock: i64,
+    per_user_limit: i32,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+}
+
+/// Upper bounds that keep every amount exact in Lua (doubles) and i64.
+const MAX_PRICE: i64 = 1_000_000_000_000;
+const MAX_STOCK: i64 = 1_000_000_000;
+const MAX_LIMIT: i32 = 1_000;
+const MAX_BALANCE: i64 = 1_000_000_000_000_000;
+const MAX_SEED: i64 = 1_000_000;
+
+/// The operator's view: the public view plus live figures.
+#[derive(Debug, Serialize)]
+pub struct AdminEventView {
+    #[serde(flatten)]
+    pub public: EventView,
+    /// Units in confirmed orders (Postgres).
+    pub sold: i64,
+    /// Intents accepted by Redis and not yet persisted.
+    pub pending: i64,
+    pub pending_quantity: i64,
+    pub confirmed: i64,
+    pub failed: i64,
+    pub confirmed_amount: i64,
+    pub preheated: bool,
+    pub channel_depth: usize,
+}
+
+pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
+    let (stock, ledger, figures) = tokio::join!(
+        app.redis.stock_left(event.id),
+        app.redis.ledger(event.id),
+        db::orders::figures(&app.db, event.id)
+    );
+    let (stock, ledger, figures) = (stock?, ledger?, figures?);
+    Ok(AdminEventView {
+        public: EventView::new(event, stock),
+        sold: figures.confirmed_quantity,
+        pending: ledger.len() as i64,
+        pending_quantity: ledger.iter().map(|(_, e)| e.quantity as i64).sum(),
+        confirmed: figures.confirmed_orders,
+        failed: figures.failed_orders,
+        confirmed_amount: figures.confirmed_amount,
+        preheated: stock.is_some(),
+        channel_depth: app.writers.depth(),
+    })
+}
+
+pub async fn create_event(
+    State(app): State<AppState>,
+    _: Operator,
+    AppJson(body): AppJson<CreateEvent>,
+) -> Result<(StatusCode, Json<AdminEventView>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::unprocessable("name must be 1..=200 characters"));
+    }
+    if !(0..=MAX_PRICE).contains(&body.price) {
+        return Err(ApiError::unprocessable(format!(
+            "price must be in 0..={MAX_PRICE} (minor units)"
+        )));
+    }
+    if !(0..=MAX_STOCK).contains(&body.stock) {
+        return Err(ApiError::unprocessable(format!(
+            "stock must be in 0..={MAX_STOCK}"
+        )));
+    }
+    if !(1..=MAX_LIMIT).contains(&body.per_user_limit) {
+        return Err(ApiError::unprocessable(format!(
+            "per_user_limit must be in 1..={MAX_LIMIT}"
+        )));
+    }
+    if body.ends_at <= body.starts_at {
+        return Err(ApiError::unprocessable("ends_at must be after starts_at"));
+    }
+    let new = db::events::NewEvent {
+        name,
+        price: body.price,
+        stock_total: body.stock,
+        per_user_limit: body.per_user_limit,
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+    };
+    let event = db::events::insert(&app.db, &new).await?;
+    app.catalog.forget(event.id);
+    Ok((StatusCode::CREATED, Json(event_view(&app, &event).await?)))
+}
+
+pub async fn show_event(
+    State(app): State<AppState>,
+    _: Operator,
+    Id(id): Id,
+) -> Result<Json<AdminEventView>, ApiError> {
+    let event = db::events::get(&app.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    Ok(Json(event_view(&app, &event).await?))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct PreheatQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn preheat(
+    State(app): State<AppState>,
+    _: Operator,
+    Id(id): Id,
+    Query(query): Query<PreheatQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let event = db::events::get(&app.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    if Utc::now() >= event.ends_at {
+        return Err(ApiError::conflict("not_active", "the sale has ended"));
+    }
+    let sale = crate::reconciler::sale_params(&event);
+    let response = if query.force {
+        let (stock_left, pending) =
+            crate::reconciler::rebuild_from_postgres(&app.db, &app.redis, &event).await?;
+        json!({"event_id": id, "loaded": true, "rebuilt": true, "stock_left": stock_left, "pending_intents": pending})
+    } else {
+        let persisted = db::orders::figures(&app.db, id).await?;
+        if persisted.confirmed_orders + persisted.failed_orders > 0
+            && !app.redis.is_loaded(id).await?
+        {
+            return Err(ApiError::conflict("has_orders", "the event already has orders; preheat with ?force=true to rebuild it from Postgres"));
+        }
+        let loaded = app.redis.preheat(id, sale).await?;
+        json!({"event_id": id, "loaded": loaded, "rebuilt": false, "stock_left": app.redis.stock_left(id).await?})
+    };
+    db::events::mark_preheated(&app.db, id).await?;
+    app.catalog.clear_sold_out(id);
+    app.redis.publish_stock_back(id).await?;
+    Ok(Json(response))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetWallet {
+    balance: i64,
+}
+
+fn check_balance(balance: i64) -> Result<(), ApiError> {
+    if (0..=MAX_BALANCE).contains(&balance) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "balance must be in 0..={MAX_BALANCE}"
+        )))
+    }
+}
+
+pub async fn set_wallet(
+    State(app): State<AppState>,
+    _: Operator,
+    Id(user_id): Id,
+    AppJson(body): AppJson<SetWallet>,
+) -> Result<Json<Wallet>, ApiError> {
+    check_balance(body.balance)?;
+    Ok(Json(
+        db::wallets::set_balance(&app.db, user_id, body.balance).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedWallets {
+    first_user_id: i64,
+    count: i64,
+    balance: i64,
+}
+
+pub async fn seed_wallets(
+    State(app): State<AppState>,
+    _: Operator,
+    AppJson(body): AppJson<SeedWallets>,
+) -> Result<Json<Value>, ApiError> {
+    check_balance(body.balance)?;
+    if !(1..=MAX_SEED).contains(&body.count) {
+        return Err(ApiError::unprocessable(format!(
+            "count must be in 1..={MAX_SEED}"
+        )));
+    }
+    if body.first_user_id < 1 || body.first_user_id.checked_add(body.count - 1).is_none() {
+        return Err(ApiError::unprocessable(
+            "user ids must stay in 1..=9223372036854775807",
+        ));
+    }
+    let created = db::wallets::seed(&app.db, body.first_user_id, body.count, body.balance).await?;
+    Ok(Json(
+        json!({"created": created, "first_user_id": body.first_user_id, "count": body.count, "balance": body.balance}),
+    ))
+}
+
+pub async fn show_wallet(
+    State(app): State<AppState>,
+    _: Operator,
+    Id(user_id): Id,
+) -> Result<Json<Wallet>, ApiError> {
+    Ok(Json(
+        db::wallets::get(&app.db, user_id)
+            .await?
+            .ok_or(ApiError::NotFound("wallet"))?,
+    ))
+}
+
+pub async fn reconcile(
+    State(app): State<AppState>,
+    _: Operator,
+) -> Result<Json<crate::reconciler::Report>, ApiError> {
+    Ok(Json(crate::reconciler::run_now(&app).await?))
+}
+
+pub async fn invariants(
+    State(app): State<AppState>,
+    _: Operator,
+    Id(id): Id,
+) -> Result<Json<crate::invariants::InvariantReport>, ApiError> {
+    let event = db::events::get(&app.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    Ok(Json(
+        crate::invariants::check_event(&app.db, &app.redis, &event).await?,
+    ))
+}

@@ -1,0 +1,118 @@
+//! Extractors that turn every rejection into the API's JSON error body.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{
+        rejection::JsonRejection, ConnectInfo, FromRequest, FromRequestParts, Path, Request,
+    },
+    http::{header, request::Parts, StatusCode},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{auth, error::ApiError, state::AppState};
+
+/// `Json<T>` whose rejections are `ApiError`s.
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(JsonRejection::JsonDataError(err)) => Err(ApiError::unprocessable(err.body_text())),
+            Err(JsonRejection::JsonSyntaxError(err)) => Err(ApiError::invalid(err.body_text())),
+            Err(JsonRejection::BytesRejection(err))
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(other) => Err(ApiError::invalid(other.body_text())),
+        }
+    }
+}
+
+/// A positive 64-bit id from the path (`{id}`, `{user_id}`).
+pub struct Id(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(raw)) => match raw.parse::<i64>() {
+                Ok(id) if id > 0 => Ok(Self(id)),
+                _ => Err(ApiError::invalid(
+                    "id must be an integer in 1..=9223372036854775807",
+                )),
+            },
+            Err(_) => Err(ApiError::invalid("malformed path")),
+        }
+    }
+}
+
+/// An authenticated shopper; also spends the shopper's rate-limit budget.
+pub struct Shopper(pub i64);
+
+impl FromRequestParts<AppState> for Shopper {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = auth::bearer(header).map_err(|_| ApiError::Unauthorized)?;
+        let user_id = state
+            .auth
+            .shopper(token)
+            .map_err(|_| ApiError::Unauthorized)?;
+        tracing::Span::current().record("user_id", user_id);
+        state
+            .limits
+            .check_user(user_id)
+            .map_err(|l| ApiError::RateLimited {
+                retry_after: l.retry_after,
+            })?;
+        Ok(Self(user_id))
+    }
+}
+
+/// An operator (the admin bearer token). A valid shopper token here is 403.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = auth::bearer(header).map_err(|_| ApiError::Unauthorized)?;
+        if state.auth.is_admin(token) {
+            Ok(Self)
+        } else if state.auth.shopper(token).is_ok() {
+            Err(ApiError::Forbidden)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// The peer address (no proxy headers are trusted).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+        Ok(Self(ip))
+    }
+}

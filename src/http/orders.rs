@@ -1,0 +1,94 @@
+//! `GET /api/orders/{order_no}` and `GET /api/me/orders`.
+//!
+//! An order is `pending` while its intent sits in the Redis ledger, then
+//! `confirmed` or `failed` once a writer has committed it to Postgres.
+
+use axum::{
+    extract::{Path, State},
+    Json,
+};
+use chrono::{TimeZone, Utc};
+use uuid::Uuid;
+
+use super::extract::Shopper;
+use crate::{
+    db::{self, orders::Order},
+    error::ApiError,
+    redis::LedgerEntry,
+    state::AppState,
+};
+
+fn pending(order_no: Uuid, event_id: i64, entry: LedgerEntry) -> Order {
+    Order {
+        order_no,
+        event_id,
+        user_id: entry.user_id,
+        quantity: entry.quantity,
+        amount: entry.amount,
+        status: "pending".into(),
+        failure_reason: None,
+        created_at: Utc
+            .timestamp_millis_opt(entry.accepted_ms)
+            .single()
+            .unwrap_or_else(Utc::now),
+    }
+}
+
+/// The order wherever it is now: Postgres first, then the live ledgers.
+async fn find(app: &AppState, order_no: Uuid) -> Result<Option<Order>, ApiError> {
+    if let Some(order) = db::orders::get(&app.db, order_no).await? {
+        return Ok(Some(order));
+    }
+    for event_id in app.redis.live_events().await? {
+        if let Some(entry) = app.redis.ledger_entry(event_id, order_no).await? {
+            return Ok(Some(pending(order_no, event_id, entry)));
+        }
+    }
+    // A writer may have committed and acked between the two looks.
+    Ok(db::orders::get(&app.db, order_no).await?)
+}
+
+pub async fn show(
+    State(app): State<AppState>,
+    Shopper(user_id): Shopper,
+    Path(raw): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    let order_no: Uuid = raw.parse().map_err(|_| ApiError::NotFound("order"))?;
+    match find(&app, order_no).await? {
+        // Someone else's order is indistinguishable from no order.
+        Some(order) if order.user_id == user_id => Ok(Json(order)),
+        _ => Err(ApiError::NotFound("order")),
+    }
+}
+
+/// Most orders returned by `/api/me/orders`.
+const MY_ORDERS_LIMIT: i64 = 200;
+
+pub async fn mine(
+    State(app): State<AppState>,
+    Shopper(user_id): Shopper,
+) -> Result<Json<Vec<Order>>, ApiError> {
+    let mut orders = db::orders::list_for_user(&app.db, user_id, MY_ORDERS_LIMIT).await?;
+    for event_id in app.redis.live_events().await? {
+        let held: Vec<Uuid> = app
+            .redis
+            .buyer_orders(event_id, user_id)
+            .await?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        let unseen: Vec<Uuid> = held
+            .into_iter()
+            .filter(|o| !orders.iter().any(|p| p.order_no == *o))
+            .collect();
+        for (order_no, entry) in app.redis.ledger_entries(event_id, &unseen).await? {
+            orders.push(pending(order_no, event_id, entry));
+        }
+    }
+    orders.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(b.order_no.cmp(&a.order_no))
+    });
+    Ok(Json(orders))
+}

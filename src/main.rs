@@ -1,0 +1,114 @@
+//! The `seckill` binary: parse the command line, load settings, call the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use seckill::{auth::Auth, config::Settings, db, startup::Application, telemetry};
+use sqlx::{migrate::MigrateDatabase, Postgres};
+
+#[derive(Parser)]
+#[command(name = "seckill", version, about = "Flash-sale engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API, the writers and the reconciler.
+    Serve,
+    /// Create the database if needed and apply the migrations.
+    Migrate,
+    /// Print a shopper JWT signed with SECKILL_JWT_SECRET.
+    Token {
+        #[arg(long)]
+        user: i64,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the reason, then its causes.
+            eprintln!("seckill: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve().await,
+        Command::Migrate => migrate().await,
+        Command::Token { user, ttl_secs } => {
+            anyhow::ensure!(user > 0, "--user must be a positive 64-bit integer");
+            let secret =
+                std::env::var("SECKILL_JWT_SECRET").context("SECKILL_JWT_SECRET is required")?;
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "SECKILL_JWT_SECRET must be at least 32 bytes"
+            );
+            println!(
+                "{}",
+                Auth::new(secret.as_bytes(), "unused-admin-token").issue(user, ttl_secs)
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    telemetry::init_tracing(settings.log_format);
+    tracing::info!(?settings, "starting");
+    let app = Application::build(settings).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn migrate() -> anyhow::Result<()> {
+    let url = std::env::var("SECKILL_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/seckill".into());
+    if !Postgres::database_exists(&url)
+        .await
+        .context("cannot reach Postgres")?
+    {
+        Postgres::create_database(&url)
+            .await
+            .context("cannot create the database")?;
+    }
+    let pool = db::connect(&url, 2, std::time::Duration::from_secs(10))
+        .await
+        .context("cannot reach Postgres")?;
+    db::MIGRATOR.run(&pool).await.context("migration failed")?;
+    println!(
+        "migrations applied ({} in total)",
+        db::MIGRATOR.iter().count()
+    );
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Build the application (connect, check the schema, start the writers and
+//! background tasks, bind), then serve until told to stop, then shut down in
+//! order: stop accepting HTTP, close the channel, let the writers drain and
+//! commit, stop the reconciler and the other background tasks, close pools.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context};
+use fred::prelude::*;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Auth,
+    catalog::Catalog,
+    config::Settings,
+    db,
+    ratelimit::RateLimits,
+    reconciler::{self, LeaderLock},
+    redis::Redis,
+    state::{App, AppState},
+    telemetry, writer,
+};
+
+/// How long start-up keeps trying to reach Postgres and Redis.
+const CONNECT_FOR: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    writers: JoinSet<()>,
+    background: JoinSet<()>,
+    /// Cancel to begin a graceful shutdown.
+    shutdown: CancellationToken,
+    /// Cancelled by the shutdown sequence once the writers have drained.
+    stop_background: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::connect(&settings.database_url, settings.database_pool, CONNECT_FOR)
+            .await
+            .context("cannot reach Postgres (SECKILL_DATABASE_URL)")?;
+        check_schema(&pool).await?;
+        let redis = Redis::connect(
+            &settings.redis_url,
+            &settings.redis_prefix,
+            settings.redis_pool,
+            settings.redis_timeout,
+            CONNECT_FOR,
+        );
+        let redis = tokio::time::timeout(CONNECT_FOR + Duration::from_secs(2), redis)
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .context("cannot reach Redis (SECKILL_REDIS_URL)")?;
+
+        let (queue, writers) = writer::spawn(settings.writer, pool.clone(), redis.clone());
+        let lock_ttl = (settings.reconcile_interval * 3).max(Duration::from_secs(3));
+        let instance = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let app = App {
+            auth: Auth::new(&settings.jwt_secret, &settings.admin_token),
+            limits: RateLimits::new(settings.rate),
+            catalog: Catalog::default(),
+            reconcile_lock: LeaderLock::new(redis.clone(), lock_ttl),
+            reconcile_gate: tokio::sync::Mutex::new(()),
+            metrics: telemetry::metrics_handle(),
+            writers: queue,
+            db: pool,
+            redis,
+            instance,
+            settings,
+        };
+        let state = AppState(Arc::new(app));
+
+        let stop_background = CancellationToken::new();
+        let mut background = JoinSet::new();
+        background.spawn(reconciler::run_loop(state.clone(), stop_background.clone()));
+        background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
+        background.spawn(housekeeping(state.clone(), stop_background.clone()));
+
+        let listener = TcpListener::bind(state.settings.bind)
+            .await
+            .with_context(|| format!("cannot bind {}", state.settings.bind))?;
+        Ok(Self {
+            listener,
+            state,
+            writers,
+            background,
+            shutdown: CancellationToken::new(),
+            stop_background,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Cancelling this token starts the graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            mut writers,
+            mut background,
+            shutdown,
+            stop_background,
+        } = self;
+        tracing::info!(addr = %listener.local_addr()?, instance = %state.instance, "seckill serving");
+        let router = crate::http::router(state.clone());
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        serve.await.context("http server failed")?;
+
+        tracing::info!(
+            queued = state.writers.depth(),
+            "stopped accepting; draining writers"
+        );
+        state.writers.close();
+        while writers.join_next().await.is_some() {}
+        tracing::info!("writers drained");
+        stop_background.cancel();
+        while background.join_next().await.is_some() {}
+        state.redis.quit().await;
+        state.db.close().await;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Refuses to serve a database that is not fully migrated.
+async fn check_schema(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let applied: Result<Vec<(i64,)>, _> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await;
+    let applied: Vec<i64> = applied
+        .map(|rows| rows.into_iter().map(|(v,)| v).collect())
+        .unwrap_or_default();
+    let missing = db::MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .count();
+    if missing > 0 {
+        bail!("database schema is {missing} migration(s) behind; run `seckill migrate` first");
+    }
+    Ok(())
+}
+
+/// Clears local sold-out flags when any process announces stock came back;
+/// re-checks flagged events periodically in case a message was missed.
+async fn watch_stock_back(app: AppState, stop: CancellationToken) {
+    let channel = app.redis.keys().stock_back_channel();
+    let subscriber = match app.redis.subscriber() {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(error = %err, "no stock-back subscriber; relying on polling");
+            return poll_sold_out(app, stop).await;
+        }
+    };
+    let mut messages = subscriber.message_rx();
+    let connected = async {
+        subscriber.init().await?;
+        subscriber.subscribe(channel.clone()).await
+    };
+    if let Err(err) = connected.await {
+        tracing::warn!(error = %err, "stock-back subscribe failed; relying on polling");
+    }
+    let resubscribe = subscriber.manage_subscriptions();
+    let poll = tokio::spawn(poll_sold_out(app.clone(), stop.clone()));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = messages.recv() => match msg {
+                Ok(msg) => {
+                    if let Some(id) = msg.value.as_i64() {
+                        app.catalog.clear_sold_out(id);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    resubscribe.abort();
+    let _ = subscriber.quit().await;
+    let _ = poll.await;
+}
+
+const SOLD_OUT_RECHECK: Duration = Duration::from_millis(500);
+
+async fn poll_sold_out(app: AppState, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SOLD_OUT_RECHECK) => {}
+        }
+        for id in app.catalog.sold_out_ids() {
+            if let Ok(Some(left)) = app.redis.stock_left(id).await {
+                if left > 0 {
+                    app.catalog.clear_sold_out(id);
+                }
+            }
+        }
+    }
+}
+
+/// Evicts idle rate-limiter keys and expired negative cache entries.
+async fn housekeeping(app: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        app.limits.evict_idle();
+        app.catalog.prune();
+    }
+}

@@ -1,0 +1,39 @@
+//! The application state every handler shares: built once, cheap to clone.
+
+use std::{ops::Deref, sync::Arc};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::{
+    auth::Auth, catalog::Catalog, config::Settings, ratelimit::RateLimits, reconciler::LeaderLock,
+    redis::Redis, writer::WriterQueue,
+};
+
+pub struct App {
+    pub settings: Settings,
+    pub db: PgPool,
+    pub redis: Redis,
+    pub catalog: Catalog,
+    pub limits: RateLimits,
+    pub auth: Auth,
+    pub writers: WriterQueue,
+    pub metrics: PrometheusHandle,
+    /// Only the holder of this lock runs reconciler passes.
+    pub reconcile_lock: LeaderLock,
+    /// Serializes passes within the process (timer and admin route).
+    pub reconcile_gate: tokio::sync::Mutex<()>,
+    /// A unique name for this process (reconciler lock holder, logs).
+    pub instance: String,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}

@@ -1,0 +1,86 @@
+//! Logs (tracing, pretty or JSON) and metrics (the `metrics` facade rendered
+//! in Prometheus text format by `/metrics`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber; later calls are no-ops.
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,fred=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_current_span(true))
+            .try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder. Installed once: several apps in
+/// one test process share it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("seckill_purchase_seconds".into()),
+                    &[
+                        0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("seckill_writer_batch_size".into()),
+                        &[1.0, 4.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+                    )
+                })
+                .expect("static bucket lists are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding); render ours anyway.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!("seckill_purchases_total", "Purchase attempts by outcome");
+    metrics::describe_histogram!("seckill_purchase_seconds", "Purchase handler latency");
+    metrics::describe_gauge!(
+        "seckill_channel_depth",
+        "Intents waiting in the writer channel"
+    );
+    metrics::describe_histogram!("seckill_writer_batch_size", "Intents per writer batch");
+    metrics::describe_counter!(
+        "seckill_orders_persisted_total",
+        "Orders written to Postgres by status"
+    );
+    metrics::describe_counter!(
+        "seckill_version_conflicts_total",
+        "Optimistic-lock conflicts retried"
+    );
+    metrics::describe_counter!(
+        "seckill_writer_batch_retries_total",
+        "Writer batches retried after a Postgres error"
+    );
+    metrics::describe_counter!(
+        "seckill_channel_full_total",
+        "Accepted purchases left to the ledger replay because the channel was full"
+    );
+    metrics::describe_counter!(
+        "seckill_reconcile_discrepancies_total",
+        "Discrepancies found by the reconciler by kind"
+    );
+    metrics::describe_counter!(
+        "seckill_reconcile_replayed_total",
+        "Ledger intents persisted by the reconciler"
+    );
+}

@@ -1,0 +1,141 @@
+//! The hand-off from the purchase path to Postgres: a bounded async-channel
+//! and a pool of writer workers that drain it in batches.
+//!
+//! The channel is a fast path, not the record: every intent in it is already
+//! durable in the event's Redis ledger. When the channel is full, or the
+//! process dies with intents in it, the reconciler replays them from the
+//! ledger through the same [`persist`] path.
+
+pub mod persist;
+
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender, TrySendError};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+
+pub use persist::{BatchResult, Intent};
+
+use crate::{config::WriterSettings, redis::Redis};
+
+/// How often a failing batch is retried before it is left to the ledger replay.
+const MAX_BATCH_ATTEMPTS: u32 = 8;
+
+/// The sending side, held by the HTTP handlers.
+#[derive(Clone)]
+pub struct WriterQueue {
+    sender: Sender<Intent>,
+}
+
+impl WriterQueue {
+    /// Hands an accepted intent to the writers without waiting. False when
+    /// the channel is full or closed: the intent stays in the ledger for replay.
+    pub fn offer(&self, intent: Intent) -> bool {
+        match self.sender.try_send(intent) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+                metrics::counter!("seckill_channel_full_total").increment(1);
+                false
+            }
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.sender.len()
+    }
+
+    /// Stops intake; the workers drain what is queued, then exit.
+    pub fn close(&self) {
+        self.sender.close();
+    }
+}
+
+/// Starts the workers; they exit once the queue is closed and drained.
+pub fn spawn(settings: WriterSettings, db: PgPool, redis: Redis) -> (WriterQueue, JoinSet<()>) {
+    let (sender, receiver) = async_channel::bounded(settings.channel_capacity);
+    let mut workers = JoinSet::new();
+    for worker in 0..settings.workers {
+        let (rx, db, redis) = (receiver.clone(), db.clone(), redis.clone());
+        workers.spawn(async move { run_worker(worker, rx, db, redis, settings).await });
+    }
+    (WriterQueue { sender }, workers)
+}
+
+async fn run_worker(
+    worker: usize,
+    rx: Receiver<Intent>,
+    db: PgPool,
+    redis: Redis,
+    settings: WriterSettings,
+) {
+    let mut batch = Vec::with_capacity(settings.batch_max);
+    while let Some(()) = next_batch(&rx, &mut batch, settings).await {
+        metrics::gauge!("seckill_channel_depth").set(rx.len() as f64);
+        metrics::histogram!("seckill_writer_batch_size").record(batch.len() as f64);
+        persist_with_retry(&db, &redis, &batch, worker).await;
+        batch.clear();
+    }
+    tracing::debug!(worker, "writer drained and stopped");
+}
+
+/// Waits for one intent, then takes more until the batch is full, the
+/// channel is momentarily empty past the linger time, or it is closed.
+async fn next_batch(
+    rx: &Receiver<Intent>,
+    batch: &mut Vec<Intent>,
+    settings: WriterSettings,
+) -> Option<()> {
+    batch.push(rx.recv().await.ok()?);
+    let deadline = tokio::time::Instant::now() + settings.batch_linger;
+    while batch.len() < settings.batch_max {
+        match rx.try_recv() {
+            Ok(intent) => batch.push(intent),
+            Err(async_channel::TryRecvError::Closed) => break,
+            Err(async_channel::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Ok(intent)) => batch.push(intent),
+                    _ => break,
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+/// Persists and settles one batch, retrying transient failures with backoff.
+/// A batch that keeps failing stays in the Redis ledger: nothing is lost, the
+/// reconciler replays it later.
+pub async fn persist_with_retry(
+    db: &PgPool,
+    redis: &Redis,
+    batch: &[Intent],
+    worker: usize,
+) -> bool {
+    let mut delay = Duration::from_millis(20);
+    for attempt in 1..=MAX_BATCH_ATTEMPTS {
+        match persist::persist_batch(db, batch).await {
+            Ok(result) => {
+                metrics::counter!("seckill_orders_persisted_total", "status" => "confirmed")
+                    .increment(result.confirmed.len() as u64);
+                metrics::counter!("seckill_orders_persisted_total", "status" => "failed")
+                    .increment(result.failed.len() as u64);
+                if let Err(err) = persist::settle(redis, &result).await {
+                    // Committed in Postgres; the reconciler acks/releases later.
+                    tracing::warn!(worker, error = %err, "batch committed but not settled in redis; left to the reconciler");
+                }
+                return true;
+            }
+            Err(err) if err.is_transient() && attempt < MAX_BATCH_ATTEMPTS => {
+                metrics::counter!("seckill_writer_batch_retries_total").increment(1);
+                tracing::warn!(worker, attempt, size = batch.len(), error = %err, "batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::error!(worker, size = batch.len(), error = %err, "batch not persisted; left in the ledger for the reconciler");
+                return false;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,367 @@
+//! One batch of accepted purchases into Postgres, in one transaction, then
+//! settled in Redis.
+//!
+//! Persisting is idempotent, because writers retry and the reconciler replays:
+//! orders insert `ON CONFLICT (order_no) DO NOTHING`, and only the rows this
+//! transaction inserted are charged. Wallet debits are versioned UPDATEs
+//! (`WHERE version = $v AND balance >= $amount`); a row that moved underneath
+//! is a conflict, counted and retried with a fresh read. Everything goes in as
+//! arrays (`UNNEST`), a statement per step, not per row.
+//!
+//! After commit the batch is settled in Redis: confirmed intents are acked
+//! (leave the ledger), failed ones go through `release.lua`, which returns
+//! their stock exactly once. A crash between commit and settle leaves the
+//! intents pending; the reconciler finds them in Postgres and settles them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{
+    db::DbError,
+    redis::{Redis, RedisError},
+};
+
+/// An accepted purchase on its way to Postgres.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub order_no: Uuid,
+    pub event_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub amount: i64,
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// Why an order failed; stored in `orders.failure_reason`.
+pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
+pub const NO_WALLET: &str = "no_wallet";
+
+/// How a batch ended, per order.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    /// Inserted by this batch and charged.
+    pub confirmed: Vec<Intent>,
+    /// Inserted by this batch as failed (could not pay).
+    pub failed: Vec<Intent>,
+    /// Already in Postgres (a replay): (intent, failed?).
+    pub already: Vec<(Intent, bool)>,
+    pub version_conflicts: u32,
+}
+
+/// Most conflict rounds one batch tolerates before it is rolled back and retried whole.
+const MAX_CONFLICT_ROUNDS: u32 = 64;
+
+/// Persists a batch in one transaction. The caller retries transient errors.
+pub async fn persist_batch(pool: &PgPool, batch: &[Intent]) -> Result<BatchResult, DbError> {
+    let mut batch = batch.to_vec();
+    // One lock order for every transaction: fewer deadlocks between writers.
+    batch.sort_by_key(|i| (i.user_id, i.order_no));
+    batch.dedup_by_key(|i| i.order_no);
+
+    let mut tx = pool.begin().await?;
+    let inserted = insert_orders(&mut tx, &batch).await?;
+    let mut result = BatchResult::default();
+    let mut fresh = Vec::with_capacity(inserted.len());
+    let mut replayed = Vec::new();
+    for intent in &batch {
+        if inserted.contains(&intent.order_no) {
+            fresh.push(*intent);
+        } else {
+            replayed.push(intent.order_no);
+        }
+    }
+    if !replayed.is_empty() {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT order_no, status FROM orders WHERE order_no = ANY($1)")
+                .bind(&replayed)
+                .fetch_all(&mut *tx)
+                .await?;
+        let status: HashMap<Uuid, String> = rows.into_iter().collect();
+        for intent in batch.iter().filter(|i| !inserted.contains(&i.order_no)) {
+            result.already.push((
+                *intent,
+                status.get(&intent.order_no).is_some_and(|s| s == "failed"),
+            ));
+        }
+    }
+
+    let (debits, failed, conflicts) = debit_wallets(&mut tx, &fresh).await?;
+    result.version_conflicts = conflicts;
+    insert_money_rows(&mut tx, &fresh, &debits).await?;
+    mark_failed(&mut tx, &failed).await?;
+    bump_sold(&mut tx, &fresh, &failed).await?;
+    tx.commit().await?;
+
+    for intent in fresh {
+        if failed.contains_key(&intent.order_no) {
+            result.failed.push(intent);
+        } else {
+            result.confirmed.push(intent);
+        }
+    }
+    Ok(result)
+}
+
+async fn insert_orders(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[Intent],
+) -> Result<std::collections::HashSet<Uuid>, DbError> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO orders (order_no, event_id, user_id, quantity, amount, status, created_at)
+         SELECT o, e, u, q, a, 'confirmed', c FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[]) AS t(o, e, u, q, a, c)
+         ON CONFLICT (order_no) DO NOTHING
+         RETURNING order_no",
+    )
+    .bind(batch.iter().map(|i| i.order_no).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.event_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.user_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.quantity).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.amount).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.accepted_at).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(o,)| o).collect())
+}
+
+/// A debit applied by this transaction.
+struct Debit {
+    order_no: Uuid,
+    user_id: i64,
+    amount: i64,
+    balance_after: i64,
+    version_after: i64,
+}
+
+#[derive(Clone, Copy)]
+struct WalletState {
+    balance: i64,
+    version: i64,
+}
+
+/// Debits every fresh order's wallet with versioned UPDATEs.
+///
+/// Each round sends at most one order per user (so every applied debit moves
+/// that wallet's version by exactly one); users with several orders in the
+/// batch take several rounds. Returns the debits, the failed orders with
+/// their reason, and the conflicts met.
+async fn debit_wallets(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[Intent],
+) -> Result<(Vec<Debit>, HashMap<Uuid, &'static str>, u32), DbError> {
+    let mut queues: BTreeMap<i64, std::collections::VecDeque<&Intent>> = BTreeMap::new();
+    for intent in fresh {
+        queues.entry(intent.user_id).or_default().push_back(intent);
+    }
+    let mut wallets = read_wallets(tx, &queues.keys().copied().collect::<Vec<_>>()).await?;
+    let mut debits = Vec::with_capacity(fresh.len());
+    let mut failed = HashMap::new();
+    let mut conflicts = 0u32;
+    let mut rounds_with_conflicts = 0u32;
+
+    loop {
+        // Plan this round: the head order of every user that can pay it.
+        let mut plan: Vec<(&Intent, WalletState)> = Vec::new();
+        for (user_id, queue) in queues.iter_mut() {
+            while let Some(intent) = queue.front() {
+                match wallets.get(user_id) {
+                    None => {
+                        failed.insert(intent.order_no, NO_WALLET);
+                        queue.pop_front();
+                    }
+                    Some(w) if w.balance < intent.amount => {
+                        failed.insert(intent.order_no, INSUFFICIENT_FUNDS);
+                        queue.pop_front();
+                    }
+                    Some(w) => {
+                        plan.push((intent, *w));
+                        break;
+                    }
+                }
+            }
+        }
+        queues.retain(|_, q| !q.is_empty());
+        if plan.is_empty() {
+            return Ok((debits, failed, conflicts));
+        }
+
+        let applied: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "UPDATE wallets AS w SET balance = w.balance - d.amount, version = w.version + 1, updated_at = now()
+             FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS d(user_id, amount, version)
+             WHERE w.user_id = d.user_id AND w.version = d.version AND w.balance >= d.amount
+             RETURNING w.user_id, w.balance, w.version",
+        )
+        .bind(plan.iter().map(|(i, _)| i.user_id).collect::<Vec<_>>())
+        .bind(plan.iter().map(|(i, _)| i.amount).collect::<Vec<_>>())
+        .bind(plan.iter().map(|(_, w)| w.version).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+
+        let applied: HashMap<i64, (i64, i64)> =
+            applied.into_iter().map(|(u, b, v)| (u, (b, v))).collect();
+        let mut stale = Vec::new();
+        for (intent, _) in &plan {
+            match applied.get(&intent.user_id) {
+                Some(&(balance, version)) => {
+                    debits.push(Debit {
+                        order_no: intent.order_no,
+                        user_id: intent.user_id,
+                        amount: intent.amount,
+                        balance_after: balance,
+                        version_after: version,
+                    });
+                    wallets.insert(intent.user_id, WalletState { balance, version });
+                    if let Some(q) = queues.get_mut(&intent.user_id) {
+                        q.pop_front();
+                    }
+                }
+                None => stale.push(intent.user_id),
+            }
+        }
+        if !stale.is_empty() {
+            // Someone else moved these wallets: count, re-read, try again.
+            conflicts += stale.len() as u32;
+            metrics::counter!("seckill_version_conflicts_total").increment(stale.len() as u64);
+            rounds_with_conflicts += 1;
+            if rounds_with_conflicts > MAX_CONFLICT_ROUNDS {
+                return Err(DbError::TooManyConflicts(conflicts));
+            }
+            for user_id in &stale {
+                wallets.remove(user_id);
+            }
+            wallets.extend(read_wallets(tx, &stale).await?);
+        }
+    }
+}
+
+async fn read_wallets(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[i64],
+) -> Result<HashMap<i64, WalletState>, DbError> {
+    let rows: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT user_id, balance, version FROM wallets WHERE user_id = ANY($1)")
+            .bind(users)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(u, balance, version)| (u, WalletState { balance, version }))
+        .collect())
+}
+
+async fn insert_money_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[Intent],
+    debits: &[Debit],
+) -> Result<(), DbError> {
+    if debits.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO wallet_debits (order_no, user_id, amount, balance_after, version_after)
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])",
+    )
+    .bind(debits.iter().map(|d| d.order_no).collect::<Vec<_>>())
+    .bind(debits.iter().map(|d| d.user_id).collect::<Vec<_>>())
+    .bind(debits.iter().map(|d| d.amount).collect::<Vec<_>>())
+    .bind(debits.iter().map(|d| d.balance_after).collect::<Vec<_>>())
+    .bind(debits.iter().map(|d| d.version_after).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let event_of: HashMap<Uuid, i64> = fresh.iter().map(|i| (i.order_no, i.event_id)).collect();
+    sqlx::query(
+        "INSERT INTO payments (order_no, event_id, user_id, amount)
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[])",
+    )
+    .bind(debits.iter().map(|d| d.order_no).collect::<Vec<_>>())
+    .bind(
+        debits
+            .iter()
+            .map(|d| event_of[&d.order_no])
+            .collect::<Vec<_>>(),
+    )
+    .bind(debits.iter().map(|d| d.user_id).collect::<Vec<_>>())
+    .bind(debits.iter().map(|d| d.amount).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn mark_failed(
+    tx: &mut Transaction<'_, Postgres>,
+    failed: &HashMap<Uuid, &'static str>,
+) -> Result<(), DbError> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let done = sqlx::query(
+        "UPDATE orders AS o SET status = 'failed', failure_reason = f.reason
+         FROM UNNEST($1::uuid[], $2::text[]) AS f(order_no, reason)
+         WHERE o.order_no = f.order_no AND o.status = 'confirmed'",
+    )
+    .bind(failed.keys().copied().collect::<Vec<_>>())
+    .bind(failed.values().map(|r| r.to_string()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    debug_assert_eq!(done.rows_affected() as usize, failed.len());
+    Ok(())
+}
+
+/// Adds confirmed quantities to each event's `sold`, one event at a time in id order.
+async fn bump_sold(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[Intent],
+    failed: &HashMap<Uuid, &'static str>,
+) -> Result<(), DbError> {
+    let mut sold: BTreeMap<i64, i64> = BTreeMap::new();
+    for intent in fresh.iter().filter(|i| !failed.contains_key(&i.order_no)) {
+        *sold.entry(intent.event_id).or_default() += intent.quantity as i64;
+    }
+    for (event_id, quantity) in sold {
+        sqlx::query("UPDATE events SET sold = sold + $2, version = version + 1 WHERE id = $1")
+            .bind(event_id)
+            .bind(quantity)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Settles a committed batch in Redis: ack confirmed intents, release failed
+/// ones. Returns the events that got stock back.
+pub async fn settle(redis: &Redis, result: &BatchResult) -> Result<Vec<i64>, RedisError> {
+    let mut per_event: BTreeMap<i64, (Vec<Uuid>, Vec<Uuid>)> = BTreeMap::new();
+    for intent in &result.confirmed {
+        per_event
+            .entry(intent.event_id)
+            .or_default()
+            .0
+            .push(intent.order_no);
+    }
+    for intent in &result.failed {
+        per_event
+            .entry(intent.event_id)
+            .or_default()
+            .1
+            .push(intent.order_no);
+    }
+    for (intent, failed) in &result.already {
+        let slot = per_event.entry(intent.event_id).or_default();
+        if *failed {
+            slot.1.push(intent.order_no);
+        } else {
+            slot.0.push(intent.order_no);
+        }
+    }
+    let mut restocked = Vec::new();
+    for (event_id, (acks, releases)) in per_event {
+        redis.ack(event_id, &acks).await?;
+        if redis.release(event_id, &releases).await? > 0 {
+            redis.publish_stock_back(event_id).await?;
+            restocked.push(event_id);
+        }
+    }
+    Ok(restocked)
+}
