@@ -38,7 +38,9 @@ end
 local price = tonumber(meta[1])
 
 local mine = redis.call('HGET', KEYS[4], user)
-if mine and string.find(',' .. mine .. ',', ',' .. order_no .. ',', 1, true) then
+local listed = mine and (',' .. mine .. ',')
+if listed and (string.find(listed, ',' .. order_no .. ',', 1, true) or string.find(listed, ',' .. order_no .. '!,', 1, true)) then
+  -- Accepted before (and maybe failed and released since): same answer, no second take.
   local entry = redis.call('HGET', KEYS[5], order_no)
   local accepted_ms = 0
   if entry then

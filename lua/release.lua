@@ -30,8 +30,16 @@ for i = 1, #ARGV do
     end
     local mine = redis.call('HGET', KEYS[3], user)
     if mine then
-      local marked = string.gsub(',' .. mine .. ',', ',' .. order_no .. ',', ',' .. order_no .. '!,', 1)
-      redis.call('HSET', KEYS[3], user, string.sub(marked, 2, -2))
+      -- Mark it failed in the buyer's list (plain comparison: order_nos hold
+      -- '-', a Lua pattern character).
+      local items = {}
+      for item in string.gmatch(mine, '[^,]+') do
+        if item == order_no then
+          item = item .. '!'
+        end
+        items[#items + 1] = item
+      end
+      redis.call('HSET', KEYS[3], user, table.concat(items, ','))
     end
     returned = returned + quantity
   end

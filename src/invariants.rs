@@ -134,10 +134,22 @@ pub async fn check_event(
 
     check(
         "I4 money",
-        money.payments_amount == money.confirmed_amount && money.debits_amount == money.confirmed_amount && money.payments == money.confirmed_orders && money.debits == money.confirmed_orders && money.payments_on_failed == 0 && money.confirmed_without_payment == 0,
+        money.payments_amount == money.confirmed_amount
+            && money.debits_amount == money.confirmed_amount
+            && money.payments == money.confirmed_orders
+            && money.debits == money.confirmed_orders
+            && money.payments_on_failed == 0
+            && money.confirmed_without_payment == 0,
         format!(
             "payments {} ({}) = confirmed {} ({}) = debits {} ({}); payments on failed {}, confirmed without payment {}",
-            money.payments_amount, money.payments, money.confirmed_amount, money.confirmed_orders, money.debits_amount, money.debits, money.payments_on_failed, money.confirmed_without_payment
+            money.payments_amount,
+            money.payments,
+            money.confirmed_amount,
+            money.confirmed_orders,
+            money.debits_amount,
+            money.debits,
+            money.payments_on_failed,
+            money.confirmed_without_payment
         ),
     );
 
@@ -169,15 +181,14 @@ pub async fn check_event(
     );
 
     let expected = reconciler::expected_state(db, event, &snapshot).await?;
-    let (stock_drift, buyer_drift) = reconciler::drift(&snapshot, &expected);
-    let drift_ok = !snapshot.loaded || (stock_drift.is_none() && buyer_drift.is_empty());
+    let drift = reconciler::drift(&snapshot, &expected);
     check(
         "I8 no drift",
-        drift_ok,
+        !snapshot.loaded || drift.is_none(),
         format!(
             "stock drift {:?}, buyers drifting {}",
-            stock_drift,
-            buyer_drift.len()
+            drift.stock,
+            drift.buyers.len()
         ),
     );
 

@@ -194,7 +194,10 @@ async fn run_guarded(app: &AppState) -> Result<Option<Report>, ApiError> {
 /// long over (a Redis that lost everything lost its live set too).
 async fn events_to_check(app: &AppState) -> Result<Vec<Event>, ApiError> {
     let mut ids: HashSet<i64> = app.redis.live_events().await?.into_iter().collect();
-    let recent: Vec<(i64,)> = sqlx::query_as("SELECT id FROM events WHERE preheated_at IS NOT NULL AND ends_at > now() - interval '1 day'").fetch_all(&app.db).await.map_err(DbError::from)?;
+    let recent: Vec<(i64,)> = sqlx::query_as("SELECT id FROM events WHERE preheated_at IS NOT NULL AND ends_at > now() - interval '1 day'")
+        .fetch_all(&app.db)
+        .await
+        .map_err(DbError::from)?;
     ids.extend(recent.into_iter().map(|(id,)| id));
     let mut events = Vec::with_capacity(ids.len());
     for id in ids {
@@ -365,8 +368,11 @@ pub async fn expected_state(
         .timestamp_millis_opt(snapshot.at_ms)
         .single()
         .unwrap_or_else(Utc::now);
-    let rows: Vec<(Uuid, i64, i32, String)> =
-        sqlx::query_as("SELECT order_no, user_id, quantity, status FROM orders WHERE event_id = $1 AND created_at <= $2").bind(event.id).bind(cutoff).fetch_all(db).await?;
+    let rows: Vec<(Uuid, i64, i32, String)> = sqlx::query_as("SELECT order_no, user_id, quantity, status FROM orders WHERE event_id = $1 AND created_at <= $2")
+        .bind(event.id)
+        .bind(cutoff)
+        .fetch_all(db)
+        .await?;
     let pending: HashSet<Uuid> = snapshot.ledger.iter().map(|(o, _)| *o).collect();
     let mut bought: HashMap<i64, i64> = HashMap::new();
     let mut taken = 0i64;
@@ -386,12 +392,22 @@ pub async fn expected_state(
     })
 }
 
-/// The differences between Redis and what it should hold: stock (before,
-/// after) and per buyer (user, before, after).
-pub fn drift(
-    snapshot: &Snapshot,
-    expected: &Expected,
-) -> (Option<(i64, i64)>, Vec<(i64, i64, i64)>) {
+/// The differences between Redis and what it should hold.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// (in Redis, expected)
+    pub stock: Option<(i64, i64)>,
+    /// (user, in Redis, expected), by user
+    pub buyers: Vec<(i64, i64, i64)>,
+}
+
+impl Drift {
+    pub fn is_none(&self) -> bool {
+        self.stock.is_none() && self.buyers.is_empty()
+    }
+}
+
+pub fn drift(snapshot: &Snapshot, expected: &Expected) -> Drift {
     let stock = snapshot.stock_left.unwrap_or(-1);
     let stock_drift = (stock != expected.stock_left).then_some((stock, expected.stock_left));
     let mut users: HashSet<i64> = snapshot.bought.keys().copied().collect();
@@ -407,7 +423,10 @@ pub fn drift(
         })
         .collect();
     buyers.sort_unstable();
-    (stock_drift, buyers)
+    Drift {
+        stock: stock_drift,
+        buyers,
+    }
 }
 
 /// How long to wait before confirming a drift with a second look.
@@ -417,7 +436,7 @@ const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 async fn repair_drift(app: &AppState, event: &Event, report: &mut Report) -> Result<(), ApiError> {
     let first = app.redis.snapshot(event.id).await?;
     let seen = drift(&first, &expected_state(&app.db, event, &first).await?);
-    if seen.0.is_none() && seen.1.is_empty() {
+    if seen.is_none() {
         return Ok(());
     }
     tokio::time::sleep(CONFIRM_AFTER).await;
@@ -428,7 +447,10 @@ async fn repair_drift(app: &AppState, event: &Event, report: &mut Report) -> Res
         // Moving state (a sale in full swing): look again next pass.
         return Ok(());
     }
-    let (stock_drift, buyers) = confirmed;
+    let Drift {
+        stock: stock_drift,
+        buyers,
+    } = confirmed;
     let repaired = app
         .redis
         .repair(event.id, &second, expected.stock_left, &buyers)

@@ -34,9 +34,7 @@ const COLUMNS: &str =
     "id, name, price, stock_total, sold, per_user_limit, starts_at, ends_at, preheated_at, version";
 
 pub async fn insert(pool: &PgPool, new: &NewEvent<'_>) -> Result<Event, DbError> {
-    let sql = format!(
-        "INSERT INTO events (name, price, stock_total, per_user_limit, starts_at, ends_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-    );
+    let sql = format!("INSERT INTO events (name, price, stock_total, per_user_limit, starts_at, ends_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}");
     Ok(sqlx::query_as(&sql)
         .bind(new.name)
         .bind(new.price)

@@ -154,7 +154,10 @@ pub async fn preheat(
         if persisted.confirmed_orders + persisted.failed_orders > 0
             && !app.redis.is_loaded(id).await?
         {
-            return Err(ApiError::conflict("has_orders", "the event already has orders; preheat with ?force=true to rebuild it from Postgres"));
+            return Err(ApiError::conflict(
+                "has_orders",
+                "the event already has orders; preheat with ?force=true to rebuild it from Postgres",
+            ));
         }
         let loaded = app.redis.preheat(id, sale).await?;
         json!({"event_id": id, "loaded": loaded, "rebuilt": false, "stock_left": app.redis.stock_left(id).await?})

@@ -12,25 +12,40 @@ use serde::de::DeserializeOwned;
 
 use crate::{auth, error::ApiError, state::AppState};
 
-/// `Json<T>` whose rejections are `ApiError`s.
+/// `Json<T>` whose rejections are `ApiError`s. Only a JSON object is a
+/// request body: serde would otherwise read `[1]` as a struct's fields.
 pub struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
-            Err(JsonRejection::JsonDataError(err)) => Err(ApiError::unprocessable(err.body_text())),
-            Err(JsonRejection::JsonSyntaxError(err)) => Err(ApiError::invalid(err.body_text())),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                return Err(ApiError::UnsupportedMediaType)
+            }
+            Err(JsonRejection::JsonDataError(err)) => {
+                return Err(ApiError::unprocessable(err.body_text()))
+            }
+            Err(JsonRejection::JsonSyntaxError(err)) => {
+                return Err(ApiError::invalid(err.body_text()))
+            }
             Err(JsonRejection::BytesRejection(err))
                 if err.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                Err(ApiError::PayloadTooLarge)
+                return Err(ApiError::PayloadTooLarge)
             }
-            Err(other) => Err(ApiError::invalid(other.body_text())),
+            Err(other) => return Err(ApiError::invalid(other.body_text())),
+        };
+        if !value.is_object() {
+            return Err(ApiError::unprocessable(
+                "the request body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|err| ApiError::unprocessable(format!("invalid request body: {err}")))
     }
 }
 

@@ -1,0 +1,368 @@
+//! Test harness: each test gets the real engine on port 0, its own Postgres
+//! database and its own Redis key prefix, so tests run in parallel.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use fred::prelude::*;
+use reqwest::{Response, StatusCode};
+use seckill::{auth::Auth, config::Settings, redis::Redis, startup::Application};
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+
+pub fn admin_db_url() -> String {
+    std::env::var("SECKILL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("SECKILL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub db: PgPool,
+    pub redis: Redis,
+    pub prefix: String,
+    pub auth: Arc<Auth>,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub server: Option<JoinHandle<anyhow::Result<()>>>,
+    db_name: String,
+}
+
+/// Overrides on top of the test defaults (rate limits off).
+pub type Env = &'static [(&'static str, &'static str)];
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: Env) -> TestApp {
+    let db_name = format!("seckill_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_db_url())
+        .await
+        .expect("postgres reachable (make services)");
+    admin
+        .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+        .await
+        .expect("create test database");
+    let db_url = with_database(&admin_db_url(), &db_name);
+    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+
+    let mut env: HashMap<String, String> = [
+        ("SECKILL_BIND", "127.0.0.1:0"),
+        ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SECKILL_JWT_SECRET", JWT_SECRET),
+        ("SECKILL_RATE_GLOBAL_RPS", "0"),
+        ("SECKILL_RATE_USER_RPS", "0"),
+        ("SECKILL_RATE_IP_RPS", "0"),
+        ("SECKILL_RECONCILE_INTERVAL_MS", "60000"),
+        ("SECKILL_DATABASE_POOL", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.insert("SECKILL_DATABASE_URL".into(), db_url.clone());
+    env.insert("SECKILL_REDIS_URL".into(), redis_url());
+    env.insert("SECKILL_REDIS_PREFIX".into(), prefix.clone());
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
+
+    let db = seckill::db::connect(&db_url, 4, Duration::from_secs(5))
+        .await
+        .expect("connect test db");
+    seckill::db::MIGRATOR
+        .run(&db)
+        .await
+        .expect("migrate test db");
+    let redis = Redis::connect(
+        &redis_url(),
+        &prefix,
+        2,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("redis reachable");
+
+    let app = Application::build(settings).await.expect("build app");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        db,
+        redis,
+        prefix,
+        auth: Arc::new(Auth::new(JWT_SECRET.as_bytes(), ADMIN_TOKEN)),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        shutdown,
+        server: Some(server),
+        db_name,
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database url has a path");
+    format!("{base}/{db}")
+}
+
+pub struct Sale {
+    pub id: i64,
+    pub price: i64,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn token(&self, user: i64) -> String {
+        self.auth.issue(user, 3600)
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// Creates an event; the window is relative to now.
+    pub async fn create_event(
+        &self,
+        stock: i64,
+        price: i64,
+        limit: i64,
+        starts_in: chrono::Duration,
+        lasts: chrono::Duration,
+    ) -> Sale {
+        let starts_at: DateTime<Utc> = Utc::now() + starts_in;
+        let r = self
+            .admin_post(
+                "/admin/events",
+                json!({"name": "test sale", "price": price, "stock": stock, "per_user_limit": limit, "starts_at": starts_at, "ends_at": starts_at + lasts}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        Sale {
+            id: body["id"].as_i64().unwrap(),
+            price,
+        }
+    }
+
+    /// An event open now, preheated.
+    pub async fn open_sale(&self, stock: i64, price: i64, limit: i64) -> Sale {
+        let sale = self
+            .create_event(
+                stock,
+                price,
+                limit,
+                chrono::Duration::seconds(-1),
+                chrono::Duration::hours(1),
+            )
+            .await;
+        self.preheat(sale.id).await;
+        sale
+    }
+
+    pub async fn preheat(&self, id: i64) -> Value {
+        let r = self
+            .http
+            .post(self.url(&format!("/admin/events/{id}/preheat")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "preheat");
+        r.json().await.unwrap()
+    }
+
+    pub async fn fund(&self, first: i64, count: i64, balance: i64) {
+        let r = self
+            .admin_post(
+                "/admin/wallets/seed",
+                json!({"first_user_id": first, "count": count, "balance": balance}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "seed wallets");
+    }
+
+    pub async fn purchase(&self, event: i64, user: i64, quantity: Value) -> (StatusCode, Value) {
+        self.buyer().purchase(event, user, quantity).await
+    }
+
+    pub async fn purchase_with(
+        &self,
+        event: i64,
+        user: i64,
+        body: Value,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.buyer().purchase_with(event, user, body, key).await
+    }
+
+    /// A cheap, cloneable client for concurrent shoppers.
+    pub fn buyer(&self) -> Buyer {
+        Buyer {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            auth: self.auth.clone(),
+        }
+    }
+
+    /// Waits until no intent of the event is pending (writers done).
+    pub async fn drain(&self, event: i64) -> Value {
+        for _ in 0..300 {
+            let view = self.admin_get(&format!("/admin/events/{event}")).await;
+            if view["pending"] == 0 {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("event {event} did not drain");
+    }
+
+    /// SPEC §5 checker; panics with every check when one fails.
+    pub async fn assert_invariants(&self, event: i64) -> Value {
+        let report = self
+            .admin_get(&format!("/admin/events/{event}/invariants"))
+            .await;
+        assert_eq!(report["ok"], true, "invariants failed: {report:#}");
+        report
+    }
+
+    pub async fn stock_left(&self, event: i64) -> Option<i64> {
+        self.redis.stock_left(event).await.unwrap()
+    }
+
+    pub async fn scalar(&self, sql: &str, event: i64) -> i64 {
+        let (v,): (i64,) = sqlx::query_as(sql)
+            .bind(event)
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        v
+    }
+
+    /// Number of Redis keys under this test's prefix.
+    pub async fn redis_key_count(&self) -> usize {
+        let keys: Vec<String> = self
+            .redis
+            .client()
+            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
+            .await
+            .unwrap();
+        keys.len()
+    }
+
+    /// Graceful stop; returns what `run_until_stopped` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.server.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the app and drops its database and keys (call at the end of a passing test).
+    pub async fn cleanup(mut self) {
+        let _ = self.stop().await;
+        let keys: Vec<String> = self
+            .redis
+            .client()
+            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = self.redis.client().del(keys).await;
+        }
+        self.db.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&admin_db_url()).await {
+            let _ = admin
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str(),
+                )
+                .await;
+        }
+    }
+}
+
+/// Fires `f` for every item concurrently and collects the results.
+pub async fn all<T, F, Fut>(items: impl IntoIterator<Item = T>, f: F) -> Vec<Fut::Output>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let handles: Vec<_> = items.into_iter().map(|i| tokio::spawn(f(i))).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+/// Shopper-side client, cloneable into spawned tasks.
+#[derive(Clone)]
+pub struct Buyer {
+    http: reqwest::Client,
+    base: String,
+    auth: Arc<Auth>,
+}
+
+impl Buyer {
+    pub async fn purchase(&self, event: i64, user: i64, quantity: Value) -> (StatusCode, Value) {
+        self.purchase_with(event, user, json!({"quantity": quantity}), None)
+            .await
+    }
+
+    pub async fn purchase_with(
+        &self,
+        event: i64,
+        user: i64,
+        body: Value,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/api/events/{event}/purchase", self.base))
+            .bearer_auth(self.auth.issue(user, 3600))
+            .json(&body);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}

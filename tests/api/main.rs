@@ -1,0 +1,12 @@
+//! Integration tests against real Redis and Postgres (one binary, modules
+//! per concern). `make test` brings both up.
+
+mod auth;
+mod bad_input;
+mod helpers;
+mod idempotency;
+mod ops;
+mod purchase;
+mod reconcile;
+mod scripts;
+mod writer;
