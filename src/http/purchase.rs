@@ -115,14 +115,6 @@ async fn attempt(
         }
     };
 
-    if slot.is_sold_out() {
-        return Err(if slot.has_ended() {
-            not_active("the sale has ended")
-        } else {
-            sold_out()
-        });
-    }
-
     let Some(key) = key else {
         return buy(app, &slot, user_id, quantity, Uuid::now_v7()).await;
     };
@@ -189,6 +181,15 @@ async fn buy(
     quantity: i32,
     order_no: Uuid,
 ) -> Result<Answer, ApiError> {
+    // The local flag spares Redis the crowd that arrives after sell-out. It
+    // is checked after an idempotency claim, so a replay still gets its 202.
+    if slot.is_sold_out() {
+        return Err(if slot.has_ended() {
+            not_active("the sale has ended")
+        } else {
+            sold_out()
+        });
+    }
     let event_id = slot.event.id;
     match app
         .redis

@@ -102,3 +102,24 @@ async fn a_refusal_is_replayed_too_and_keys_are_per_user() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_after_sell_out_still_gets_its_202() {
+    let app = spawn_app().await;
+    let sale = app.open_sale(1, 100, 1).await;
+    app.fund(1, 2, 10_000).await;
+    let (status, first) = app
+        .purchase_with(sale.id, 1, json!({"quantity": 1}), Some("buy-once"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Sold out now, and this process knows it locally.
+    assert_eq!(
+        app.purchase(sale.id, 2, json!(1)).await.1["error"],
+        "sold_out"
+    );
+    let (status, again) = app
+        .purchase_with(sale.id, 1, json!({"quantity": 1}), Some("buy-once"))
+        .await;
+    assert_eq!((status, again), (StatusCode::ACCEPTED, first));
+    app.cleanup().await;
+}

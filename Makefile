@@ -1,0 +1,64 @@
+# Everyday tasks. `make demo` and `make test` are the two set-up commands;
+# both bring Redis and Postgres up first when they are not reachable.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+SCENARIO ?= burst
+
+# Test suites create their own databases from this server and their own
+# Redis key prefixes, so they never touch the demo's data.
+export SECKILL_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export SECKILL_TEST_REDIS_URL ?= redis://127.0.0.1:6379
+
+# DEV-ONLY secrets for `make demo` / `make run` / `make loadtest` on a
+# laptop. Never use these values anywhere reachable: set your own
+# SECKILL_ADMIN_TOKEN and SECKILL_JWT_SECRET in the environment or in .env.
+DEMO_ENV := SECKILL_ADMIN_TOKEN="$${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}" \
+            SECKILL_JWT_SECRET="$${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
+
+.PHONY: help services build migrate run test lint fmt bench demo loadtest faults
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+services: ## make sure Redis and Postgres answer and the database exists
+	scripts/services.sh
+
+build: ## release build of the whole workspace
+	$(CARGO) build --release --workspace
+
+migrate: services ## apply the migrations to SECKILL_DATABASE_URL
+	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- migrate
+
+run: services migrate ## run the engine in the foreground
+	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- serve
+
+test: services ## the whole test suite against real Redis and Postgres
+	@if docker compose version >/dev/null 2>&1; then \
+		echo "docker compose config -q"; docker compose config -q; \
+	else \
+		echo "docker compose not available: skipping docker-compose.yml validation"; \
+	fi
+	$(CARGO) test --workspace
+
+lint: ## formatting and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the workspace
+	$(CARGO) fmt --all
+
+bench: services ## benchmarks (criterion; the macro benchmark comes later)
+	$(CARGO) bench --bench purchase_script
+
+demo: ## services, build, migrate, engine, a burst sale, report, stop
+	$(DEMO_ENV) scripts/demo.sh
+
+loadtest: ## like demo with SCENARIO=burst|sellout-storm|slow-payers|retry-storm|smoke
+	$(DEMO_ENV) SCENARIO="$(SCENARIO)" scripts/demo.sh
+
+faults: services ## fault-injection tests (kill -9, restarts, stalls), one at a time
+	$(CARGO) test --release --test faults -- --include-ignored --test-threads=1

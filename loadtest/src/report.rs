@@ -1,0 +1,199 @@
+//! The report: printed for people, written as JSON for scripts.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{
+    config::Plan,
+    crowd::{Shapes, StockPoint},
+    stats::{Latency, Phase, Stats},
+    verify::{Check, Drain, Verdict},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub plan: Plan,
+    pub event_id: i64,
+    pub first_user_id: i64,
+    pub payers: u64,
+    pub shapes: Shapes,
+    pub stats: Stats,
+    /// Answers outside the contract's expected outcomes, by status and code.
+    pub unexpected: BTreeMap<String, u64>,
+    /// The admin event polled once a second (stock left over time).
+    pub stock: Vec<StockPoint>,
+    pub drain: Drain,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+    pub report_path: PathBuf,
+    pub chart_path: Option<PathBuf>,
+}
+
+impl Report {
+    /// Writes the JSON next to the chart.
+    pub fn write_json(&self) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(self).context("serialising the report")?;
+        std::fs::write(&self.report_path, json)
+            .with_context(|| format!("writing {}", self.report_path.display()))
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn render_into(&self, o: &mut String) -> std::fmt::Result {
+        let k = &self.plan.knobs;
+        let st = &self.stats;
+        let ev = &self.drain.event;
+        writeln!(o)?;
+        writeln!(o, "=== seckill load test: {} ===", self.scenario)?;
+        writeln!(
+            o,
+            "event {} at {}: stock {}, price {}, per-user limit {}, quantity {} per request",
+            self.event_id, self.plan.base_url, k.stock, k.price, k.per_user_limit, k.quantity
+        )?;
+        writeln!(
+            o,
+            "crowd: {} shoppers (ids {}..{}, {} can pay), {} connections, rate {}, budget {} requests / {} s",
+            k.users,
+            self.first_user_id,
+            self.first_user_id + k.users as i64 - 1,
+            self.payers,
+            k.concurrency,
+            if k.rate == 0 { "unthrottled".to_owned() } else { format!("{}/s", k.rate) },
+            k.requests,
+            k.duration_secs
+        )?;
+        writeln!(
+            o,
+            "sent {} requests: {} single attempts, {} Idempotency-Key retries (x2), {} double clicks (x2)",
+            st.requests, self.shapes.single, self.shapes.retry, self.shapes.duplicate
+        )?;
+
+        writeln!(o, "\nthroughput")?;
+        let phase = |o: &mut String, name: &str, p: &Phase| {
+            writeln!(
+                o,
+                "  {name:<22} {:>10.0} req/s   ({} requests in {:.2} s)",
+                p.rps, p.requests, p.secs
+            )
+        };
+        phase(o, "overall", &st.overall)?;
+        phase(o, "selling (stock left)", &st.selling)?;
+        match &st.sold_out {
+            Some(p) => phase(o, "sold out", p)?,
+            None => writeln!(o, "  {:<22} {:>10}", "sold out", "-")?,
+        }
+
+        writeln!(o, "\noutcomes")?;
+        for (label, n) in &st.outcomes {
+            let share = if st.requests > 0 {
+                *n as f64 * 100.0 / st.requests as f64
+            } else {
+                0.0
+            };
+            writeln!(o, "  {label:<16} {n:>10}  {share:>6.2}%")?;
+        }
+        for (what, n) in &self.unexpected {
+            writeln!(o, "    unexpected: {what} x{n}")?;
+        }
+
+        writeln!(
+            o,
+            "\nlatency (ms)          count      p50      p90      p99    p99.9      max"
+        )?;
+        let row = |o: &mut String, label: &str, l: &Latency| {
+            writeln!(
+                o,
+                "  {label:<16} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            )
+        };
+        for (label, l) in &st.latency {
+            row(o, label, l)?;
+        }
+        if let Some(all) = &st.latency_all {
+            row(o, "all", all)?;
+        }
+
+        writeln!(o, "\ntimes")?;
+        match st.sold_out_at_secs {
+            Some(t) => writeln!(
+                o,
+                "  time to sell out      {t:.3} s (first sold_out answer)"
+            )?,
+            None => writeln!(o, "  time to sell out      - (no sold_out answer)")?,
+        }
+        if let Some(t) = st.last_accept_secs {
+            writeln!(o, "  last 202              {t:.3} s")?;
+        }
+        writeln!(
+            o,
+            "  time to drain         {:.3} s after the last answer{}",
+            self.drain.secs,
+            if self.drain.drained {
+                ""
+            } else {
+                " (NOT drained)"
+            }
+        )?;
+        writeln!(
+            o,
+            "  final figures         stock_left {}, sold {}, pending {}, failed {}, confirmed_amount {}",
+            ev.stock_left, ev.sold, ev.pending, ev.failed, ev.confirmed_amount
+        )?;
+
+        writeln!(o, "\nchecks")?;
+        for c in &self.checks {
+            let v = match c.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "SKIP",
+            };
+            writeln!(o, "  {v}  [{}] {}", c.source, c.name)?;
+            if !c.detail.is_empty() {
+                writeln!(o, "        {}", c.detail)?;
+            }
+        }
+
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .count();
+        let passed = self
+            .checks
+            .iter()
+            .filter(|c| c.verdict == Verdict::Pass)
+            .count();
+        writeln!(o)?;
+        writeln!(o, "report: {}", self.report_path.display())?;
+        match &self.chart_path {
+            Some(p) => writeln!(o, "chart:  {}", p.display())?,
+            None => writeln!(o, "chart:  not written")?,
+        }
+        if self.passed {
+            writeln!(
+                o,
+                "RESULT: PASS ({passed} checks passed, {} skipped)",
+                self.checks.len() - passed
+            )?;
+        } else {
+            writeln!(
+                o,
+                "RESULT: FAIL ({failed} of {} checks failed)",
+                self.checks.len()
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The newcomer's demo: services up, build, migrate, start the engine, run a
+# flash sale with the load generator (scenario $SCENARIO, default burst),
+# print its report, stop the engine. Exits with the load generator's code.
+#
+# Needs SECKILL_ADMIN_TOKEN and SECKILL_JWT_SECRET in the environment
+# (`make demo` passes dev-only values).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+: "${SECKILL_ADMIN_TOKEN:?set SECKILL_ADMIN_TOKEN (make demo sets a dev-only value)}"
+: "${SECKILL_JWT_SECRET:?set SECKILL_JWT_SECRET (make demo sets a dev-only value)}"
+export SECKILL_ADMIN_TOKEN SECKILL_JWT_SECRET
+export SECKILL_BIND="${SECKILL_BIND:-127.0.0.1:8080}"
+export SECKILL_DATABASE_URL="${SECKILL_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/seckill}}"
+# The whole crowd comes from one loopback address, so the per-IP limiter
+# (meant for real clients) would turn the demo into a 429 test. Per-user and
+# global limits stay on.
+export SECKILL_RATE_IP_RPS="${SECKILL_RATE_IP_RPS:-0}"
+SCENARIO="${SCENARIO:-burst}"
+LOG=.local/demo-engine.log
+READY_SECS=30
+
+# A client needs a concrete address: 0.0.0.0 / [::] listen everywhere, so
+# reach them through loopback.
+host="${SECKILL_BIND%:*}"
+port="${SECKILL_BIND##*:}"
+case "$host" in
+    0.0.0.0 | "") host=127.0.0.1 ;;
+    "[::]") host="[::1]" ;;
+esac
+BASE_URL="http://$host:$port"
+
+engine_pid=""
+stop_engine() {
+    if [[ -n "$engine_pid" ]] && kill -0 "$engine_pid" 2>/dev/null; then
+        echo "demo: stopping the engine (pid $engine_pid)"
+        kill -TERM "$engine_pid" 2>/dev/null || true
+        # Graceful shutdown drains the writer channel; give it time, then insist.
+        for _ in $(seq 1 60); do
+            kill -0 "$engine_pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$engine_pid" 2>/dev/null; then
+            echo "demo: engine still running after 30 s, sending SIGKILL" >&2
+            kill -KILL "$engine_pid" 2>/dev/null || true
+        fi
+        wait "$engine_pid" 2>/dev/null || true
+    fi
+    engine_pid=""
+}
+trap stop_engine EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+scripts/services.sh
+
+echo "demo: building (release)"
+cargo build --release --workspace
+
+echo "demo: migrating $SECKILL_DATABASE_URL"
+target/release/seckill migrate
+
+if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
+    echo "demo: something already answers on $BASE_URL; stop it or set SECKILL_BIND" >&2
+    exit 1
+fi
+
+mkdir -p .local
+echo "demo: starting the engine on $SECKILL_BIND (log: $LOG)"
+target/release/seckill serve >"$LOG" 2>&1 &
+engine_pid=$!
+
+ready=""
+for _ in $(seq 1 $((READY_SECS * 4))); do
+    if ! kill -0 "$engine_pid" 2>/dev/null; then
+        echo "demo: the engine exited during start-up; last lines of $LOG:" >&2
+        tail -n 20 "$LOG" >&2
+        engine_pid=""
+        exit 1
+    fi
+    code="$(curl -s -o /dev/null -w '%{http_code}' "$BASE_URL/readyz" 2>/dev/null || true)"
+    if [[ "$code" == "200" ]]; then
+        ready=yes
+        break
+    fi
+    sleep 0.25
+done
+if [[ -z "$ready" ]]; then
+    echo "demo: the engine was not ready within ${READY_SECS}s; last lines of $LOG:" >&2
+    tail -n 20 "$LOG" >&2
+    exit 1
+fi
+echo "demo: engine ready at $BASE_URL"
+
+echo "demo: running the load generator, scenario '$SCENARIO'"
+set +e
+target/release/seckill-loadtest --base-url "$BASE_URL" --scenario "$SCENARIO"
+rc=$?
+set -e
+
+stop_engine
+echo "demo: engine stopped; its log is $LOG"
+if [[ "$rc" -eq 0 ]]; then
+    echo "demo: scenario '$SCENARIO' passed"
+else
+    echo "demo: scenario '$SCENARIO' FAILED (exit code $rc)" >&2
+fi
+exit "$rc"
