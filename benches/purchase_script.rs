@@ -216,7 +216,7 @@ fn persist(c: &mut Criterion) {
                             accepted_at: Utc::now(),
                         })
                         .collect();
-                    let result = persist_batch(&pool, &batch).await.unwrap();
+                    let result = persist_batch(&pool, &batch, None).await.unwrap();
                     assert_eq!(result.confirmed.len(), size);
                 })
             },

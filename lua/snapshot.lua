@@ -4,11 +4,11 @@
 
   KEYS[1] meta  KEYS[2] stock  KEYS[3] bought  KEYS[4] ledger
 
-  Returns: {now_ms, loaded (1|0), stock_left (or -1 when absent),
+  Returns: {now_ms, loaded (1|0), stock_left ("" when absent),
             {user_id, units, ...}, {order_no, entry, ...}}
 ]]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local loaded = redis.call('EXISTS', KEYS[1])
-local stock = tonumber(redis.call('GET', KEYS[2]) or '-1')
+local stock = redis.call('GET', KEYS[2]) or ''
 return {now_ms, loaded, stock, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}

@@ -253,6 +253,7 @@ async fn reconcile_event(
         if event.preheated_at.is_none() || Utc::now() >= event.ends_at {
             return Ok(());
         }
+        wait_for_quiet_writers(&app.db, event.id).await?;
         let (stock_left, kept) = rebuild_from_postgres(&app.db, &app.redis, event).await?;
         app.redis.publish_stock_back(event.id).await?;
         report.repairs += 1;
@@ -451,23 +452,30 @@ async fn repair_drift(app: &AppState, event: &Event, report: &mut Report) -> Res
         stock: stock_drift,
         buyers,
     } = confirmed;
-    let repaired = app
-        .redis
-        .repair(event.id, &second, expected.stock_left, &buyers)
-        .await?;
+    // More sold than stocked can only be stopped, not undone here: sell no more.
+    let target = expected.stock_left.max(0);
+    let repaired = app.redis.repair(event.id, &second, target, &buyers).await?;
     if repaired {
         report.repairs += 1;
-        if expected.stock_left > second.stock_left.unwrap_or(0) {
+        if target > second.stock_left.unwrap_or(0) {
             app.redis.publish_stock_back(event.id).await?;
         }
     }
-    if let Some((before, after)) = stock_drift {
+    if let Some((before, _)) = stock_drift {
         report.discrepancies.push(Discrepancy {
             event_id: event.id,
-            kind: "stock_drift",
+            kind: if expected.stock_left < 0 {
+                "oversold"
+            } else {
+                "stock_drift"
+            },
             subject: None,
             before: before.to_string(),
-            after: after.to_string(),
+            after: if expected.stock_left < 0 {
+                format!("0 (oversold by {})", -expected.stock_left)
+            } else {
+                target.to_string()
+            },
             repaired,
         });
     }
@@ -484,36 +492,69 @@ async fn repair_drift(app: &AppState, event: &Event, report: &mut Report) -> Res
     Ok(())
 }
 
-/// Rebuilds an event's Redis state from Postgres; redone when Postgres gained
-/// orders meanwhile (a writer may commit and ack between our read and the script).
+/// Rebuilds an event's Redis state from Postgres truth plus the intents
+/// Redis still holds. Holds the event row `FOR UPDATE` while it reads the
+/// orders and runs the script: writer transactions take `FOR KEY SHARE` on it
+/// first, so every batch either commits before the read (and is counted) or
+/// is admitted against the rebuilt state after it.
 pub async fn rebuild_from_postgres(
     db: &PgPool,
     redis: &Redis,
     event: &Event,
 ) -> Result<(i64, i64), ApiError> {
-    const ATTEMPTS: usize = 5;
-    for _ in 0..ATTEMPTS {
-        let orders = db::orders::for_event(db, event.id).await?;
-        let persisted: Vec<PersistedOrder> = orders
-            .iter()
-            .map(|o| PersistedOrder {
-                order_no: o.order_no,
-                user_id: o.user_id,
-                quantity: o.quantity,
-                failed: o.status == "failed",
-            })
-            .collect();
-        let result = redis
-            .rebuild(event.id, sale_params(event), &persisted)
+    let mut tx = db.begin().await.map_err(DbError::from)?;
+    sqlx::query("SELECT id FROM events WHERE id = $1 FOR UPDATE")
+        .bind(event.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::from)?;
+    let rows: Vec<(Uuid, i64, i32, String)> = sqlx::query_as(
+        "SELECT order_no, user_id, quantity, status FROM orders WHERE event_id = $1",
+    )
+    .bind(event.id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(DbError::from)?;
+    let persisted: Vec<PersistedOrder> = rows
+        .into_iter()
+        .map(|(order_no, user_id, quantity, status)| PersistedOrder {
+            order_no,
+            user_id,
+            quantity,
+            failed: status == "failed",
+        })
+        .collect();
+    let result = redis
+        .rebuild(event.id, sale_params(event), &persisted)
+        .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(result)
+}
+
+/// Waits (bounded) until no order of the event has been committed for a
+/// moment: writers drain what they hold before the sale re-opens, so fewer
+/// intents of the lost Redis have to compete for stock again.
+async fn wait_for_quiet_writers(db: &PgPool, event_id: i64) -> Result<(), DbError> {
+    const QUIET: Duration = Duration::from_millis(500);
+    const AT_MOST: Duration = Duration::from_secs(10);
+    let started = tokio::time::Instant::now();
+    let count = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(db)
             .await?;
-        let after = db::orders::figures(db, event.id).await?;
-        if (after.confirmed_orders + after.failed_orders) as usize == orders.len() {
-            return Ok(result);
+        Ok::<_, DbError>(n)
+    };
+    let mut last = count().await?;
+    while started.elapsed() < AT_MOST {
+        tokio::time::sleep(QUIET).await;
+        let now = count().await?;
+        if now == last {
+            break;
         }
+        last = now;
     }
-    Err(ApiError::Unavailable(
-        "event kept changing during rebuild".into(),
-    ))
+    Ok(())
 }
 
 async fn record(db: &PgPool, report: &Report) -> Result<i64, DbError> {

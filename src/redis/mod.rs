@@ -69,6 +69,15 @@ pub struct PersistedOrder {
     pub failed: bool,
 }
 
+/// What `admit.lua` said of a batch.
+#[derive(Debug)]
+pub enum Admission {
+    /// The event is not in Redis (lost and not rebuilt yet): wait.
+    NotLoaded,
+    /// Per order_no: 1 pending, 2 re-taken after a loss, 0 refused.
+    Decided(Vec<(Uuid, i64)>),
+}
+
 /// An event's Redis state at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -104,11 +113,12 @@ impl Snapshot {
         };
         let ledger = pairs(items.pop().ok_or_else(bad)?)?;
         let bought = pairs(items.pop().ok_or_else(bad)?)?;
-        let stock = items[2].as_i64().ok_or_else(bad)?;
+        // Absent is "", so a (wrongly) negative stock still reads as a number.
+        let stock = items[2].as_string().and_then(|s| s.parse::<i64>().ok());
         Ok(Self {
             at_ms: items[0].as_i64().ok_or_else(bad)?,
             loaded: items[1].as_i64() == Some(1),
-            stock_left: (stock >= 0).then_some(stock),
+            stock_left: stock,
             bought: bought
                 .into_iter()
                 .filter_map(|(u, q)| Some((u.parse().ok()?, q.parse().ok()?)))
@@ -361,6 +371,41 @@ impl Redis {
             )
             .await?;
         Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Runs `admit.lua` for intents of one event: which may be persisted as
+    /// they are, and which lost their stock with a Redis restart.
+    pub async fn admit(
+        &self,
+        event_id: i64,
+        intents: &[crate::writer::Intent],
+    ) -> Result<Admission, RedisError> {
+        let mut args = Vec::with_capacity(intents.len() * 5);
+        for i in intents {
+            args.extend([
+                Value::from(i.order_no.to_string()),
+                Value::from(i.user_id),
+                Value::from(i.quantity as i64),
+                Value::from(i.amount),
+                Value::from(i.accepted_at.timestamp_millis()),
+            ]);
+        }
+        match self
+            .run(&self.scripts.admit, self.keys.event(event_id).all(), args)
+            .await?
+        {
+            Value::Integer(-1) => Ok(Admission::NotLoaded),
+            Value::Array(states) if states.len() == intents.len() => Ok(Admission::Decided(
+                intents
+                    .iter()
+                    .zip(states)
+                    .map(|(i, s)| (i.order_no, s.as_i64().unwrap_or(1)))
+                    .collect(),
+            )),
+            other => Err(RedisError::Protocol(format!(
+                "admit.lua returned {other:?}"
+            ))),
+        }
     }
 
     /// Units left, or None when the event is not in Redis.

@@ -33,6 +33,7 @@ pub struct Scripts {
     pub purchase: LuaScript,
     pub release: LuaScript,
     pub preheat: LuaScript,
+    pub admit: LuaScript,
     pub snapshot: LuaScript,
     pub repair: LuaScript,
     pub unlock: LuaScript,
@@ -45,6 +46,7 @@ impl Default for Scripts {
             purchase: LuaScript::new("purchase", include_str!("../../lua/purchase.lua")),
             release: LuaScript::new("release", include_str!("../../lua/release.lua")),
             preheat: LuaScript::new("preheat", include_str!("../../lua/preheat.lua")),
+            admit: LuaScript::new("admit", include_str!("../../lua/admit.lua")),
             snapshot: LuaScript::new("snapshot", include_str!("../../lua/snapshot.lua")),
             repair: LuaScript::new("repair", include_str!("../../lua/repair.lua")),
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
@@ -54,11 +56,12 @@ impl Default for Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 7] {
+    pub fn all(&self) -> [&LuaScript; 8] {
         [
             &self.purchase,
             &self.release,
             &self.preheat,
+            &self.admit,
             &self.snapshot,
             &self.repair,
             &self.unlock,

@@ -18,9 +18,6 @@ pub use persist::{BatchResult, Intent};
 
 use crate::{config::WriterSettings, redis::Redis};
 
-/// How often a failing batch is retried before it is left to the ledger replay.
-const MAX_BATCH_ATTEMPTS: u32 = 8;
-
 /// The sending side, held by the HTTP handlers.
 #[derive(Clone)]
 pub struct WriterQueue {
@@ -104,16 +101,46 @@ async fn next_batch(
 
 /// Persists and settles one batch, retrying transient failures with backoff.
 /// A batch that keeps failing stays in the Redis ledger: nothing is lost, the
-/// reconciler replays it later.
+/// reconciler replays it later. A batch that fails for good is split, so one
+/// bad intent cannot hold the others back.
 pub async fn persist_with_retry(
     db: &PgPool,
     redis: &Redis,
     batch: &[Intent],
     worker: usize,
 ) -> bool {
+    match persist_retrying(db, redis, batch, worker).await {
+        Attempt::Done => true,
+        Attempt::Rejected if batch.len() > 1 => {
+            let mut all = true;
+            for intent in batch {
+                all &= matches!(
+                    persist_retrying(db, redis, std::slice::from_ref(intent), worker).await,
+                    Attempt::Done
+                );
+            }
+            all
+        }
+        Attempt::Rejected | Attempt::GaveUp => false,
+    }
+}
+
+enum Attempt {
+    Done,
+    /// Postgres refused it for good (a constraint): retrying will not help.
+    Rejected,
+    /// Still failing after `RETRY_FOR`; left to the reconciler.
+    GaveUp,
+}
+
+/// How long a batch is retried before it is left to the ledger replay.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+async fn persist_retrying(db: &PgPool, redis: &Redis, batch: &[Intent], worker: usize) -> Attempt {
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
     let mut delay = Duration::from_millis(20);
-    for attempt in 1..=MAX_BATCH_ATTEMPTS {
-        match persist::persist_batch(db, batch).await {
+    loop {
+        let error = match persist::persist_batch(db, batch, Some(redis)).await {
             Ok(result) => {
                 metrics::counter!("seckill_orders_persisted_total", "status" => "confirmed")
                     .increment(result.confirmed.len() as u64);
@@ -123,19 +150,26 @@ pub async fn persist_with_retry(
                     // Committed in Postgres; the reconciler acks/releases later.
                     tracing::warn!(worker, error = %err, "batch committed but not settled in redis; left to the reconciler");
                 }
-                return true;
+                return Attempt::Done;
             }
-            Err(err) if err.is_transient() && attempt < MAX_BATCH_ATTEMPTS => {
-                metrics::counter!("seckill_writer_batch_retries_total").increment(1);
-                tracing::warn!(worker, attempt, size = batch.len(), error = %err, "batch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+            Err(err) if !err.is_transient() => {
+                tracing::error!(worker, size = batch.len(), error = %err, "postgres refused the batch");
+                return Attempt::Rejected;
             }
-            Err(err) => {
-                tracing::error!(worker, size = batch.len(), error = %err, "batch not persisted; left in the ledger for the reconciler");
-                return false;
-            }
+            Err(err) => err.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!(
+                worker,
+                size = batch.len(),
+                error,
+                "batch not persisted; left in the ledger for the reconciler"
+            );
+            return Attempt::GaveUp;
         }
+        metrics::counter!("seckill_writer_batch_retries_total").increment(1);
+        tracing::warn!(worker, size = batch.len(), error, "batch failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
-    false
 }

@@ -13,7 +13,7 @@
 //! their stock exactly once. A crash between commit and settle leaves the
 //! intents pending; the reconciler finds them in Postgres and settles them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     db::DbError,
-    redis::{Redis, RedisError},
+    redis::{Admission, Redis, RedisError},
 };
 
 /// An accepted purchase on its way to Postgres.
@@ -38,6 +38,9 @@ pub struct Intent {
 /// Why an order failed; stored in `orders.failure_reason`.
 pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
 pub const NO_WALLET: &str = "no_wallet";
+/// Accepted by a Redis that then lost it (restart without persistence), and
+/// no stock was left to take again after the rebuild.
+pub const STOCK_LOST: &str = "stock_lost";
 
 /// How a batch ended, per order.
 #[derive(Debug, Default)]
@@ -54,14 +57,63 @@ pub struct BatchResult {
 /// Most conflict rounds one batch tolerates before it is rolled back and retried whole.
 const MAX_CONFLICT_ROUNDS: u32 = 64;
 
+/// A batch that did not persist.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Db(err.into())
+    }
+}
+
+impl WriteError {
+    /// Worth retrying: Redis trouble, or a transient Postgres error. A
+    /// constraint violation is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Db(err) => err.is_transient(),
+            Self::Redis(_) => true,
+        }
+    }
+}
+
 /// Persists a batch in one transaction. The caller retries transient errors.
-pub async fn persist_batch(pool: &PgPool, batch: &[Intent]) -> Result<BatchResult, DbError> {
+///
+/// The transaction first takes `FOR KEY SHARE` on its events' rows, then
+/// (given Redis) admits the batch with `admit.lua`: intents whose stock a Redis
+/// restart lost are taken again or refused (persisted failed, uncharged). A
+/// rebuild of an event's Redis state takes `FOR UPDATE` on the row, so no batch
+/// commits across a rebuild: it is counted by it, or admitted after it.
+/// Writers do not block each other on these locks (KEY SHARE and the
+/// `sold` UPDATE's NO KEY UPDATE are compatible).
+pub async fn persist_batch(
+    pool: &PgPool,
+    batch: &[Intent],
+    admission: Option<&Redis>,
+) -> Result<BatchResult, WriteError> {
     let mut batch = batch.to_vec();
     // One lock order for every transaction: fewer deadlocks between writers.
     batch.sort_by_key(|i| (i.user_id, i.order_no));
     batch.dedup_by_key(|i| i.order_no);
 
     let mut tx = pool.begin().await?;
+    let mut event_ids: Vec<i64> = batch.iter().map(|i| i.event_id).collect();
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    sqlx::query("SELECT id FROM events WHERE id = ANY($1) ORDER BY id FOR KEY SHARE")
+        .bind(&event_ids)
+        .execute(&mut *tx)
+        .await?;
+    let refused = match admission {
+        Some(redis) => admit(redis, &batch).await?,
+        None => HashSet::new(),
+    };
     let inserted = insert_orders(&mut tx, &batch).await?;
     let mut result = BatchResult::default();
     let mut fresh = Vec::with_capacity(inserted.len());
@@ -88,7 +140,10 @@ pub async fn persist_batch(pool: &PgPool, batch: &[Intent]) -> Result<BatchResul
         }
     }
 
-    let (debits, failed, conflicts) = debit_wallets(&mut tx, &fresh).await?;
+    let (payable, lost): (Vec<Intent>, Vec<Intent>) =
+        fresh.iter().partition(|i| !refused.contains(&i.order_no));
+    let (debits, mut failed, conflicts) = debit_wallets(&mut tx, &payable).await?;
+    failed.extend(lost.iter().map(|i| (i.order_no, STOCK_LOST)));
     result.version_conflicts = conflicts;
     insert_money_rows(&mut tx, &fresh, &debits).await?;
     mark_failed(&mut tx, &failed).await?;
@@ -364,4 +419,34 @@ pub async fn settle(redis: &Redis, result: &BatchResult) -> Result<Vec<i64>, Red
         }
     }
     Ok(restocked)
+}
+
+/// Asks Redis, per event, whether each intent is still accounted for
+/// (`admit.lua`); returns the order_nos that lost their stock to a Redis
+/// restart and found none left. An event Redis does not hold at all (lost,
+/// not rebuilt yet) refuses nothing: the rebuild, which waits for this
+/// transaction's row lock, will count what it commits.
+async fn admit(redis: &Redis, batch: &[Intent]) -> Result<HashSet<Uuid>, RedisError> {
+    let mut per_event: BTreeMap<i64, Vec<Intent>> = BTreeMap::new();
+    for intent in batch {
+        per_event.entry(intent.event_id).or_default().push(*intent);
+    }
+    let mut refused = HashSet::new();
+    for (event_id, intents) in per_event {
+        if let Admission::Decided(states) = redis.admit(event_id, &intents).await? {
+            for (order_no, state) in states {
+                match state {
+                    0 => {
+                        refused.insert(order_no);
+                    }
+                    2 => {
+                        tracing::warn!(%order_no, event_id, "intent lost by redis took its stock again")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    metrics::counter!("seckill_intents_refused_total").increment(refused.len() as u64);
+    Ok(refused)
 }

@@ -38,7 +38,7 @@ async fn a_wallet_moved_underneath_is_a_counted_conflict_then_both_debits_apply(
         accepted_at: Utc::now(),
     };
     let db = app.db.clone();
-    let batch = tokio::spawn(async move { persist_batch(&db, &[intent]).await });
+    let batch = tokio::spawn(async move { persist_batch(&db, &[intent], None).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     other.commit().await.unwrap();
 
