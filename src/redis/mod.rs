@@ -408,6 +408,12 @@ impl Redis {
         }
     }
 
+    /// The generation of the event's loaded state (new at every preheat and
+    /// rebuild), or None when Redis does not hold the event.
+    pub async fn generation(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
+        Ok(self.pool.next().hget(self.keys.event(event_id).meta, "gen").await?)
+    }
+
     /// Units left, or None when the event is not in Redis.
     pub async fn stock_left(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
         Ok(self

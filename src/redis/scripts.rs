@@ -79,6 +79,8 @@ pub enum PurchaseOutcome {
         amount: i64,
         accepted_ms: i64,
         replay: bool,
+        /// The generation of the event's Redis state that accepted it.
+        generation: i64,
     },
     SoldOut {
         stock_left: i64,
@@ -112,6 +114,7 @@ impl PurchaseOutcome {
                 amount: int(1)?,
                 accepted_ms: int(2)?,
                 replay: int(0)? == 2,
+                generation: int(3)?,
             },
             3 => Self::SoldOut {
                 stock_left: int(1)?,

@@ -36,6 +36,7 @@ async fn a_wallet_moved_underneath_is_a_counted_conflict_then_both_debits_apply(
         quantity: 1,
         amount: 100,
         accepted_at: Utc::now(),
+        generation: 0,
     };
     let db = app.db.clone();
     let batch = tokio::spawn(async move { persist_batch(&db, &[intent], None).await });

@@ -165,7 +165,10 @@ async fn redis_restarted_empty(scenario: &'static str, overrides: &[(&str, &str)
     settings.extend_from_slice(overrides);
     rig.start_engine(&settings).await;
     let api = rig.api(0);
-    let sale = api.open_sale(STOCK, USERS).await;
+    // The sale pauses (not_active) from the restart until the rebuild, which
+    // first lets the writers persist their backlog: enough shoppers that the
+    // crowd outlasts the pause.
+    let sale = api.open_sale(STOCK, USERS * 5).await;
     let mut plan = LoadPlan::new(vec![rig.engines[0].url()]);
     plan.pace = pace;
     let load = Load::start(plan, &sale);
