@@ -20,19 +20,38 @@ const ORDERS: i64 = 60_000;
 const BASELINE_ORDERS: i64 = 2_000;
 /// Batch size and writer count of the batched run (`DRAIN_BATCH`, `DRAIN_WRITERS` override).
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn admin_url() -> String {
-    std::env::var("SECKILL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("SECKILL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 async fn fresh_db() -> PgPool {
-    let mut conn = PgConnection::connect(&admin_url()).await.expect("postgres reachable (make services)");
-    conn.execute("DROP DATABASE IF EXISTS seckill_bench_drain WITH (FORCE)").await.unwrap();
-    conn.execute("CREATE DATABASE seckill_bench_drain").await.unwrap();
-    let (base, _) = admin_url().rsplit_once('/').map(|(b, d)| (b.to_string(), d.to_string())).unwrap();
-    let pool = seckill::db::connect(&format!("{base}/seckill_bench_drain"), 12, Duration::from_secs(5)).await.unwrap();
+    let mut conn = PgConnection::connect(&admin_url())
+        .await
+        .expect("postgres reachable (make services)");
+    conn.execute("DROP DATABASE IF EXISTS seckill_bench_drain WITH (FORCE)")
+        .await
+        .unwrap();
+    conn.execute("CREATE DATABASE seckill_bench_drain")
+        .await
+        .unwrap();
+    let (base, _) = admin_url()
+        .rsplit_once('/')
+        .map(|(b, d)| (b.to_string(), d.to_string()))
+        .unwrap();
+    let pool = seckill::db::connect(
+        &format!("{base}/seckill_bench_drain"),
+        12,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     seckill::db::MIGRATOR.run(&pool).await.unwrap();
     pool
 }
@@ -42,21 +61,44 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
     let now = Utc::now();
     let event = seckill::db::events::insert(
         db,
-        &seckill::db::events::NewEvent { name: "drain", price: 100, stock_total: orders, per_user_limit: 1, starts_at: now - chrono::Duration::seconds(1), ends_at: now + chrono::Duration::hours(1) },
+        &seckill::db::events::NewEvent {
+            name: "drain",
+            price: 100,
+            stock_total: orders,
+            per_user_limit: 1,
+            starts_at: now - chrono::Duration::seconds(1),
+            ends_at: now + chrono::Duration::hours(1),
+        },
     )
     .await
     .unwrap();
-    let sale = SaleParams { price: 100, per_user_limit: 1, starts_ms: event.starts_at.timestamp_millis(), ends_ms: event.ends_at.timestamp_millis(), stock_total: orders };
+    let sale = SaleParams {
+        price: 100,
+        per_user_limit: 1,
+        starts_ms: event.starts_at.timestamp_millis(),
+        ends_ms: event.ends_at.timestamp_millis(),
+        stock_total: orders,
+    };
     redis.preheat(event.id, sale).await.unwrap();
-    seckill::db::wallets::seed(db, first_user, orders, 1_000_000).await.unwrap();
+    seckill::db::wallets::seed(db, first_user, orders, 1_000_000)
+        .await
+        .unwrap();
     let mut intents = Vec::with_capacity(orders as usize);
-    for chunk in (first_user..first_user + orders).collect::<Vec<_>>().chunks(1_000) {
+    for chunk in (first_user..first_user + orders)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+    {
         let calls = chunk.iter().map(|&user| {
             let redis = redis.clone();
             async move {
                 let order_no = Uuid::now_v7();
                 match redis.purchase(event.id, user, 1, order_no).await.unwrap() {
-                    PurchaseOutcome::Accepted { amount, accepted_ms, generation, .. } => Intent {
+                    PurchaseOutcome::Accepted {
+                        amount,
+                        accepted_ms,
+                        generation,
+                        ..
+                    } => Intent {
                         order_no,
                         event_id: event.id,
                         user_id: user,
@@ -75,7 +117,13 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
 }
 
 /// Drains `intents` with `workers` concurrent writers taking batches of `batch`.
-async fn drain(db: &PgPool, redis: &Redis, intents: Vec<Intent>, workers: usize, batch: usize) -> f64 {
+async fn drain(
+    db: &PgPool,
+    redis: &Redis,
+    intents: Vec<Intent>,
+    workers: usize,
+    batch: usize,
+) -> f64 {
     let (tx, rx) = async_channel::unbounded();
     for chunk in intents.chunks(batch) {
         tx.send(chunk.to_vec()).await.unwrap();
@@ -89,7 +137,9 @@ async fn drain(db: &PgPool, redis: &Redis, intents: Vec<Intent>, workers: usize,
                 while let Ok(batch) = rx.recv().await {
                     if std::env::var("DRAIN_PG_ONLY").is_ok() {
                         // Diagnostic: the Postgres transaction alone, no Redis admission or ack.
-                        writer::persist::persist_batch(&db, &batch, None).await.unwrap();
+                        writer::persist::persist_batch(&db, &batch, None)
+                            .await
+                            .unwrap();
                     } else {
                         assert!(writer::persist_with_retry(&db, &redis, &batch, w).await);
                     }
@@ -105,7 +155,11 @@ async fn drain(db: &PgPool, redis: &Redis, intents: Vec<Intent>, workers: usize,
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let db = fresh_db().await;
         let prefix = format!("drain{}", &Uuid::new_v4().simple().to_string()[..8]);

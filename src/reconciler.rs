@@ -253,7 +253,7 @@ async fn reconcile_event(
         if event.preheated_at.is_none() || Utc::now() >= event.ends_at {
             return Ok(());
         }
-        wait_for_quiet_writers(&app.db, event.id).await?;
+        wait_for_quiet_writers(app, event.id).await?;
         let (stock_left, kept) = rebuild_from_postgres(&app.db, &app.redis, event).await?;
         app.redis.publish_stock_back(event.id).await?;
         report.repairs += 1;
@@ -305,12 +305,17 @@ async fn settle_stale_intents(
         return Ok(());
     }
     let order_nos: Vec<Uuid> = stale.iter().map(|i| i.order_no).collect();
-    let persisted: HashMap<Uuid, String> = db::orders::statuses(&app.db, &order_nos)
-        .await?
-        .into_iter()
+    let rows = db::orders::statuses(&app.db, &order_nos, app.settings.reconcile_grace).await?;
+    // Committed a moment ago: its writer is acking it right now; not a leftover.
+    let settling: HashSet<Uuid> = rows
+        .iter()
+        .filter(|(_, _, old)| !old)
+        .map(|(o, _, _)| *o)
         .collect();
+    let persisted: HashMap<Uuid, String> = rows.into_iter().map(|(o, s, _)| (o, s)).collect();
     let (done, missing): (Vec<Intent>, Vec<Intent>) = stale
         .into_iter()
+        .filter(|i| !settling.contains(&i.order_no))
         .partition(|i| persisted.contains_key(&i.order_no));
 
     if !done.is_empty() {
@@ -334,6 +339,19 @@ async fn settle_stale_intents(
             });
         }
     }
+    // While this process's own writers are behind, the missing intents are
+    // most likely in their queue: replaying them now would only add the same
+    // work to a busy Postgres. They are durable in the ledger; give the
+    // writers ten grace periods before stepping in.
+    let missing: Vec<Intent> = if app.writers.held() > 0 {
+        let patient_ms = 10 * app.settings.reconcile_grace.as_millis() as i64;
+        missing
+            .into_iter()
+            .filter(|i| snapshot.at_ms - i.accepted_at.timestamp_millis() >= patient_ms)
+            .collect()
+    } else {
+        missing
+    };
     for chunk in missing.chunks(app.settings.writer.batch_max) {
         if writer::persist_with_retry(&app.db, &app.redis, chunk, usize::MAX).await {
             report.intents_replayed += chunk.len();
@@ -536,8 +554,11 @@ pub async fn rebuild_from_postgres(
 /// Waits (bounded) until no order of the event has been committed for a
 /// moment: writers drain what they hold before the sale re-opens, so fewer
 /// intents of the lost Redis have to compete for stock again.
-async fn wait_for_quiet_writers(db: &PgPool, event_id: i64) -> Result<(), DbError> {
-    const QUIET: Duration = Duration::from_millis(500);
+async fn wait_for_quiet_writers(app: &AppState, event_id: i64) -> Result<(), DbError> {
+    let db = &app.db;
+    // Longer than a writer's longest retry backoff, so a writer waiting to
+    // retry is not mistaken for one that has finished.
+    const QUIET: Duration = Duration::from_millis(1_500);
     const AT_MOST: Duration = Duration::from_secs(10);
     let started = tokio::time::Instant::now();
     let count = || async {
@@ -551,7 +572,8 @@ async fn wait_for_quiet_writers(db: &PgPool, event_id: i64) -> Result<(), DbErro
     while started.elapsed() < AT_MOST {
         tokio::time::sleep(QUIET).await;
         let now = count().await?;
-        if now == last {
+        // Quiet: nothing committed for a while, and this process holds nothing.
+        if now == last && app.writers.held() == 0 {
             break;
         }
         last = now;

@@ -43,13 +43,20 @@ pub async fn list_for_user(pool: &PgPool, user_id: i64, limit: i64) -> Result<Ve
 }
 
 /// Which of these order_nos are persisted, with their status.
-pub async fn statuses(pool: &PgPool, order_nos: &[Uuid]) -> Result<Vec<(Uuid, String)>, DbError> {
-    Ok(
-        sqlx::query_as("SELECT order_no, status FROM orders WHERE order_no = ANY($1)")
-            .bind(order_nos)
-            .fetch_all(pool)
-            .await?,
+/// Which of these order_nos are persisted: status, and whether the commit is
+/// older than `settled_after` (younger ones are still being acked by their writer).
+pub async fn statuses(
+    pool: &PgPool,
+    order_nos: &[Uuid],
+    settled_after: std::time::Duration,
+) -> Result<Vec<(Uuid, String, bool)>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT order_no, status, persisted_at < now() - make_interval(secs => $2) FROM orders WHERE order_no = ANY($1)",
     )
+    .bind(order_nos)
+    .bind(settled_after.as_secs_f64())
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Every order of an event: what a rebuild of its Redis state starts from.

@@ -161,7 +161,7 @@ impl Redis {
                     ..Default::default()
                 };
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
             .build_pool(pool_size)?;
         let deadline = tokio::time::Instant::now() + connect_for;
         pool.init().await?;
@@ -187,7 +187,7 @@ impl Redis {
     /// A fresh subscriber connection on the same server(s), for pub/sub.
     pub fn subscriber(&self) -> Result<SubscriberClient, RedisError> {
         Ok(Builder::from_config(self.config.clone())
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
             .build_subscriber_client()?)
     }
 
@@ -411,7 +411,11 @@ impl Redis {
     /// The generation of the event's loaded state (new at every preheat and
     /// rebuild), or None when Redis does not hold the event.
     pub async fn generation(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
-        Ok(self.pool.next().hget(self.keys.event(event_id).meta, "gen").await?)
+        Ok(self
+            .pool
+            .next()
+            .hget(self.keys.event(event_id).meta, "gen")
+            .await?)
     }
 
     /// Units left, or None when the event is not in Redis.

@@ -8,7 +8,13 @@
 
 pub mod persist;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_channel::{Receiver, Sender, TrySendError};
 use sqlx::PgPool;
@@ -22,6 +28,8 @@ use crate::{config::WriterSettings, redis::Redis};
 #[derive(Clone)]
 pub struct WriterQueue {
     sender: Sender<Intent>,
+    /// Intents taken from the channel and not yet committed or given up.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl WriterQueue {
@@ -41,6 +49,11 @@ impl WriterQueue {
         self.sender.len()
     }
 
+    /// Intents this process holds in memory: queued or in a batch being written.
+    pub fn held(&self) -> usize {
+        self.sender.len() + self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Stops intake; the workers drain what is queued, then exit.
     pub fn close(&self) {
         self.sender.close();
@@ -50,12 +63,18 @@ impl WriterQueue {
 /// Starts the workers; they exit once the queue is closed and drained.
 pub fn spawn(settings: WriterSettings, db: PgPool, redis: Redis) -> (WriterQueue, JoinSet<()>) {
     let (sender, receiver) = async_channel::bounded(settings.channel_capacity);
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
     for worker in 0..settings.workers {
-        let (rx, db, redis) = (receiver.clone(), db.clone(), redis.clone());
-        workers.spawn(async move { run_worker(worker, rx, db, redis, settings).await });
+        let (rx, db, redis, held) = (
+            receiver.clone(),
+            db.clone(),
+            redis.clone(),
+            in_flight.clone(),
+        );
+        workers.spawn(async move { run_worker(worker, rx, db, redis, settings, held).await });
     }
-    (WriterQueue { sender }, workers)
+    (WriterQueue { sender, in_flight }, workers)
 }
 
 async fn run_worker(
@@ -64,12 +83,14 @@ async fn run_worker(
     db: PgPool,
     redis: Redis,
     settings: WriterSettings,
+    in_flight: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(settings.batch_max);
-    while let Some(()) = next_batch(&rx, &mut batch, settings).await {
+    while let Some(()) = next_batch(&rx, &mut batch, settings, &in_flight).await {
         metrics::gauge!("seckill_channel_depth").set(rx.len() as f64);
         metrics::histogram!("seckill_writer_batch_size").record(batch.len() as f64);
         persist_with_retry(&db, &redis, &batch, worker).await;
+        in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
         batch.clear();
     }
     tracing::debug!(worker, "writer drained and stopped");
@@ -81,16 +102,21 @@ async fn next_batch(
     rx: &Receiver<Intent>,
     batch: &mut Vec<Intent>,
     settings: WriterSettings,
+    in_flight: &AtomicUsize,
 ) -> Option<()> {
-    batch.push(rx.recv().await.ok()?);
+    let take = |batch: &mut Vec<Intent>, intent: Intent| {
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        batch.push(intent);
+    };
+    take(batch, rx.recv().await.ok()?);
     let deadline = tokio::time::Instant::now() + settings.batch_linger;
     while batch.len() < settings.batch_max {
         match rx.try_recv() {
-            Ok(intent) => batch.push(intent),
+            Ok(intent) => take(batch, intent),
             Err(async_channel::TryRecvError::Closed) => break,
             Err(async_channel::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Ok(intent)) => batch.push(intent),
+                    Ok(Ok(intent)) => take(batch, intent),
                     _ => break,
                 }
             }
@@ -135,6 +161,9 @@ enum Attempt {
 
 /// How long a batch is retried before it is left to the ledger replay.
 const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Longest pause between two tries (the reconciler's rebuild waits longer
+/// than this for writers to go quiet).
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 async fn persist_retrying(db: &PgPool, redis: &Redis, batch: &[Intent], worker: usize) -> Attempt {
     let deadline = tokio::time::Instant::now() + RETRY_FOR;
@@ -170,6 +199,6 @@ async fn persist_retrying(db: &PgPool, redis: &Redis, batch: &[Intent], worker: 
         metrics::counter!("seckill_writer_batch_retries_total").increment(1);
         tracing::warn!(worker, size = batch.len(), error, "batch failed; retrying");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        delay = (delay * 2).min(MAX_BACKOFF);
     }
 }

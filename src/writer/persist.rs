@@ -443,7 +443,10 @@ async fn admit(redis: &Redis, batch: &[Intent]) -> Result<HashSet<Uuid>, RedisEr
         let Some(current) = redis.generation(event_id).await? else {
             continue;
         };
-        let suspect: Vec<Intent> = intents.into_iter().filter(|i| i.generation != current).collect();
+        let suspect: Vec<Intent> = intents
+            .into_iter()
+            .filter(|i| i.generation != current)
+            .collect();
         if suspect.is_empty() {
             continue;
         }

@@ -388,19 +388,49 @@ impl Verdict {
             .filter(|o| o.2 != "failed")
             .map(|o| o.3 as i64)
             .sum();
-        self.check(
-            "no oversell (confirmed + failed ≤ stock)",
-            confirmed + failed <= sale.stock && held <= sale.stock,
-            format!(
-                "confirmed {confirmed} + failed {failed} ≤ stock {}; units held {held}",
-                sale.stock
-            ),
-        );
-        self.check(
-            "everyone could pay: no failed order",
-            failed == 0,
-            format!("failed {failed}"),
-        );
+        // Failed orders from intents a lost Redis state accepted and the
+        // rebuilt sale had no stock left for (reason stock_lost): a 202 the
+        // shopper lost, reported here, never an oversell.
+        let (stock_lost,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM orders WHERE event_id = $1 AND failure_reason = 'stock_lost'",
+        )
+        .bind(sale.event_id)
+        .fetch_one(&rig.db.pool)
+        .await
+        .expect("read stock_lost");
+        if allow.lost_state_before.is_some() {
+            self.info(
+                "202s refused after the rebuild (stock_lost, uncharged)",
+                stock_lost.to_string(),
+            );
+            self.check(
+                "no oversell (units held ≤ stock; confirmed + failed − stock_lost ≤ stock)",
+                held <= sale.stock && confirmed + failed - stock_lost <= sale.stock,
+                format!(
+                    "confirmed {confirmed} + failed {failed} − stock_lost {stock_lost} ≤ stock {}; units held {held}",
+                    sale.stock
+                ),
+            );
+            self.check(
+                "everyone could pay: no failed order but stock_lost",
+                failed == stock_lost,
+                format!("failed {failed}, of which stock_lost {stock_lost}"),
+            );
+        } else {
+            self.check(
+                "no oversell (confirmed + failed ≤ stock)",
+                confirmed + failed <= sale.stock && held <= sale.stock,
+                format!(
+                    "confirmed {confirmed} + failed {failed} ≤ stock {}; units held {held}",
+                    sale.stock
+                ),
+            );
+            self.check(
+                "everyone could pay: no failed order",
+                failed == 0 && stock_lost == 0,
+                format!("failed {failed}"),
+            );
+        }
         let mut per_user: HashMap<i64, i64> = HashMap::new();
         for (_, u, s, q) in &orders {
             if s != "failed" {
@@ -417,10 +447,10 @@ impl Verdict {
             // Only a 202 lost with Redis frees its unit for a second buyer.
             let lost_with_redis = lost.len() as i64 - lost_after_restart as i64;
             self.check(
-                "202s ≤ stock + 202s lost with Redis",
-                accepted.len() as i64 <= sale.stock + lost_with_redis,
+                "202s ≤ stock + 202s lost with Redis (missing or stock_lost)",
+                accepted.len() as i64 <= sale.stock + lost_with_redis + stock_lost,
                 format!(
-                    "{} acknowledged, stock {}, lost with Redis {lost_with_redis}",
+                    "{} acknowledged, stock {}, lost with Redis {lost_with_redis}, stock_lost {stock_lost}",
                     accepted.len(),
                     sale.stock
                 ),
