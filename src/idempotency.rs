@@ -112,17 +112,7 @@ impl<'a> IdempotencyStore<'a> {
             .and_then(|r| serde_json::from_str::<Record>(r).ok())
         else {
             // Expired between SET and GET, or unreadable: claim it anew.
-            let _: () = self
-                .redis
-                .client()
-                .set(
-                    &self.key,
-                    encode(&fresh),
-                    Some(Expiration::PX(self.ttl_ms)),
-                    None,
-                    false,
-                )
-                .await?;
+            self.put(&fresh).await?;
             return Ok(Claim::Proceed(fresh.order_no));
         };
         if existing.fingerprint != self.fingerprint {
@@ -137,17 +127,7 @@ impl<'a> IdempotencyStore<'a> {
                     state: State::InFlight,
                     ..existing
                 };
-                let _: () = self
-                    .redis
-                    .client()
-                    .set(
-                        &self.key,
-                        encode(&resumed),
-                        Some(Expiration::PX(self.ttl_ms)),
-                        None,
-                        false,
-                    )
-                    .await?;
+                self.put(&resumed).await?;
                 Ok(Claim::Proceed(resumed.order_no))
             }
         }
@@ -180,12 +160,17 @@ impl<'a> IdempotencyStore<'a> {
             started_ms: chrono::Utc::now().timestamp_millis(),
             response,
         };
+        self.put(&record).await
+    }
+
+    /// Overwrites the record, keeping the retention.
+    async fn put(&self, record: &Record) -> Result<(), RedisError> {
         let _: () = self
             .redis
             .client()
             .set(
                 &self.key,
-                encode(&record),
+                encode(record),
                 Some(Expiration::PX(self.ttl_ms)),
                 None,
                 false,

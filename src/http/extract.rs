@@ -68,6 +68,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// The `Authorization: Bearer` token, or 401.
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    auth::bearer(header).map_err(|_| ApiError::Unauthorized)
+}
+
 /// An authenticated shopper; also spends the shopper's rate-limit budget.
 pub struct Shopper(pub i64);
 
@@ -75,11 +84,7 @@ impl FromRequestParts<AppState> for Shopper {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = auth::bearer(header).map_err(|_| ApiError::Unauthorized)?;
+        let token = bearer_token(parts)?;
         let user_id = state
             .auth
             .shopper(token)
@@ -102,11 +107,7 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = auth::bearer(header).map_err(|_| ApiError::Unauthorized)?;
+        let token = bearer_token(parts)?;
         if state.auth.is_admin(token) {
             Ok(Self)
         } else if state.auth.shopper(token).is_ok() {
