@@ -51,8 +51,8 @@ lint: ## formatting and clippy, warnings are errors
 fmt: ## format the workspace
 	$(CARGO) fmt --all
 
-bench: services ## benchmarks (criterion; the macro benchmark comes later)
-	$(CARGO) bench --bench purchase_script
+bench: services ## SPEC §7 figures: HTTP ratios, writer drain, limiter memory, Redis ceiling, criterion
+	$(DEMO_ENV) scripts/bench.sh
 
 demo: ## services, build, migrate, engine, a burst sale, report, stop
 	$(DEMO_ENV) scripts/demo.sh
@@ -61,4 +61,4 @@ loadtest: ## like demo with SCENARIO=burst|sellout-storm|slow-payers|retry-storm
 	$(DEMO_ENV) SCENARIO="$(SCENARIO)" scripts/demo.sh
 
 faults: services ## fault-injection tests (kill -9, restarts, stalls), one at a time
-	$(CARGO) test --release --test faults -- --include-ignored --test-threads=1
+	$(CARGO) test --release --test faults -- --include-ignored --test-threads=1 --nocapture
