@@ -5,15 +5,26 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 /// Drives a flash sale against a running seckill engine through its HTTP API,
 /// then verifies the outcome (engine invariants + client-side truths) and
 /// writes a report and a chart.
+///
+/// `seckill-loadtest bench` runs the macro benchmark instead (SPEC §7).
 #[derive(Debug, Parser)]
-#[command(name = "seckill-loadtest", version, about)]
+#[command(
+    name = "seckill-loadtest",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Engine base URL.
     #[arg(
         long,
@@ -94,6 +105,14 @@ pub struct Cli {
     /// HS256 secret the engine verifies shopper tokens with.
     #[arg(long, env = "SECKILL_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+}
+
+/// Modes other than a flash-sale scenario.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Macro benchmark: `/healthz` ceiling, purchases while stock lasts and
+    /// after sell-out, as ratios with p99 latencies; writes bench.json.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// The named crowds of issue 4, plus a tiny one for quick checks.

@@ -9,9 +9,11 @@
 //! Layout: `config` (CLI and scenarios), `api` (the engine's HTTP API and
 //! outcome classification), `crowd` (the workers and the stock poller),
 //! `stats` (histograms, phases, timeline), `verify` (drain and checks),
-//! `report` and `chart` (output), `sale` (one run from start to verdict).
+//! `report` and `chart` (output), `sale` (one run from start to verdict),
+//! `bench` (the `bench` subcommand: the macro benchmark of SPEC §7).
 
 mod api;
+mod bench;
 mod chart;
 mod config;
 mod crowd;
@@ -26,7 +28,18 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let plan = match config::Plan::from_cli(config::Cli::parse()) {
+    let mut cli = config::Cli::parse();
+    if let Some(config::Command::Bench(args)) = cli.command.take() {
+        return match bench::run(*args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("seckill-loadtest bench: error: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let plan = match config::Plan::from_cli(cli) {
         Ok(plan) => plan,
         Err(err) => {
             eprintln!("seckill-loadtest: {err:#}");

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# `make bench`: every SPEC §7 figure in one run on this (shared, noisy) box.
+#
+#  1. HTTP macro benchmark: a fresh database, the release engine on
+#     127.0.0.1:18180 with rate limits off, and `seckill-loadtest bench`
+#     (/healthz ceiling, purchases while stock lasts and after sell-out, as
+#     ratios with p99s; loadtest/out/bench.json).
+#  2. Writer drain rate vs one transaction per order (benches/writer_drain.rs).
+#  3. Keyed rate-limiter memory at 1 M users (benches/limiter_memory.rs).
+#  4. Raw Redis EVALSHA rate of purchase.lua (redis-benchmark): Redis' ceiling.
+#  5. Criterion micro-benchmarks (benches/purchase_script.rs).
+#  6. A summary of the figures and of which targets are met.
+#
+# Parts 2 and 3 run when their bench files exist. Uses dev-only secrets
+# unless SECKILL_ADMIN_TOKEN / SECKILL_JWT_SECRET are set.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# DEV-ONLY secrets (as scripts/demo.sh via the Makefile): never reuse them.
+export SECKILL_ADMIN_TOKEN="${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}"
+export SECKILL_JWT_SECRET="${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
+export SECKILL_DATABASE_URL="${SECKILL_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/seckill_bench_http}"
+export SECKILL_TEST_DATABASE_URL="${SECKILL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export SECKILL_TEST_REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+
+BIND=127.0.0.1:18180
+BASE_URL="http://$BIND"
+LOG=.local/bench-engine.log
+OUT_DIR="${SECKILL_LOADTEST_OUT_DIR:-loadtest/out}"
+CONNECTIONS="${BENCH_CONNECTIONS:-64}"
+PHASE_SECS="${BENCH_PHASE_SECS:-5}"
+READY_SECS=30
+REDIS_HOST=127.0.0.1
+REDIS_PORT=6379
+RB_PREFIX='{benchredis}'
+
+say() { echo "bench: $*"; }
+section() { printf '\n==== %s ====\n' "$*"; }
+
+engine_pid=""
+stop_engine() {
+    if [[ -n "$engine_pid" ]] && kill -0 "$engine_pid" 2>/dev/null; then
+        say "stopping the engine (pid $engine_pid)"
+        kill -TERM "$engine_pid" 2>/dev/null || true
+        for _ in $(seq 1 60); do
+            kill -0 "$engine_pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$engine_pid" 2>/dev/null; then
+            say "engine still running after 30 s, sending SIGKILL" >&2
+            kill -KILL "$engine_pid" 2>/dev/null || true
+        fi
+        wait "$engine_pid" 2>/dev/null || true
+    fi
+    engine_pid=""
+}
+redis_cleanup() {
+    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" DEL "$RB_PREFIX:meta" "$RB_PREFIX:stock" \
+        "$RB_PREFIX:bought" "$RB_PREFIX:orders" "$RB_PREFIX:ledger" >/dev/null 2>&1 || true
+}
+cleanup() {
+    stop_engine
+    redis_cleanup
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+started=$(date +%s)
+
+section "services and build"
+scripts/services.sh
+cargo build --release --workspace
+# Compile the bench targets now, so no compilation runs during a measurement
+# (the bench profile inherits release: the library is shared).
+bench_targets=(--bench purchase_script)
+for b in writer_drain limiter_memory; do
+    if [[ -f "benches/$b.rs" ]]; then
+        bench_targets+=(--bench "$b")
+    fi
+done
+cargo bench --no-run "${bench_targets[@]}"
+
+# --- 1. HTTP macro benchmark --------------------------------------------------
+section "HTTP macro benchmark (seckill-loadtest bench)"
+db="${SECKILL_DATABASE_URL%%\?*}"
+db="${db##*/}"
+if [[ ! "$db" =~ ^[A-Za-z0-9_-]+$ ]]; then
+    say "cannot take a database name from SECKILL_DATABASE_URL (got '$db')" >&2
+    exit 1
+fi
+say "fresh database '$db'"
+psql -h 127.0.0.1 -U postgres -d postgres -q -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
+target/release/seckill migrate
+
+if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
+    say "something already answers on $BASE_URL; stop it first" >&2
+    exit 1
+fi
+mkdir -p .local "$OUT_DIR"
+say "starting the engine on $BIND (log: $LOG)"
+SECKILL_BIND="$BIND" \
+    SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
+    SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$" \
+    SECKILL_LOG_FORMAT=json RUST_LOG=warn \
+    target/release/seckill serve >"$LOG" 2>&1 &
+engine_pid=$!
+
+ready=""
+for _ in $(seq 1 $((READY_SECS * 4))); do
+    if ! kill -0 "$engine_pid" 2>/dev/null; then
+        say "the engine exited during start-up; last lines of $LOG:" >&2
+        tail -n 20 "$LOG" >&2
+        engine_pid=""
+        exit 1
+    fi
+    if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE_URL/readyz" 2>/dev/null || true)" == "200" ]]; then
+        ready=yes
+        break
+    fi
+    sleep 0.25
+done
+if [[ -z "$ready" ]]; then
+    say "the engine was not ready within ${READY_SECS}s; last lines of $LOG:" >&2
+    tail -n 20 "$LOG" >&2
+    exit 1
+fi
+
+rm -f "$OUT_DIR/bench.json"
+set +e
+target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
+    --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR"
+http_rc=$?
+set -e
+stop_engine
+if [[ "$http_rc" -ne 0 ]]; then
+    say "seckill-loadtest bench exited with $http_rc (see above; engine log: $LOG)" >&2
+fi
+
+# --- 2. Writer drain rate ----------------------------------------------------
+drain_rc=skipped
+if [[ -f benches/writer_drain.rs ]]; then
+    section "writer drain rate (cargo bench --bench writer_drain)"
+    set +e
+    cargo bench --bench writer_drain
+    drain_rc=$?
+    set -e
+else
+    section "writer drain rate: benches/writer_drain.rs not found, skipped"
+fi
+
+# --- 3. Rate-limiter memory ----------------------------------------------------
+limiter_rc=skipped
+if [[ -f benches/limiter_memory.rs ]]; then
+    section "keyed rate-limiter memory (cargo bench --bench limiter_memory)"
+    set +e
+    cargo bench --bench limiter_memory
+    limiter_rc=$?
+    set -e
+else
+    section "rate-limiter memory: benches/limiter_memory.rs not found, skipped"
+fi
+
+# --- 4. Redis EVALSHA ceiling -------------------------------------------------
+section "Redis ceiling: EVALSHA purchase.lua (redis-benchmark)"
+rcli() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" "$@"; }
+redis_rps=""
+if command -v redis-benchmark >/dev/null 2>&1; then
+    sha="$(rcli SCRIPT LOAD "$(cat lua/purchase.lua)")"
+    redis_cleanup
+    # A preheated sale that never runs out, never ends and never hits the
+    # per-user limit: every call is an acceptance (the full write path).
+    rcli HSET "$RB_PREFIX:meta" price 1 limit 1000000 starts_ms 0 ends_ms 99999999999999 \
+        total 1000000000 >/dev/null
+    rcli SET "$RB_PREFIX:stock" 1000000000 >/dev/null
+    # __rand_int__ is drawn per occurrence: a random shopper and a fresh order_no per call.
+    rb_out="$(redis-benchmark -h "$REDIS_HOST" -p "$REDIS_PORT" -c 64 -n 200000 -r 100000000 --csv \
+        EVALSHA "$sha" 5 "$RB_PREFIX:meta" "$RB_PREFIX:stock" "$RB_PREFIX:bought" \
+        "$RB_PREFIX:orders" "$RB_PREFIX:ledger" __rand_int__ 1 __rand_int__)"
+    echo "$rb_out"
+    redis_rps="$(awk -F'","' 'NR==2 {print $2+0}' <<<"$rb_out")"
+    left="$(rcli GET "$RB_PREFIX:stock")"
+    accepted=$((1000000000 - left))
+    say "EVALSHA purchase.lua: ${redis_rps} calls/s, ${accepted} of 200000 calls accepted"
+    redis_cleanup
+else
+    say "redis-benchmark not installed: skipped"
+fi
+
+# --- 5. Criterion micro-benchmarks --------------------------------------------
+section "criterion micro-benchmarks (cargo bench --bench purchase_script)"
+set +e
+cargo bench --bench purchase_script
+micro_rc=$?
+set -e
+
+# --- 6. Summary ----------------------------------------------------------------
+section "summary (SPEC §7)"
+json="$OUT_DIR/bench.json"
+if [[ -f "$json" ]]; then
+    jq -r '
+      def f(x): if x == null then "-" else (x * 100 | round) / 100 end;
+      "machine: \(.cpus) CPUs shared by client, engine, Redis and Postgres; \(.connections) connections, \(.phase_secs)s per phase, \(.client) client",
+      "healthz             \(.healthz_rps | round) req/s   p50 \(f(.healthz_p50_ms)) ms  p99 \(f(.healthz_p99_ms)) ms",
+      "purchase selling    \(.selling_rps | round) req/s   p50 \(f(.selling_p50_ms)) ms  p99 \(f(.selling_p99_ms)) ms   ratio \(.ratio_selling * 1000 | round / 1000)",
+      "purchase sold out   \(.sold_out_rps | round) req/s   p50 \(f(.sold_out_p50_ms)) ms  p99 \(f(.sold_out_p99_ms)) ms   ratio \(.ratio_sold_out * 1000 | round / 1000)",
+      "orders persisted during bench: \(.persisted.orders)",
+      (.phases[] | "CPU cores in \(.name): client \(f(.cpu.client_cores)) engine \(f(.cpu.engine_cores)) redis \(f(.cpu.redis_cores)) postgres \(f(.cpu.postgres_cores)) other \(f(.cpu.other_cores)); engine \(f(.cpu.engine_us_per_request)) µs CPU per request"),
+      (.targets[] | "target \(.name) \(.target): \(.value * 1000 | round / 1000) \(if .met then "MET" else "NOT MET" end)"),
+      (.warnings[] | "WARNING: \(.)")
+    ' "$json"
+else
+    say "no $json: the HTTP benchmark failed (exit code $http_rc)"
+fi
+if [[ -n "$redis_rps" ]]; then
+    echo "redis EVALSHA purchase.lua  ${redis_rps} calls/s (Redis ceiling, 64 clients)"
+fi
+echo "writer drain bench: $([[ $drain_rc == skipped ]] && echo "not present" || echo "exit $drain_rc, figures above")"
+echo "limiter memory bench: $([[ $limiter_rc == skipped ]] && echo "not present" || echo "exit $limiter_rc, figures above")"
+echo "criterion purchase_script: exit $micro_rc (figures above)"
+echo "total time: $(($(date +%s) - started))s"
+
+rc=0
+for c in "$http_rc" "$micro_rc" "$drain_rc" "$limiter_rc"; do
+    if [[ "$c" != skipped && "$c" -ne 0 ]]; then
+        rc=1
+    fi
+done
+exit "$rc"
