@@ -2,13 +2,13 @@
 //! `{"error": "<code>", "message": "<text>"}` plus named extra fields; 5xx
 //! bodies never carry internals (those are logged once, in the request span).
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::{db::DbError, redis::RedisError};
@@ -86,16 +86,17 @@ impl ApiError {
     }
 
     /// The JSON body (also what an idempotent replay stores).
-    pub fn body(&self) -> Value {
-        let (code, message): (&str, String) = match self {
-            Self::Invalid { message, .. } => ("invalid_request", message.clone()),
+    /// The error code and human message.
+    fn code_and_message(&self) -> (&str, Cow<'_, str>) {
+        match self {
+            Self::Invalid { message, .. } => ("invalid_request", message.as_str().into()),
             Self::Unauthorized => (
                 "unauthorized",
                 "missing, invalid or expired credentials".into(),
             ),
             Self::Forbidden => ("forbidden", "not allowed".into()),
-            Self::NotFound(what) => ("not_found", format!("{what} not found")),
-            Self::Conflict { code, message, .. } => (code, message.clone()),
+            Self::NotFound(what) => ("not_found", format!("{what} not found").into()),
+            Self::Conflict { code, message, .. } => (code, message.as_str().into()),
             Self::IdempotencyKeyReused => (
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request".into(),
@@ -111,7 +112,12 @@ impl ApiError {
                 "a backing service is unavailable; retry later".into(),
             ),
             Self::Internal(_) => ("internal", "internal error".into()),
-        };
+        }
+    }
+
+    /// The JSON body (also what an idempotent replay stores).
+    pub fn body(&self) -> Value {
+        let (code, message) = self.code_and_message();
         let mut body = Map::new();
         body.insert("error".into(), json!(code));
         body.insert("message".into(), json!(message));
@@ -119,6 +125,26 @@ impl ApiError {
             body.extend(extra.clone());
         }
         Value::Object(body)
+    }
+
+    /// The body as bytes; the common case (no extra fields) without building a map.
+    fn body_bytes(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Plain<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        match self {
+            Self::Conflict { extra, .. } if !extra.is_empty() => serde_json::to_vec(&self.body()),
+            _ => {
+                let (error, message) = self.code_and_message();
+                serde_json::to_vec(&Plain {
+                    error,
+                    message: &message,
+                })
+            }
+        }
+        .expect("an error body serializes")
     }
 }
 
@@ -128,7 +154,15 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let mut response = (status, Json(self.body())).into_response();
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body_bytes(),
+        )
+            .into_response();
         if let Self::RateLimited { retry_after } = self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response

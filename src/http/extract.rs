@@ -3,9 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::{
-    extract::{
-        rejection::JsonRejection, ConnectInfo, FromRequest, FromRequestParts, Path, Request,
-    },
+    body::Bytes,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
     http::{header, request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
@@ -14,38 +13,54 @@ use crate::{auth, error::ApiError, state::AppState};
 
 /// `Json<T>` whose rejections are `ApiError`s. Only a JSON object is a
 /// request body: serde would otherwise read `[1]` as a struct's fields.
+/// Parsed once, straight from the body bytes.
 pub struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(value)) => value,
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                return Err(ApiError::UnsupportedMediaType)
-            }
-            Err(JsonRejection::JsonDataError(err)) => {
-                return Err(ApiError::unprocessable(err.body_text()))
-            }
-            Err(JsonRejection::JsonSyntaxError(err)) => {
-                return Err(ApiError::invalid(err.body_text()))
-            }
-            Err(JsonRejection::BytesRejection(err))
-                if err.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime.eq_ignore_ascii_case("application/json")
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(ApiError::PayloadTooLarge)
             }
-            Err(other) => return Err(ApiError::invalid(other.body_text())),
+            Err(err) => return Err(ApiError::invalid(err.body_text())),
         };
-        if !value.is_object() {
-            return Err(ApiError::unprocessable(
-                "the request body must be a JSON object",
-            ));
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            Some(b'[' | b'"' | b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
+                // Well-formed or not, it is not an object: say which when we can.
+                return Err(
+                    match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                        Ok(_) => ApiError::unprocessable("the request body must be a JSON object"),
+                        Err(err) => ApiError::invalid(format!("malformed JSON: {err}")),
+                    },
+                );
+            }
+            _ => return Err(ApiError::invalid("malformed JSON: expected an object")),
         }
-        serde_json::from_value(value)
+        serde_json::from_slice(&bytes)
             .map(Self)
-            .map_err(|err| ApiError::unprocessable(format!("invalid request body: {err}")))
+            .map_err(|err| match err.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::unprocessable(format!("invalid request body: {err}"))
+                }
+                _ => ApiError::invalid(format!("malformed JSON: {err}")),
+            })
     }
 }
 

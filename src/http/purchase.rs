@@ -4,7 +4,7 @@
 //! idempotency claim → `purchase.lua` → 202 and a hand-off to the writers.
 //! A 202 is only ever sent after Redis recorded the intent.
 
-use std::time::Instant;
+use std::{collections::HashMap, sync::OnceLock, time::Instant};
 
 use axum::{
     extract::State,
@@ -51,9 +51,57 @@ pub async fn purchase(
         Ok((outcome, status, body)) => (outcome, (status, Json(body)).into_response()),
         Err(err) => (error_kind(&err), err.into_response()),
     };
-    metrics::counter!("seckill_purchases_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("seckill_purchase_seconds").record(started.elapsed().as_secs_f64());
+    PurchaseMetrics::get().record(outcome, started.elapsed());
     response
+}
+
+/// Metric handles registered once: the hot path then only adds to atomics
+/// instead of looking the series up in the registry per request.
+struct PurchaseMetrics {
+    outcomes: HashMap<&'static str, metrics::Counter>,
+    latency: metrics::Histogram,
+}
+
+const OUTCOMES: [&str; 13] = [
+    "accepted",
+    "accepted_replay",
+    "replayed",
+    "sold_out",
+    "limit_exceeded",
+    "not_active",
+    "in_progress",
+    "rate_limited",
+    "not_found",
+    "invalid",
+    "idempotency_key_reused",
+    "unavailable",
+    "error",
+];
+
+impl PurchaseMetrics {
+    fn get() -> &'static Self {
+        static METRICS: OnceLock<PurchaseMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| Self {
+            outcomes: OUTCOMES
+                .iter()
+                .map(|o| {
+                    (
+                        *o,
+                        metrics::counter!("seckill_purchases_total", "outcome" => *o),
+                    )
+                })
+                .collect(),
+            latency: metrics::histogram!("seckill_purchase_seconds"),
+        })
+    }
+
+    fn record(&self, outcome: &'static str, took: std::time::Duration) {
+        match self.outcomes.get(outcome) {
+            Some(counter) => counter.increment(1),
+            None => metrics::counter!("seckill_purchases_total", "outcome" => outcome).increment(1),
+        }
+        self.latency.record(took.as_secs_f64());
+    }
 }
 
 fn error_kind(err: &ApiError) -> &'static str {
