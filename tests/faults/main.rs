@@ -382,7 +382,9 @@ async fn reconciler_every_100ms_during_sale() {
     rig.start_engine(&[("SECKILL_RECONCILE_INTERVAL_MS", "100")])
         .await;
     let api = rig.api(0);
-    let sale = api.open_sale(500, USERS).await;
+    // Enough stock that a full-speed sale outlasts several 100 ms passes even
+    // with a release build (500 units sold out in 0.08 s there).
+    let sale = api.open_sale(6_000, USERS * 3).await;
     let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM reconcile_runs")
         .fetch_one(&rig.db.pool)
         .await
