@@ -150,21 +150,35 @@ impl Redis {
         connect_for: Duration,
     ) -> Result<Self, RedisError> {
         let config = Config::from_url(url)?;
-        let pool = Builder::from_config(config.clone())
-            .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
-            .with_connection_config(|conn| {
-                conn.connection_timeout = Duration::from_secs(2);
-                conn.internal_command_timeout = Duration::from_secs(2);
-                conn.max_command_attempts = 3;
-                conn.tcp = fred::types::config::TcpConfig {
-                    nodelay: Some(true),
-                    ..Default::default()
-                };
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
-            .build_pool(pool_size)?;
+        let build = || {
+            Builder::from_config(config.clone())
+                .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
+                .with_connection_config(|conn| {
+                    conn.connection_timeout = Duration::from_secs(2);
+                    conn.internal_command_timeout = Duration::from_secs(2);
+                    conn.max_command_attempts = 3;
+                    conn.tcp = fred::types::config::TcpConfig {
+                        nodelay: Some(true),
+                        ..Default::default()
+                    };
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
+                .build_pool(pool_size)
+        };
         let deadline = tokio::time::Instant::now() + connect_for;
-        pool.init().await?;
+        // The first connection is retried too (Redis may still be starting),
+        // each time with a fresh pool: one whose first connect failed stays down.
+        let pool = loop {
+            let pool = build()?;
+            match pool.init().await {
+                Ok(_) => break pool,
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
+                Err(_) => {
+                    let _ = pool.quit().await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
         let redis = Self {
             pool,
             config,
