@@ -7,6 +7,7 @@ mod helpers;
 mod idempotency;
 mod ops;
 mod purchase;
+mod ratelimit;
 mod reconcile;
 mod scripts;
 mod writer;
