@@ -45,6 +45,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: Env) -> TestApp {
+    spawn_app_env(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).await
+}
+
+/// Like `spawn_app_with`, for values known only at run time (a cluster's ports).
+pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
     let db_name = format!("seckill_test_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&admin_db_url())
         .await
@@ -73,7 +78,7 @@ pub async fn spawn_app_with(overrides: Env) -> TestApp {
     env.insert("SECKILL_REDIS_URL".into(), redis_url());
     env.insert("SECKILL_REDIS_PREFIX".into(), prefix.clone());
     for (k, v) in overrides {
-        env.insert(k.to_string(), v.to_string());
+        env.insert(k, v);
     }
     let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
 
@@ -85,7 +90,7 @@ pub async fn spawn_app_with(overrides: Env) -> TestApp {
         .await
         .expect("migrate test db");
     let redis = Redis::connect(
-        &redis_url(),
+        &env["SECKILL_REDIS_URL"],
         &prefix,
         2,
         Duration::from_secs(5),

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod cluster;
 mod helpers;
 mod idempotency;
 mod ops;
