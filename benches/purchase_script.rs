@@ -214,7 +214,6 @@ fn persist(c: &mut Criterion) {
                             quantity: 1,
                             amount: 100,
                             accepted_at: Utc::now(),
-                            generation: 0,
                         })
                         .collect();
                     let result = persist_batch(&pool, &batch, None).await.unwrap();

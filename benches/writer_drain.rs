@@ -96,7 +96,6 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
                     PurchaseOutcome::Accepted {
                         amount,
                         accepted_ms,
-                        generation,
                         ..
                     } => Intent {
                         order_no,
@@ -105,7 +104,6 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
                         quantity: 1,
                         amount,
                         accepted_at: chrono::DateTime::from_timestamp_millis(accepted_ms).unwrap(),
-                        generation,
                     },
                     other => panic!("setup purchase refused: {other:?}"),
                 }

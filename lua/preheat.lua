@@ -30,13 +30,9 @@ if (#ARGV - 6) % 4 ~= 0 then
   return redis.error_reply('ERR rebuild takes groups of 4')
 end
 
--- A new generation (Redis server time in microseconds) marks every load and
--- rebuild, so writers can tell intents accepted by an earlier, lost state.
 local function set_meta()
-  local now = redis.call('TIME')
-  local gen = tonumber(now[1]) * 1000000 + tonumber(now[2])
   redis.call('HSET', KEYS[1], 'price', ARGV[2], 'limit', ARGV[3],
-    'starts_ms', ARGV[4], 'ends_ms', ARGV[5], 'total', ARGV[6], 'gen', gen)
+    'starts_ms', ARGV[4], 'ends_ms', ARGV[5], 'total', ARGV[6])
 end
 
 if mode == 'init' then

@@ -297,8 +297,6 @@ async fn settle_stale_intents(
                 .timestamp_millis_opt(e.accepted_ms)
                 .single()
                 .unwrap_or_else(Utc::now),
-            // Unknown: the writer checks the ledger entry itself.
-            generation: 0,
         })
         .collect();
     if stale.is_empty() {

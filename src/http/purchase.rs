@@ -248,7 +248,6 @@ async fn buy(
             amount,
             accepted_ms,
             replay,
-            generation,
         } => {
             let accepted_at = Utc
                 .timestamp_millis_opt(accepted_ms)
@@ -262,7 +261,6 @@ async fn buy(
                 quantity,
                 amount,
                 accepted_at,
-                generation,
             };
             // Durable in the ledger already; a full channel only delays persistence.
             app.writers.offer(intent);

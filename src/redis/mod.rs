@@ -422,14 +422,33 @@ impl Redis {
         }
     }
 
-    /// The generation of the event's loaded state (new at every preheat and
-    /// rebuild), or None when Redis does not hold the event.
-    pub async fn generation(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
-        Ok(self
-            .pool
-            .next()
-            .hget(self.keys.event(event_id).meta, "gen")
-            .await?)
+    /// Runs `missing.lua`: the intents (of one event) no longer pending in its ledger.
+    pub async fn missing_from_ledger(
+        &self,
+        event_id: i64,
+        intents: &[crate::writer::Intent],
+    ) -> Result<Vec<crate::writer::Intent>, RedisError> {
+        let args: Vec<Value> = intents
+            .iter()
+            .map(|i| Value::from(i.order_no.to_string()))
+            .collect();
+        let reply = self
+            .run(
+                &self.scripts.missing,
+                vec![self.keys.event(event_id).ledger],
+                args,
+            )
+            .await?;
+        let Value::Array(positions) = reply else {
+            return Err(RedisError::Protocol(format!(
+                "missing.lua returned {reply:?}"
+            )));
+        };
+        Ok(positions
+            .iter()
+            .filter_map(|p| p.as_i64())
+            .filter_map(|p| intents.get((p - 1) as usize).copied())
+            .collect())
     }
 
     /// Units left, or None when the event is not in Redis.

@@ -34,6 +34,7 @@ pub struct Scripts {
     pub release: LuaScript,
     pub preheat: LuaScript,
     pub admit: LuaScript,
+    pub missing: LuaScript,
     pub snapshot: LuaScript,
     pub repair: LuaScript,
     pub unlock: LuaScript,
@@ -47,6 +48,7 @@ impl Default for Scripts {
             release: LuaScript::new("release", include_str!("../../lua/release.lua")),
             preheat: LuaScript::new("preheat", include_str!("../../lua/preheat.lua")),
             admit: LuaScript::new("admit", include_str!("../../lua/admit.lua")),
+            missing: LuaScript::new("missing", include_str!("../../lua/missing.lua")),
             snapshot: LuaScript::new("snapshot", include_str!("../../lua/snapshot.lua")),
             repair: LuaScript::new("repair", include_str!("../../lua/repair.lua")),
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
@@ -56,12 +58,13 @@ impl Default for Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 8] {
+    pub fn all(&self) -> [&LuaScript; 9] {
         [
             &self.purchase,
             &self.release,
             &self.preheat,
             &self.admit,
+            &self.missing,
             &self.snapshot,
             &self.repair,
             &self.unlock,
@@ -79,8 +82,6 @@ pub enum PurchaseOutcome {
         amount: i64,
         accepted_ms: i64,
         replay: bool,
-        /// The generation of the event's Redis state that accepted it.
-        generation: i64,
     },
     SoldOut {
         stock_left: i64,
@@ -114,7 +115,6 @@ impl PurchaseOutcome {
                 amount: int(1)?,
                 accepted_ms: int(2)?,
                 replay: int(0)? == 2,
-                generation: int(3)?,
             },
             3 => Self::SoldOut {
                 stock_left: int(1)?,

@@ -33,9 +33,6 @@ pub struct Intent {
     pub quantity: i32,
     pub amount: i64,
     pub accepted_at: DateTime<Utc>,
-    /// Generation of the event's Redis state that accepted it (0: unknown,
-    /// e.g. replayed from the ledger); see `admit`.
-    pub generation: i64,
 }
 
 /// Why an order failed; stored in `orders.failure_reason`.
@@ -428,11 +425,12 @@ pub async fn settle(redis: &Redis, result: &BatchResult) -> Result<Vec<i64>, Red
 /// returns the order_nos that lost their stock to a Redis restart and found
 /// none left.
 ///
-/// Common case, one `HGET`: the event's state is still the generation that
-/// accepted the intents. Only intents of another (or unknown) generation go
-/// through `admit.lua`. An event Redis does not hold at all (lost, not rebuilt
-/// yet) refuses nothing: the rebuild, which waits for this transaction's row
-/// lock, will count what it commits.
+/// Common case, one `missing.lua` call per event that finds every intent
+/// still pending in the ledger. Only intents missing from it go through
+/// `admit.lua` (already settled, or lost by a Redis restart: without
+/// persistence, or the last second of an `everysec` AOF). An event Redis does
+/// not hold at all (lost, not rebuilt yet) refuses nothing: the rebuild, which
+/// waits for this transaction's row lock, will count what it commits.
 async fn admit(redis: &Redis, batch: &[Intent]) -> Result<HashSet<Uuid>, RedisError> {
     let mut per_event: BTreeMap<i64, Vec<Intent>> = BTreeMap::new();
     for intent in batch {
@@ -440,13 +438,7 @@ async fn admit(redis: &Redis, batch: &[Intent]) -> Result<HashSet<Uuid>, RedisEr
     }
     let mut refused = HashSet::new();
     for (event_id, intents) in per_event {
-        let Some(current) = redis.generation(event_id).await? else {
-            continue;
-        };
-        let suspect: Vec<Intent> = intents
-            .into_iter()
-            .filter(|i| i.generation != current)
-            .collect();
+        let suspect = redis.missing_from_ledger(event_id, &intents).await?;
         if suspect.is_empty() {
             continue;
         }

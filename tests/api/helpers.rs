@@ -45,7 +45,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: Env) -> TestApp {
-    spawn_app_env(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).await
+    spawn_app_env(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+    .await
 }
 
 /// Like `spawn_app_with`, for values known only at run time (a cluster's ports).

@@ -36,7 +36,6 @@ async fn a_wallet_moved_underneath_is_a_counted_conflict_then_both_debits_apply(
         quantity: 1,
         amount: 100,
         accepted_at: Utc::now(),
-        generation: 0,
     };
     let db = app.db.clone();
     let batch = tokio::spawn(async move { persist_batch(&db, &[intent], None).await });
@@ -138,5 +137,72 @@ async fn graceful_shutdown_persists_what_is_queued() {
         app.redis.ledger(sale.id).await.unwrap().is_empty(),
         "and acked in Redis"
     );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn intents_whose_redis_writes_were_lost_never_oversell() {
+    // Writers hold their batch open, so accepted intents wait in memory.
+    let mut app = spawn_app_with(&[
+        ("SECKILL_BATCH_LINGER_MS", "30000"),
+        ("SECKILL_BATCH_MAX", "100000"),
+        ("SECKILL_WRITERS", "1"),
+    ])
+    .await;
+    let sale = app.open_sale(10, 100, 1).await;
+    app.fund(1, 20, 1_000).await;
+    for user in 1..=10 {
+        assert_eq!(
+            app.purchase(sale.id, user, json!(1)).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    // Redis restarts from an `everysec` AOF that missed the last second: the
+    // event is still loaded, but those ten purchases never happened there.
+    let keys = app.redis.keys().event(sale.id);
+    let client = app.redis.client();
+    let _: () = fred::prelude::KeysInterface::set(client, &keys.stock, 10, None, None, false)
+        .await
+        .unwrap();
+    let _: i64 = fred::prelude::KeysInterface::del(
+        client,
+        vec![
+            keys.bought.clone(),
+            keys.orders.clone(),
+            keys.ledger.clone(),
+        ],
+    )
+    .await
+    .unwrap();
+    // The sale goes on and sells the same ten units again.
+    for user in 11..=20 {
+        assert_eq!(
+            app.purchase(sale.id, user, json!(1)).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    app.stop()
+        .await
+        .expect("clean shutdown flushes the writers");
+
+    let confirmed = app
+        .scalar(
+            "SELECT count(*) FROM orders WHERE event_id = $1 AND status = 'confirmed'",
+            sale.id,
+        )
+        .await;
+    let lost = app
+        .scalar(
+            "SELECT count(*) FROM orders WHERE event_id = $1 AND failure_reason = 'stock_lost'",
+            sale.id,
+        )
+        .await;
+    assert_eq!(confirmed, 10, "exactly the stock is sold");
+    assert_eq!(
+        lost, 10,
+        "the intents Redis lost found no stock left and failed, uncharged"
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM wallet_debits d JOIN orders o USING (order_no) WHERE o.event_id = $1", sale.id).await, 10);
+    assert_eq!(app.stock_left(sale.id).await, Some(0));
     app.cleanup().await;
 }
