@@ -38,27 +38,15 @@ RB_PREFIX='{benchredis}'
 say() { echo "bench: $*"; }
 section() { printf '\n==== %s ====\n' "$*"; }
 
-engine_pid=""
-stop_engine() {
-    if [[ -n "$engine_pid" ]] && kill -0 "$engine_pid" 2>/dev/null; then
-        say "stopping the engine (pid $engine_pid)"
-        kill -TERM "$engine_pid" 2>/dev/null || true
-        for _ in $(seq 1 60); do
-            kill -0 "$engine_pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if kill -0 "$engine_pid" 2>/dev/null; then
-            say "engine still running after 30 s, sending SIGKILL" >&2
-            kill -KILL "$engine_pid" 2>/dev/null || true
-        fi
-        wait "$engine_pid" 2>/dev/null || true
-    fi
-    engine_pid=""
-}
+# shellcheck source=scripts/engine.sh
+source scripts/engine.sh
+stop_engine() { engine_stop bench; }
 redis_cleanup() {
     redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" DEL "$RB_PREFIX:meta" "$RB_PREFIX:stock" \
         "$RB_PREFIX:bought" "$RB_PREFIX:orders" "$RB_PREFIX:ledger" >/dev/null 2>&1 || true
 }
+# Called by the EXIT trap.
+# shellcheck disable=SC2317
 cleanup() {
     stop_engine
     redis_cleanup
@@ -101,32 +89,11 @@ if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
 fi
 mkdir -p .local "$OUT_DIR"
 say "starting the engine on $BIND (log: $LOG)"
-SECKILL_BIND="$BIND" \
+engine_start bench "$LOG" "$BASE_URL" \
+    SECKILL_BIND="$BIND" \
     SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
     SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$" \
-    SECKILL_LOG_FORMAT=json RUST_LOG=warn \
-    target/release/seckill serve >"$LOG" 2>&1 &
-engine_pid=$!
-
-ready=""
-for _ in $(seq 1 $((READY_SECS * 4))); do
-    if ! kill -0 "$engine_pid" 2>/dev/null; then
-        say "the engine exited during start-up; last lines of $LOG:" >&2
-        tail -n 20 "$LOG" >&2
-        engine_pid=""
-        exit 1
-    fi
-    if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE_URL/readyz" 2>/dev/null || true)" == "200" ]]; then
-        ready=yes
-        break
-    fi
-    sleep 0.25
-done
-if [[ -z "$ready" ]]; then
-    say "the engine was not ready within ${READY_SECS}s; last lines of $LOG:" >&2
-    tail -n 20 "$LOG" >&2
-    exit 1
-fi
+    SECKILL_LOG_FORMAT=json RUST_LOG=warn
 
 rm -f "$OUT_DIR/bench.json"
 set +e

@@ -32,24 +32,9 @@ case "$host" in
 esac
 BASE_URL="http://$host:$port"
 
-engine_pid=""
-stop_engine() {
-    if [[ -n "$engine_pid" ]] && kill -0 "$engine_pid" 2>/dev/null; then
-        echo "demo: stopping the engine (pid $engine_pid)"
-        kill -TERM "$engine_pid" 2>/dev/null || true
-        # Graceful shutdown drains the writer channel; give it time, then insist.
-        for _ in $(seq 1 60); do
-            kill -0 "$engine_pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if kill -0 "$engine_pid" 2>/dev/null; then
-            echo "demo: engine still running after 30 s, sending SIGKILL" >&2
-            kill -KILL "$engine_pid" 2>/dev/null || true
-        fi
-        wait "$engine_pid" 2>/dev/null || true
-    fi
-    engine_pid=""
-}
+# shellcheck source=scripts/engine.sh
+source scripts/engine.sh
+stop_engine() { engine_stop demo; }
 trap stop_engine EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -69,29 +54,7 @@ fi
 
 mkdir -p .local
 echo "demo: starting the engine on $SECKILL_BIND (log: $LOG)"
-target/release/seckill serve >"$LOG" 2>&1 &
-engine_pid=$!
-
-ready=""
-for _ in $(seq 1 $((READY_SECS * 4))); do
-    if ! kill -0 "$engine_pid" 2>/dev/null; then
-        echo "demo: the engine exited during start-up; last lines of $LOG:" >&2
-        tail -n 20 "$LOG" >&2
-        engine_pid=""
-        exit 1
-    fi
-    code="$(curl -s -o /dev/null -w '%{http_code}' "$BASE_URL/readyz" 2>/dev/null || true)"
-    if [[ "$code" == "200" ]]; then
-        ready=yes
-        break
-    fi
-    sleep 0.25
-done
-if [[ -z "$ready" ]]; then
-    echo "demo: the engine was not ready within ${READY_SECS}s; last lines of $LOG:" >&2
-    tail -n 20 "$LOG" >&2
-    exit 1
-fi
+engine_start demo "$LOG" "$BASE_URL"
 echo "demo: engine ready at $BASE_URL"
 
 echo "demo: running the load generator, scenario '$SCENARIO'"

@@ -1,0 +1,51 @@
+# shellcheck shell=bash
+# Start and stop a release engine for a script (demo, bench). Source it, then:
+#   engine_start TAG LOG BASE_URL [VAR=value ...]   # serve in the background, wait for /readyz
+#   engine_stop TAG                                 # SIGTERM, wait for the drain, SIGKILL after 30 s
+# The engine's pid is in $engine_pid while it runs.
+
+READY_SECS="${READY_SECS:-30}"
+engine_pid=""
+
+engine_start() {
+    local tag="$1" log="$2" base_url="$3"
+    shift 3
+    env "$@" target/release/seckill serve >"$log" 2>&1 &
+    engine_pid=$!
+    local _
+    for _ in $(seq 1 $((READY_SECS * 4))); do
+        if ! kill -0 "$engine_pid" 2>/dev/null; then
+            echo "$tag: the engine exited during start-up; last lines of $log:" >&2
+            tail -n 20 "$log" >&2
+            engine_pid=""
+            exit 1
+        fi
+        if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$base_url/readyz" 2>/dev/null || true)" == "200" ]]; then
+            return 0
+        fi
+        sleep 0.25
+    done
+    echo "$tag: the engine was not ready within ${READY_SECS}s; last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+}
+
+engine_stop() {
+    local tag="$1"
+    if [[ -n "$engine_pid" ]] && kill -0 "$engine_pid" 2>/dev/null; then
+        echo "$tag: stopping the engine (pid $engine_pid)"
+        kill -TERM "$engine_pid" 2>/dev/null || true
+        # Graceful shutdown drains the writer channel; give it time, then insist.
+        local _
+        for _ in $(seq 1 60); do
+            kill -0 "$engine_pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$engine_pid" 2>/dev/null; then
+            echo "$tag: engine still running after 30 s, sending SIGKILL" >&2
+            kill -KILL "$engine_pid" 2>/dev/null || true
+        fi
+        wait "$engine_pid" 2>/dev/null || true
+    fi
+    engine_pid=""
+}
