@@ -44,6 +44,8 @@ pub struct Report {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub events_checked: usize,
+    /// Ended events whose Redis state was removed (see `CLOSE_OUT_AFTER`).
+    pub events_closed_out: usize,
     pub intents_replayed: usize,
     pub intents_acked: usize,
     pub repairs: usize,
@@ -249,6 +251,13 @@ async fn reconcile_event(
     report: &mut Report,
 ) -> Result<(), ApiError> {
     let snapshot = app.redis.snapshot(event.id).await?;
+    if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && snapshot.ledger.is_empty() {
+        // Over, every order persisted, idempotency records expired: Redis
+        // need not hold the sale any more.
+        app.redis.close_out(event.id).await?;
+        report.events_closed_out += 1;
+        return Ok(());
+    }
     if !snapshot.loaded {
         if event.preheated_at.is_none() || Utc::now() >= event.ends_at {
             return Ok(());
@@ -447,6 +456,10 @@ pub fn drift(snapshot: &Snapshot, expected: &Expected) -> Drift {
         buyers,
     }
 }
+
+/// How long after its end an event's Redis state is kept: as long as its
+/// shoppers' idempotency records, and until its ledger is empty.
+const CLOSE_OUT_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// How long to wait before confirming a drift with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);

@@ -555,6 +555,21 @@ impl Redis {
             .collect())
     }
 
+    /// Removes an ended event's keys and its place in the live set.
+    pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
+        let _: i64 = self
+            .pool
+            .next()
+            .del(self.keys.event(event_id).all())
+            .await?;
+        let _: i64 = self
+            .pool
+            .next()
+            .srem(self.keys.live_events(), event_id)
+            .await?;
+        Ok(())
+    }
+
     pub async fn add_live_event(&self, event_id: i64) -> Result<(), RedisError> {
         let _: i64 = self
             .pool

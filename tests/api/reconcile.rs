@@ -200,3 +200,67 @@ async fn an_event_redis_lost_is_rebuilt_and_the_sale_continues_without_oversell(
     app.assert_invariants(sale.id).await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_events_are_closed_out_of_redis_a_day_later_once_persisted() {
+    let app = spawn_app().await;
+    let insert = |starts: &str, ends: &str| {
+        format!("INSERT INTO events (name, price, stock_total, per_user_limit, starts_at, ends_at, preheated_at) VALUES ('old', 100, 10, 1, now() - interval '{starts}', now() - interval '{ends}', now() - interval '{starts}') RETURNING id")
+    };
+    let mut ids = Vec::new();
+    for (starts, ends) in [
+        ("3 days", "2 days"),
+        ("3 days", "2 days"),
+        ("2 hours", "1 hour"),
+    ] {
+        let (id,): (i64,) = sqlx::query_as(&insert(starts, ends))
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        let event = seckill::db::events::get(&app.db, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(app
+            .redis
+            .preheat(id, seckill::reconciler::sale_params(&event))
+            .await
+            .unwrap());
+        ids.push(id);
+    }
+    // The second one still has an intent nobody persisted.
+    let _: i64 = fred::prelude::HashesInterface::hset(
+        app.redis.client(),
+        app.redis.keys().event(ids[1]).ledger,
+        (uuid::Uuid::now_v7().to_string(), "7:1:100:1"),
+    )
+    .await
+    .unwrap();
+
+    let report = reconcile(&app).await;
+    assert!(
+        report["events_closed_out"].as_i64().unwrap() >= 1,
+        "{report:#}"
+    );
+    assert!(
+        !app.redis.is_loaded(ids[0]).await.unwrap(),
+        "ended two days ago, persisted: closed out"
+    );
+    assert!(!app.redis.live_events().await.unwrap().contains(&ids[0]));
+    assert!(
+        app.redis.is_loaded(ids[2]).await.unwrap(),
+        "ended an hour ago: kept"
+    );
+    // The one with a pending intent is first persisted by the replay...
+    let again = reconcile(&app).await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM orders WHERE event_id = $1", ids[1])
+            .await,
+        1,
+        "{again:#}"
+    );
+    // ...and closed out by the pass after.
+    reconcile(&app).await;
+    assert!(!app.redis.is_loaded(ids[1]).await.unwrap());
+    app.cleanup().await;
+}
