@@ -59,13 +59,6 @@ pub async fn statuses(
     .await?)
 }
 
-/// Every order of an event: what a rebuild of its Redis state starts from.
-pub async fn for_event(pool: &PgPool, event_id: i64) -> Result<Vec<Order>, DbError> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM orders WHERE event_id = $1 ORDER BY created_at, order_no");
-    Ok(sqlx::query_as(&sql).bind(event_id).fetch_all(pool).await?)
-}
-
 /// Persisted figures of one event.
 #[derive(Clone, Copy, Debug, Default, FromRow, Serialize, PartialEq, Eq)]
 pub struct EventFigures {
