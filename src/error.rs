@@ -85,7 +85,6 @@ impl ApiError {
         }
     }
 
-    /// The JSON body (also what an idempotent replay stores).
     /// The error code and human message.
     fn code_and_message(&self) -> (&str, Cow<'_, str>) {
         match self {

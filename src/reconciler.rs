@@ -569,7 +569,7 @@ async fn wait_for_quiet_writers(app: &AppState, event_id: i64) -> Result<(), DbE
     let db = &app.db;
     // Longer than a writer's longest retry backoff, so a writer waiting to
     // retry is not mistaken for one that has finished.
-    const QUIET: Duration = Duration::from_millis(1_500);
+    const QUIET: Duration = Duration::from_millis(3 * writer::MAX_BACKOFF.as_millis() as u64);
     const AT_MOST: Duration = Duration::from_secs(10);
     let started = tokio::time::Instant::now();
     let count = || async {

@@ -42,7 +42,6 @@ pub async fn list_for_user(pool: &PgPool, user_id: i64, limit: i64) -> Result<Ve
         .await?)
 }
 
-/// Which of these order_nos are persisted, with their status.
 /// Which of these order_nos are persisted: status, and whether the commit is
 /// older than `settled_after` (younger ones are still being acked by their writer).
 pub async fn statuses(

@@ -162,7 +162,7 @@ impl Redis {
                         ..Default::default()
                     };
                 })
-                .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
+                .set_policy(reconnect_policy())
                 .build_pool(pool_size)
         };
         let deadline = tokio::time::Instant::now() + connect_for;
@@ -201,7 +201,7 @@ impl Redis {
     /// A fresh subscriber connection on the same server(s), for pub/sub.
     pub fn subscriber(&self) -> Result<SubscriberClient, RedisError> {
         Ok(Builder::from_config(self.config.clone())
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
+            .set_policy(reconnect_policy())
             .build_subscriber_client()?)
     }
 
@@ -621,6 +621,12 @@ impl Redis {
     pub async fn quit(&self) {
         let _ = self.pool.quit().await;
     }
+}
+
+/// Reconnect forever, backing off from 50 ms to at most 500 ms, so a Redis that
+/// comes back is used again within half a second.
+fn reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 50, 500, 2)
 }
 
 fn sale_args(mode: &str, sale: SaleParams) -> Vec<Value> {

@@ -86,7 +86,7 @@ impl WriteError {
 /// Persists a batch in one transaction. The caller retries transient errors.
 ///
 /// The transaction first takes `FOR KEY SHARE` on its events' rows, then
-/// (given Redis) admits the batch with `admit.lua`: intents whose stock a Redis
+/// (given Redis) admits the batch (see `admit`): intents whose stock a Redis
 /// restart lost are taken again or refused (persisted failed, uncharged). A
 /// rebuild of an event's Redis state takes `FOR UPDATE` on the row, so no batch
 /// commits across a rebuild: it is counted by it, or admitted after it.
