@@ -139,7 +139,12 @@ async fn drain(
                             .await
                             .unwrap();
                     } else {
-                        assert!(writer::persist_with_retry(&db, &redis, &batch, w).await);
+                        assert_eq!(
+                            writer::persist_with_retry(&db, &redis, &batch, w)
+                                .await
+                                .len(),
+                            batch.len()
+                        );
                     }
                 }
             })

@@ -43,7 +43,7 @@ for i = 1, #ARGV, 5 do
         redis.call('DECRBY', KEYS[2], quantity)
         redis.call('HINCRBY', KEYS[3], user, quantity)
         redis.call('HSET', KEYS[4], user, (mine and mine ~= '') and (mine .. ',' .. order_no) or order_no)
-        redis.call('HSET', KEYS[5], order_no, user .. ':' .. quantity .. ':' .. ARGV[i + 3] .. ':' .. ARGV[i + 4])
+        redis.call('HSET', KEYS[5], order_no, user .. ':' .. ARGV[i + 2] .. ':' .. ARGV[i + 3] .. ':' .. ARGV[i + 4])
         state = 2
       else
         state = 0

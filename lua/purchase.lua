@@ -76,5 +76,8 @@ if mine and mine ~= '' then
 else
   redis.call('HSET', KEYS[4], user, order_no)
 end
-redis.call('HSET', KEYS[5], order_no, user .. ':' .. quantity .. ':' .. amount .. ':' .. now_ms)
+-- Numbers are formatted with %d: Lua numbers are doubles, and tostring()
+-- would write 10^14 as "1e+14", which no reader parses back. The user id
+-- stays the caller's string (ids reach 2^63 - 1, beyond a double's 2^53).
+redis.call('HSET', KEYS[5], order_no, user .. string.format(':%d:%d:%d', quantity, amount, now_ms))
 return {1, amount, now_ms}

@@ -10,13 +10,24 @@
   KEYS[3] orders   hash   user_id -> comma-separated order_nos
   KEYS[4] ledger   hash   order_no -> "user_id:quantity:amount:accepted_ms"
 
-  ARGV    order_no...
+  ARGV[1] how many failed order_nos to keep per shopper (the newest)
+  ARGV[2..] order_no...
 
   Returns: units returned to stock by this call (0 when every order was
   already released or acked).
+
+  A shopper's list keeps at most ARGV[1] failed order_nos, so its length
+  (and every script's work on it) stays within per_user_limit + ARGV[1].
+  They let a re-sent purchase of a failed order answer "already accepted";
+  one older than the kept ones would take stock again, and its writer would
+  find the order failed in Postgres and release it: never a second charge.
 ]]
+local KEEP_FAILED = tonumber(ARGV[1])
+if not KEEP_FAILED then
+  return redis.error_reply('ERR release takes the failed order_nos to keep, then order_nos')
+end
 local returned = 0
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local order_no = ARGV[i]
   local entry = redis.call('HGET', KEYS[4], order_no)
   if entry then
@@ -31,15 +42,30 @@ for i = 1, #ARGV do
     local mine = redis.call('HGET', KEYS[3], user)
     if mine then
       -- Mark it failed in the buyer's list (plain comparison: order_nos hold
-      -- '-', a Lua pattern character).
+      -- '-', a Lua pattern character), and keep only the newest failed ones:
+      -- a shopper who cannot pay must not grow the list, or this script's
+      -- work, without bound.
       local items = {}
+      local failed = 0
       for item in string.gmatch(mine, '[^,]+') do
         if item == order_no then
           item = item .. '!'
         end
+        if string.sub(item, -1) == '!' then
+          failed = failed + 1
+        end
         items[#items + 1] = item
       end
-      redis.call('HSET', KEYS[3], user, table.concat(items, ','))
+      local drop = failed - KEEP_FAILED
+      local kept = {}
+      for _, item in ipairs(items) do
+        if drop > 0 and string.sub(item, -1) == '!' then
+          drop = drop - 1
+        else
+          kept[#kept + 1] = item
+        end
+      end
+      redis.call('HSET', KEYS[3], user, table.concat(kept, ','))
     end
     returned = returned + quantity
   end

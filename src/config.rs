@@ -27,6 +27,41 @@ pub struct Settings {
     pub redis_pool: usize,
     /// How long one Redis command may take before the request answers 503.
     pub redis_timeout: Duration,
+    /// When a 202 may be sent: after Redis recorded the intent (`ledger`), or
+    /// after Postgres committed the order (`durable`).
+    pub ack: AckMode,
+    /// Under `durable`: longest wait for the commit before answering 503.
+    pub ack_timeout: Duration,
+    pub http: HttpSettings,
+}
+
+/// When the engine acknowledges a purchase (`SECKILL_ACK`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// The 202 follows the atomic step in Redis that wrote the intent to the
+    /// event's ledger; what is acknowledged is as durable as Redis is.
+    Ledger,
+    /// The 202 follows the commit of the order's writer batch (a group
+    /// commit): no Redis persistence mode can lose an acknowledged purchase.
+    Durable,
+}
+
+/// Connection handling and graceful shutdown.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpSettings {
+    /// Longest wait for a request's head, also between requests on a
+    /// keep-alive connection: a slow or idle client is disconnected.
+    pub header_timeout: Duration,
+    /// Longest wait for a request's body once its head has arrived.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still
+    /// served, so a balancer stops sending before the listener closes.
+    pub ready_delay: Duration,
+    /// Bound on the whole graceful shutdown: requests, then the writers.
+    /// Whatever is not finished by then stays in the Redis ledger.
+    pub shutdown_grace: Duration,
 }
 
 /// Governor quotas; `0` turns a limiter off.
@@ -70,6 +105,8 @@ impl fmt::Debug for Settings {
             .field("reconcile_interval", &self.reconcile_interval)
             .field("reconcile_grace", &self.reconcile_grace)
             .field("log_format", &self.log_format)
+            .field("ack", &self.ack)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -156,6 +193,26 @@ impl Settings {
             other => bail!("SECKILL_LOG_FORMAT must be pretty or json, got {other:?}"),
         };
 
+        let ack = match var("SECKILL_ACK").as_deref().unwrap_or("ledger") {
+            "ledger" => AckMode::Ledger,
+            "durable" => AckMode::Durable,
+            other => bail!("SECKILL_ACK must be ledger or durable, got {other:?}"),
+        };
+        let millis = |name: &str, default: u64| parsed(name, default).map(Duration::from_millis);
+        let http = HttpSettings {
+            header_timeout: millis("SECKILL_HEADER_TIMEOUT_MS", 10_000)?
+                .max(Duration::from_millis(100)),
+            body_timeout: millis("SECKILL_BODY_TIMEOUT_MS", 5_000)?.max(Duration::from_millis(100)),
+            max_connections: parsed("SECKILL_MAX_CONNECTIONS", 10_000)?.max(1) as usize,
+            ready_delay: millis("SECKILL_SHUTDOWN_READY_DELAY_MS", 1_000)?,
+            shutdown_grace: millis("SECKILL_SHUTDOWN_GRACE_MS", 10_000)?
+                .max(Duration::from_millis(100)),
+        };
+        let ack_timeout = millis("SECKILL_ACK_TIMEOUT_MS", 5_000)?;
+        if ack_timeout.is_zero() || ack_timeout > Duration::from_secs(8) {
+            bail!("SECKILL_ACK_TIMEOUT_MS must be in 1..=8000 (a request lives at most 10 s)");
+        }
+
         let reconcile_interval =
             Duration::from_millis(parsed("SECKILL_RECONCILE_INTERVAL_MS", 5_000)?.max(10));
         Ok(Self {
@@ -180,6 +237,9 @@ impl Settings {
             redis_timeout: Duration::from_millis(
                 parsed("SECKILL_REDIS_TIMEOUT_MS", 2_000)?.max(50),
             ),
+            ack,
+            ack_timeout,
+            http,
         })
     }
 }

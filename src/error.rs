@@ -39,6 +39,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// The body did not arrive in time.
+    #[error("request timeout")]
+    RequestTimeout,
     /// Redis or Postgres unreachable: 503.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -80,6 +83,7 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +109,10 @@ impl ApiError {
             Self::UnsupportedMediaType => (
                 "unsupported_media_type",
                 "expected Content-Type: application/json".into(),
+            ),
+            Self::RequestTimeout => (
+                "request_timeout",
+                "the request body did not arrive in time".into(),
             ),
             Self::Unavailable(_) => (
                 "unavailable",
@@ -175,6 +183,16 @@ impl IntoResponse for ApiError {
 impl From<RedisError> for ApiError {
     fn from(err: RedisError) -> Self {
         Self::Unavailable(err.to_string())
+    }
+}
+
+impl From<crate::idempotency::StoreError> for ApiError {
+    fn from(err: crate::idempotency::StoreError) -> Self {
+        match err {
+            crate::idempotency::StoreError::Redis(err) => err.into(),
+            crate::idempotency::StoreError::Db(err) => err.into(),
+            taken @ crate::idempotency::StoreError::Taken(_) => Self::Internal(taken.to_string()),
+        }
     }
 }
 

@@ -1,187 +1,230 @@
 //! `Idempotency-Key` for purchases: the same user, key and request get the
-//! same response and one side effect.
+//! same answer and one side effect, whatever happens to Redis.
 //!
-//! A record per (user, key) lives in Redis: claimed with `SET NX` before the
-//! purchase (holding the order_no the attempt will use), completed with the
-//! response after it. Because `purchase.lua` is idempotent per order_no, an
-//! attempt that died half-way (process crash, Redis timeout) is resumed with
-//! the recorded order_no and can never buy twice.
+//! Two records per key:
+//!
+//! - Redis (`idempotency.lua`) holds every key's state: claimed and in flight
+//!   with the order_no the attempt uses, `retry` after an attempt that ended
+//!   without an answer, or `done` with the answer to replay. Claims are one
+//!   atomic script, so two requests can never both take a key, and a claim
+//!   re-sent by the Redis client finds its own record as its own.
+//! - Postgres (`idempotency_keys`) holds, for each key whose purchase was
+//!   accepted, the order_no it produced; it is written before the 202 leaves.
+//!   A claim that finds no Redis record (a new key, or one Redis lost) asks
+//!   Postgres before it buys: a key that bought resumes its recorded order_no.
+//!
+//! Resuming is always safe because `purchase.lua` is idempotent per order_no:
+//! an order_no Redis already accepted answers "already accepted" and takes
+//! nothing. Refusals are kept in Redis only: after a Redis loss a refused key
+//! is judged again, which can still buy at most once.
 
-use fred::prelude::*;
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::redis::{Redis, RedisError};
+use crate::{
+    db::{self, DbError},
+    redis::{KeyClaim, KeyState, Redis, RedisError},
+};
 
 /// Keys are 1..=255 printable ASCII characters.
 pub fn valid_key(key: &[u8]) -> bool {
     (1..=255).contains(&key.len()) && key.iter().all(|b| (0x20..=0x7e).contains(b))
 }
 
+/// How long after its event ends a key is honoured. The reconciler keeps an
+/// ended event's Redis state exactly as long (see `reconciler`).
+pub const RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
 /// A claimed attempt older than this is presumed dead and may be resumed.
-const STALE_AFTER_MS: i64 = 15_000;
+/// Longer than any request can live (see `http::REQUEST_TIMEOUT`).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    /// What the request asked for: event and body.
-    fingerprint: String,
-    order_no: Uuid,
-    state: State,
-    started_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    response: Option<StoredResponse>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum State {
-    InFlight,
-    /// The attempt failed without an answer (Redis error): resume it.
-    Retry,
-    Done,
-}
-
-/// A response kept for replays.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A response kept for replays: the status and the JSON body as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     pub status: u16,
-    pub body: serde_json::Value,
+    pub body: String,
 }
 
 /// What to do with this request.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Go ahead with this order_no (new, or resuming an attempt that died).
-    Proceed(Uuid),
+    /// A new attempt: buy with this order_no.
+    New(Uuid),
+    /// An earlier attempt with this order_no may have bought (it ended
+    /// without an answer, or Redis lost its record): buy with it again.
+    Resume(Uuid),
     Replay(StoredResponse),
     InProgress,
     /// Same key, different request.
     Mismatch,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Another attempt recorded an order under this key first (only across
+    /// a Redis loss); the caller undoes its own.
+    #[error("key taken by order {0}")]
+    Taken(Uuid),
+}
+
+/// One shopper's key for one request.
 pub struct IdempotencyStore<'a> {
     redis: &'a Redis,
-    key: String,
+    db: &'a PgPool,
+    user_id: i64,
+    key: &'a str,
     fingerprint: String,
-    ttl_ms: i64,
+    event_id: i64,
+    expires_at: DateTime<Utc>,
 }
 
 impl<'a> IdempotencyStore<'a> {
-    /// `ttl_ms`: until the event ends plus 24 h.
+    /// `expires_at`: the event's end plus the retention.
     pub fn new(
         redis: &'a Redis,
+        db: &'a PgPool,
         user_id: i64,
-        key: &str,
-        fingerprint: String,
-        ttl_ms: i64,
+        key: &'a str,
+        event_id: i64,
+        quantity: i32,
+        expires_at: DateTime<Utc>,
     ) -> Self {
         Self {
-            key: redis.keys().idempotency(user_id, key),
             redis,
-            fingerprint,
-            ttl_ms: ttl_ms.max(60_000),
+            db,
+            user_id,
+            key,
+            fingerprint: format!("{event_id}:{quantity}"),
+            event_id,
+            expires_at,
         }
     }
 
-    pub async fn claim(&self) -> Result<Claim, RedisError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let fresh = Record {
-            fingerprint: self.fingerprint.clone(),
-            order_no: Uuid::now_v7(),
-            state: State::InFlight,
-            started_ms: now,
-            response: None,
-        };
-        let set: Option<String> = self
+    fn ttl_ms(&self) -> i64 {
+        (self.expires_at - Utc::now())
+            .num_milliseconds()
+            .max(60_000)
+    }
+
+    pub async fn claim(&self) -> Result<Claim, StoreError> {
+        let claim = self
             .redis
-            .client()
-            .set(
-                &self.key,
-                encode(&fresh),
-                Some(Expiration::PX(self.ttl_ms)),
-                Some(SetOptions::NX),
-                false,
+            .claim_key(
+                self.user_id,
+                self.key,
+                &self.fingerprint,
+                Uuid::now_v7(),
+                self.ttl_ms(),
+                STALE_AFTER.as_millis() as i64,
             )
             .await?;
-        if set.is_some() {
-            return Ok(Claim::Proceed(fresh.order_no));
-        }
-        let raw: Option<String> = self.redis.client().get(&self.key).await?;
-        let Some(existing) = raw
-            .as_deref()
-            .and_then(|r| serde_json::from_str::<Record>(r).ok())
-        else {
-            // Expired between SET and GET, or unreadable: claim it anew.
-            self.put(&fresh).await?;
-            return Ok(Claim::Proceed(fresh.order_no));
-        };
-        if existing.fingerprint != self.fingerprint {
-            return Ok(Claim::Mismatch);
-        }
-        match existing.state {
-            State::Done => Ok(existing.response.map_or(Claim::InProgress, Claim::Replay)),
-            State::InFlight if now - existing.started_ms < STALE_AFTER_MS => Ok(Claim::InProgress),
-            State::InFlight | State::Retry => {
-                let resumed = Record {
-                    started_ms: now,
-                    state: State::InFlight,
-                    ..existing
-                };
-                self.put(&resumed).await?;
-                Ok(Claim::Proceed(resumed.order_no))
-            }
-        }
+        Ok(match claim {
+            KeyClaim::New(order_no) => self.recover(order_no).await?,
+            KeyClaim::Resume(order_no) => Claim::Resume(order_no),
+            KeyClaim::Done { status, body } => Claim::Replay(StoredResponse { status, body }),
+            KeyClaim::InProgress => Claim::InProgress,
+            KeyClaim::Mismatch => Claim::Mismatch,
+        })
     }
 
-    /// Stores the answer for replays.
+    /// Redis had no record for the key: a new key, or one Redis lost. Every
+    /// key that bought is in Postgres; such a key resumes its order.
+    async fn recover(&self, candidate: Uuid) -> Result<Claim, StoreError> {
+        let durable = match db::idempotency::find(self.db, self.user_id, self.key).await {
+            Ok(durable) => durable,
+            Err(err) => {
+                let _ = self.abandon(candidate).await;
+                return Err(err.into());
+            }
+        };
+        Ok(match durable {
+            None => Claim::New(candidate),
+            Some(found) if found.fingerprint != self.fingerprint => {
+                self.put(&found.fingerprint, found.order_no, KeyState::Retry)
+                    .await?;
+                Claim::Mismatch
+            }
+            Some(found) => {
+                self.put(&self.fingerprint, found.order_no, KeyState::InFlight)
+                    .await?;
+                Claim::Resume(found.order_no)
+            }
+        })
+    }
+
+    /// Whether this key's purchase was accepted (Postgres holds it).
+    pub async fn was_accepted(&self, order_no: Uuid) -> Result<bool, StoreError> {
+        Ok(db::idempotency::find(self.db, self.user_id, self.key)
+            .await?
+            .is_some_and(|found| found.order_no == order_no))
+    }
+
+    /// The purchase was accepted: make the key durable before anyone is told.
+    pub async fn record_accepted(&self, order_no: Uuid) -> Result<(), StoreError> {
+        let recorded = db::idempotency::record(
+            self.db,
+            &db::idempotency::Accepted {
+                user_id: self.user_id,
+                key: self.key,
+                fingerprint: &self.fingerprint,
+                order_no,
+                event_id: self.event_id,
+                expires_at: self.expires_at,
+            },
+        )
+        .await?;
+        if recorded.order_no != order_no {
+            return Err(StoreError::Taken(recorded.order_no));
+        }
+        Ok(())
+    }
+
+    /// Keeps the answer for replays (refusals: Redis only).
     pub async fn complete(
         &self,
         order_no: Uuid,
-        response: StoredResponse,
-    ) -> Result<(), RedisError> {
-        self.store(order_no, State::Done, Some(response)).await
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        self.put(
+            &self.fingerprint,
+            order_no,
+            KeyState::Done {
+                status: response.status,
+                body: &response.body,
+            },
+        )
+        .await
     }
 
     /// The attempt ended without an answer; the next retry resumes it.
-    pub async fn abandon(&self, order_no: Uuid) -> Result<(), RedisError> {
-        self.store(order_no, State::Retry, None).await
+    pub async fn abandon(&self, order_no: Uuid) -> Result<(), StoreError> {
+        self.put(&self.fingerprint, order_no, KeyState::Retry).await
     }
 
-    async fn store(
+    async fn put(
         &self,
+        fingerprint: &str,
         order_no: Uuid,
-        state: State,
-        response: Option<StoredResponse>,
-    ) -> Result<(), RedisError> {
-        let record = Record {
-            fingerprint: self.fingerprint.clone(),
-            order_no,
-            state,
-            started_ms: chrono::Utc::now().timestamp_millis(),
-            response,
-        };
-        self.put(&record).await
-    }
-
-    /// Overwrites the record, keeping the retention.
-    async fn put(&self, record: &Record) -> Result<(), RedisError> {
-        let _: () = self
+        state: KeyState<'_>,
+    ) -> Result<(), StoreError> {
+        Ok(self
             .redis
-            .client()
-            .set(
-                &self.key,
-                encode(record),
-                Some(Expiration::PX(self.ttl_ms)),
-                None,
-                false,
+            .put_key(
+                self.user_id,
+                self.key,
+                fingerprint,
+                order_no,
+                self.ttl_ms(),
+                state,
             )
-            .await?;
-        Ok(())
+            .await?)
     }
-}
-
-fn encode(record: &Record) -> String {
-    serde_json::to_string(record).expect("record serializes")
 }
 
 #[cfg(test)]

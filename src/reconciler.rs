@@ -319,7 +319,8 @@ async fn settle_stale_intents(
         .filter(|(_, _, old)| !old)
         .map(|(o, _, _)| *o)
         .collect();
-    let persisted: HashMap<Uuid, String> = rows.into_iter().map(|(o, s, _)| (o, s)).collect();
+    let persisted: HashMap<Uuid, Option<String>> =
+        rows.into_iter().map(|(o, reason, _)| (o, reason)).collect();
     let (done, missing): (Vec<Intent>, Vec<Intent>) = stale
         .into_iter()
         .filter(|i| !settling.contains(&i.order_no))
@@ -329,7 +330,7 @@ async fn settle_stale_intents(
         let settled = persist::BatchResult {
             already: done
                 .iter()
-                .map(|i| (*i, persisted[&i.order_no] == "failed"))
+                .map(|i| (*i, persisted[&i.order_no].clone()))
                 .collect(),
             ..Default::default()
         };
@@ -341,7 +342,10 @@ async fn settle_stale_intents(
                 kind: "unacked_intent",
                 subject: Some(intent.order_no.to_string()),
                 before: "pending in ledger".into(),
-                after: format!("settled as {}", persisted[&intent.order_no]),
+                after: match &persisted[&intent.order_no] {
+                    None => "settled as confirmed".into(),
+                    Some(reason) => format!("settled as failed ({reason})"),
+                },
                 repaired: true,
             });
         }
@@ -360,18 +364,17 @@ async fn settle_stale_intents(
         missing
     };
     for chunk in missing.chunks(app.settings.writer.batch_max) {
-        if writer::persist_with_retry(&app.db, &app.redis, chunk, usize::MAX).await {
-            report.intents_replayed += chunk.len();
-            for intent in chunk {
-                report.discrepancies.push(Discrepancy {
-                    event_id: event.id,
-                    kind: "unpersisted_intent",
-                    subject: Some(intent.order_no.to_string()),
-                    before: "accepted in redis, missing in postgres".into(),
-                    after: "persisted by replay".into(),
-                    repaired: true,
-                });
-            }
+        let persisted = writer::persist_with_retry(&app.db, &app.redis, chunk, usize::MAX).await;
+        report.intents_replayed += persisted.len();
+        for intent in chunk.iter().filter(|i| persisted.contains_key(&i.order_no)) {
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "unpersisted_intent",
+                subject: Some(intent.order_no.to_string()),
+                before: "accepted in redis, missing in postgres".into(),
+                after: "persisted by replay".into(),
+                repaired: true,
+            });
         }
     }
     Ok(())
@@ -459,7 +462,7 @@ pub fn drift(snapshot: &Snapshot, expected: &Expected) -> Drift {
 
 /// How long after its end an event's Redis state is kept: as long as its
 /// shoppers' idempotency records, and until its ledger is empty.
-const CLOSE_OUT_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+const CLOSE_OUT_AFTER: chrono::TimeDelta = crate::idempotency::RETENTION;
 
 /// How long to wait before confirming a drift with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
@@ -540,21 +543,32 @@ pub async fn rebuild_from_postgres(
         .await
         .map_err(DbError::from)?;
     let rows: Vec<(Uuid, i64, i32, String)> = sqlx::query_as(
-        "SELECT order_no, user_id, quantity, status FROM orders WHERE event_id = $1",
+        "SELECT order_no, user_id, quantity, status FROM orders WHERE event_id = $1 ORDER BY created_at, order_no",
     )
     .bind(event.id)
     .fetch_all(&mut *tx)
     .await
     .map_err(DbError::from)?;
-    let persisted: Vec<PersistedOrder> = rows
+    // Newest first, so only the newest failed orders of a shopper are kept.
+    let mut failed_seen: HashMap<i64, usize> = HashMap::new();
+    let mut persisted: Vec<PersistedOrder> = rows
         .into_iter()
+        .rev()
         .map(|(order_no, user_id, quantity, status)| PersistedOrder {
             order_no,
             user_id,
             quantity,
             failed: status == "failed",
         })
+        .filter(|o| {
+            !o.failed || {
+                let seen = failed_seen.entry(o.user_id).or_default();
+                *seen += 1;
+                *seen <= crate::redis::FAILED_KEPT_PER_SHOPPER
+            }
+        })
         .collect();
+    persisted.reverse();
     let result = redis
         .rebuild(event.id, sale_params(event), &persisted)
         .await?;

@@ -3,7 +3,7 @@
 //! order: stop accepting HTTP, close the channel, let the writers drain and
 //! commit, stop the reconciler and the other background tasks, close pools.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use fred::prelude::*;
@@ -68,6 +68,7 @@ impl Application {
             catalog: Catalog::default(),
             reconcile_lock: LeaderLock::new(redis.clone(), lock_ttl),
             reconcile_gate: tokio::sync::Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             metrics: telemetry::metrics_handle(),
             writers: queue,
             db: pool,
@@ -109,6 +110,13 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// Serves until the shutdown token is cancelled, then shuts down within
+    /// `SECKILL_SHUTDOWN_GRACE_MS`: `/readyz` answers 503 for the ready delay
+    /// while requests are still served, the listener closes, in-flight
+    /// requests finish (connections still open at 60 % of the grace are
+    /// dropped), the writers drain and commit what is queued (what they have
+    /// not committed by the deadline stays in the Redis ledger for the
+    /// reconciler), then the background tasks stop and the pools close.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -118,26 +126,61 @@ impl Application {
             shutdown,
             stop_background,
         } = self;
+        let http = state.settings.http;
         tracing::info!(addr = %listener.local_addr()?, instance = %state.instance, "seckill serving");
         let router = crate::http::router(state.clone());
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        serve.await.context("http server failed")?;
+        let stop_accepting = CancellationToken::new();
+        let accepting = {
+            let stop = stop_accepting.clone();
+            async move { crate::http::server::accept_until(&listener, router, http, stop).await }
+        };
+        let accepting = tokio::spawn(accepting);
+
+        shutdown.cancelled().await;
+        let deadline = tokio::time::Instant::now() + http.shutdown_grace;
+        state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!("shutting down: /readyz answers 503");
+        tokio::time::sleep(http.ready_delay.min(http.shutdown_grace / 4)).await;
+        stop_accepting.cancel();
+        let connections = accepting.await.context("accept loop")?;
+        let requests_until =
+            tokio::time::Instant::now() + (deadline - tokio::time::Instant::now()).mul_f64(0.6);
+        let dropped = connections.drain(requests_until).await;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "connections still open at the deadline were closed"
+            );
+        }
 
         tracing::info!(
             queued = state.writers.depth(),
             "stopped accepting; draining writers"
         );
         state.writers.close();
-        while writers.join_next().await.is_some() {}
-        tracing::info!("writers drained");
+        let drained = tokio::time::timeout_at(deadline, async {
+            while writers.join_next().await.is_some() {}
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!("writers drained"),
+            Err(_) => {
+                writers.abort_all();
+                tracing::warn!(
+                    "writers not drained by the deadline; what they held stays in the ledger"
+                );
+            }
+        }
         stop_background.cancel();
-        while background.join_next().await.is_some() {}
-        state.redis.quit().await;
-        state.db.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
+        background.abort_all();
+        let _ = tokio::time::timeout(Duration::from_secs(1), state.redis.quit()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), state.db.close()).await;
         tracing::info!("shutdown complete");
         Ok(())
     }

@@ -25,6 +25,8 @@ pub struct App {
     pub reconcile_gate: tokio::sync::Mutex<()>,
     /// A unique name for this process (reconciler lock holder, logs).
     pub instance: String,
+    /// Set when graceful shutdown starts: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]

@@ -64,3 +64,13 @@ pub async fn mark_preheated(pool: &PgPool, id: i64) -> Result<(), DbError> {
         .await?;
     Ok(())
 }
+
+/// Takes the event row `FOR UPDATE` for the transaction: writer batches,
+/// which take `FOR KEY SHARE` on it first, wait until it ends.
+pub async fn lock_for_loading(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<(), DbError> {
+    sqlx::query("SELECT id FROM events WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

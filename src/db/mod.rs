@@ -4,6 +4,7 @@
 //! writer can compose them into one transaction per batch.
 
 pub mod events;
+pub mod idempotency;
 pub mod orders;
 pub mod wallets;
 

@@ -42,15 +42,16 @@ pub async fn list_for_user(pool: &PgPool, user_id: i64, limit: i64) -> Result<Ve
         .await?)
 }
 
-/// Which of these order_nos are persisted: status, and whether the commit is
-/// older than `settled_after` (younger ones are still being acked by their writer).
+/// Which of these order_nos are persisted: the failure reason (`None` when
+/// confirmed), and whether the commit is older than `settled_after` (younger
+/// ones are still being acked by their writer).
 pub async fn statuses(
     pool: &PgPool,
     order_nos: &[Uuid],
     settled_after: std::time::Duration,
-) -> Result<Vec<(Uuid, String, bool)>, DbError> {
+) -> Result<Vec<(Uuid, Option<String>, bool)>, DbError> {
     Ok(sqlx::query_as(
-        "SELECT order_no, status, persisted_at < now() - make_interval(secs => $2) FROM orders WHERE order_no = ANY($1)",
+        "SELECT order_no, failure_reason, persisted_at < now() - make_interval(secs => $2) FROM orders WHERE order_no = ANY($1)",
     )
     .bind(order_nos)
     .bind(settled_after.as_secs_f64())
@@ -80,4 +81,47 @@ pub async fn figures(pool: &PgPool, event_id: i64) -> Result<EventFigures, DbErr
     .bind(event_id)
     .fetch_one(pool)
     .await?)
+}
+
+/// An order written as failed without ever being charged.
+pub struct FailedOrder {
+    pub order_no: Uuid,
+    pub event_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub amount: i64,
+    pub reason: &'static str,
+}
+
+/// Writes the order as failed unless Postgres has it already; true when this
+/// call wrote it. A writer that later persists the same order_no finds it
+/// there and charges nothing.
+pub async fn insert_failed_unless_present(
+    db: impl sqlx::PgExecutor<'_>,
+    order: &FailedOrder,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query(
+        "INSERT INTO orders (order_no, event_id, user_id, quantity, amount, status, failure_reason, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'failed', $6, now())
+         ON CONFLICT (order_no) DO NOTHING",
+    )
+    .bind(order.order_no)
+    .bind(order.event_id)
+    .bind(order.user_id)
+    .bind(order.quantity)
+    .bind(order.amount)
+    .bind(order.reason)
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Orders of an event in Postgres, failed ones included.
+pub async fn count_for_event(db: impl sqlx::PgExecutor<'_>, event_id: i64) -> Result<i64, DbError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(db)
+        .await?;
+    Ok(n)
 }

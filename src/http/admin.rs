@@ -1,18 +1,14 @@
 //! Operator routes: create and preheat sales, fund wallets, watch figures,
 //! check invariants, run the reconciler.
 
-use axum::{
-    extract::{Query, State},
-    http::StatusCode,
-    Json,
-};
+use axum::{extract::State, http::StatusCode, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
     events::EventView,
-    extract::{AppJson, Id, Operator},
+    extract::{AppJson, AppQuery, Id, Operator},
 };
 use crate::{
     db::{self, events::Event, wallets::Wallet},
@@ -37,6 +33,9 @@ const MAX_STOCK: i64 = 1_000_000_000;
 const MAX_LIMIT: i32 = 1_000;
 const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 const MAX_SEED: i64 = 1_000_000;
+/// Price × stock of one sale at most 2^53 − 1: every amount and every sum of
+/// a sale is then exact in Lua's doubles and in i64 alike.
+const MAX_SALE_VALUE: i64 = (1 << 53) - 1;
 
 /// The operator's view: the public view plus live figures.
 #[derive(Debug, Serialize)]
@@ -99,6 +98,15 @@ pub async fn create_event(
             "per_user_limit must be in 1..={MAX_LIMIT}"
         )));
     }
+    if body
+        .price
+        .checked_mul(body.stock)
+        .is_none_or(|v| v > MAX_SALE_VALUE)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "price × stock must be at most {MAX_SALE_VALUE}, so every sum of the sale is exact"
+        )));
+    }
     if body.ends_at <= body.starts_at {
         return Err(ApiError::unprocessable("ends_at must be after starts_at"));
     }
@@ -136,7 +144,7 @@ pub async fn preheat(
     State(app): State<AppState>,
     _: Operator,
     Id(id): Id,
-    Query(query): Query<PreheatQuery>,
+    AppQuery(query): AppQuery<PreheatQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let event = db::events::get(&app.db, id)
         .await?
@@ -150,16 +158,22 @@ pub async fn preheat(
             crate::reconciler::rebuild_from_postgres(&app.db, &app.redis, &event).await?;
         json!({"event_id": id, "loaded": true, "rebuilt": true, "stock_left": stock_left, "pending_intents": pending})
     } else {
-        let persisted = db::orders::figures(&app.db, id).await?;
-        if persisted.confirmed_orders + persisted.failed_orders > 0
-            && !app.redis.is_loaded(id).await?
-        {
+        // Fenced like a rebuild: the event row is held FOR UPDATE while the
+        // orders are counted and the sale is loaded, and every writer batch
+        // takes FOR KEY SHARE on it first. A batch of a Redis that lost the
+        // event either commits before the count (and the preheat refuses),
+        // or is admitted against the loaded sale after it: never a full
+        // stock loaded over orders that already took some.
+        let mut tx = app.db.begin().await.map_err(db::DbError::from)?;
+        db::events::lock_for_loading(&mut *tx, id).await?;
+        if !app.redis.is_loaded(id).await? && db::orders::count_for_event(&mut *tx, id).await? > 0 {
             return Err(ApiError::conflict(
                 "has_orders",
                 "the event already has orders; preheat with ?force=true to rebuild it from Postgres",
             ));
         }
         let loaded = app.redis.preheat(id, sale).await?;
+        tx.commit().await.map_err(db::DbError::from)?;
         json!({"event_id": id, "loaded": loaded, "rebuilt": false, "stock_left": app.redis.stock_left(id).await?})
     };
     db::events::mark_preheated(&app.db, id).await?;

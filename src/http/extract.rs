@@ -38,6 +38,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
             Err(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(ApiError::PayloadTooLarge)
             }
+            Err(err) if caused_by::<tower_http::timeout::TimeoutError>(&err) => {
+                return Err(ApiError::RequestTimeout)
+            }
             Err(err) => return Err(ApiError::invalid(err.body_text())),
         };
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -61,6 +64,49 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
                 }
                 _ => ApiError::invalid(format!("malformed JSON: {err}")),
             })
+    }
+}
+
+/// Whether `E` is anywhere in the error's chain of causes.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// `Query<T>` whose rejections are `ApiError`s (400 `invalid_request`).
+pub struct AppQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(err) => Err(ApiError::invalid(format!(
+                "invalid query string: {}",
+                err.body_text()
+            ))),
+        }
+    }
+}
+
+/// A path segment as text (`{order_no}`), or 400 when it does not decode.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(raw)| Self(raw))
+            .map_err(|_| ApiError::invalid("malformed path"))
     }
 }
 

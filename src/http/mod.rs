@@ -7,12 +7,14 @@ pub mod extract;
 pub mod ops;
 pub mod orders;
 pub mod purchase;
+pub mod server;
 
 use std::{any::Any, time::Duration};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderName, StatusCode},
+    http::{header, HeaderName, HeaderValue, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
     Json, Router,
@@ -22,6 +24,7 @@ use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
     trace::TraceLayer,
 };
 
@@ -33,11 +36,18 @@ pub const BODY_LIMIT: usize = 4 * 1024;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
+    let body_timeout = state.settings.http.body_timeout;
     let shopper = Router::new()
         .route("/events/{id}", get(events::show))
         .route("/events/{id}/purchase", post(purchase::purchase))
         .route("/orders/{order_no}", get(orders::show))
-        .route("/me/orders", get(orders::mine));
+        .route("/me/orders", get(orders::mine))
+        // A shopper's request never needs longer (the idempotency module
+        // presumes an attempt older than its STALE_AFTER dead).
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
     let operator = Router::new()
         .route("/events", post(admin::create_event))
         .route("/events/{id}", get(admin::show_event))
@@ -76,10 +86,50 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn(json_errors))
                 .layer(CatchPanicLayer::custom(panic_response))
+                .layer(RequestBodyTimeoutLayer::new(body_timeout))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )
         .with_state(state)
+}
+
+/// Every error leaves as the JSON error body, also those made outside the
+/// handlers (the framework's own rejections, timeouts): an error response
+/// that is not JSON gets the body for its status.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = json!({"error": code, "message": message}).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// A panic answers 500 with the usual body and no internals.
@@ -88,5 +138,5 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("panic".into()).into_response()
 }
 
-/// How long shutdown waits for in-flight requests.
-pub const DRAIN_REQUESTS_FOR: Duration = Duration::from_secs(10);
+/// The longest a shopper's request may take before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,8 +9,15 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when both Redis (PING) and Postgres (`SELECT 1`) answer.
+/// Ready when both Redis (PING) and Postgres (`SELECT 1`) answer and the
+/// process is not shutting down.
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    if app.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "unavailable", "message": "shutting down", "draining": true})),
+        );
+    }
     let (redis, postgres) = tokio::join!(app.redis.ping(), crate::db::ping(&app.db));
     let word = |ok: bool| if ok { "ok" } else { "down" };
     let body = json!({"redis": word(redis.is_ok()), "postgres": word(postgres.is_ok())});

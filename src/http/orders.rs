@@ -3,14 +3,11 @@
 //! An order is `pending` while its intent sits in the Redis ledger, then
 //! `confirmed` or `failed` once a writer has committed it to Postgres.
 
-use axum::{
-    extract::{Path, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
-use super::extract::Shopper;
+use super::extract::{PathText, Shopper};
 use crate::{
     db::{self, orders::Order},
     error::ApiError,
@@ -51,7 +48,7 @@ async fn find(app: &AppState, order_no: Uuid) -> Result<Option<Order>, ApiError>
 pub async fn show(
     State(app): State<AppState>,
     Shopper(user_id): Shopper,
-    Path(raw): Path<String>,
+    PathText(raw): PathText,
 ) -> Result<Json<Order>, ApiError> {
     let order_no: Uuid = raw.parse().map_err(|_| ApiError::NotFound("order"))?;
     match find(&app, order_no).await? {

@@ -39,6 +39,7 @@ pub struct Scripts {
     pub repair: LuaScript,
     pub unlock: LuaScript,
     pub renew: LuaScript,
+    pub idempotency: LuaScript,
 }
 
 impl Default for Scripts {
@@ -53,12 +54,13 @@ impl Default for Scripts {
             repair: LuaScript::new("repair", include_str!("../../lua/repair.lua")),
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
             renew: LuaScript::new("renew", include_str!("../../lua/renew.lua")),
+            idempotency: LuaScript::new("idempotency", include_str!("../../lua/idempotency.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 9] {
+    pub fn all(&self) -> [&LuaScript; 10] {
         [
             &self.purchase,
             &self.release,
@@ -69,6 +71,7 @@ impl Scripts {
             &self.repair,
             &self.unlock,
             &self.renew,
+            &self.idempotency,
         ]
     }
 }

@@ -9,6 +9,7 @@
 pub mod persist;
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -18,16 +19,24 @@ use std::{
 
 use async_channel::{Receiver, Sender, TrySendError};
 use sqlx::PgPool;
-use tokio::task::JoinSet;
+use tokio::{sync::oneshot, task::JoinSet};
+use uuid::Uuid;
 
-pub use persist::{BatchResult, Intent};
+pub use persist::{BatchResult, Intent, Settled};
 
 use crate::{config::WriterSettings, redis::Redis};
+
+/// One accepted intent on its way to a writer, and who waits for its commit.
+struct Job {
+    intent: Intent,
+    /// Set under `SECKILL_ACK=durable`: told how the order ended once committed.
+    settled: Option<oneshot::Sender<Settled>>,
+}
 
 /// The sending side, held by the HTTP handlers.
 #[derive(Clone)]
 pub struct WriterQueue {
-    sender: Sender<Intent>,
+    sender: Sender<Job>,
     /// Intents taken from the channel and not yet committed or given up.
     in_flight: Arc<AtomicUsize>,
 }
@@ -36,13 +45,34 @@ impl WriterQueue {
     /// Hands an accepted intent to the writers without waiting. False when
     /// the channel is full or closed: the intent stays in the ledger for replay.
     pub fn offer(&self, intent: Intent) -> bool {
-        match self.sender.try_send(intent) {
+        match self.sender.try_send(Job {
+            intent,
+            settled: None,
+        }) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
                 metrics::counter!("seckill_channel_full_total").increment(1);
                 false
             }
         }
+    }
+
+    /// Hands an intent to the writers and waits until its batch is committed
+    /// (`SECKILL_ACK=durable`). `None` when that did not happen within
+    /// `within` (full channel, Postgres down): the intent stays in the ledger
+    /// and is persisted later, so the caller's answer is "unknown", never "no".
+    pub async fn persist_and_wait(&self, intent: Intent, within: Duration) -> Option<Settled> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + within;
+        let job = Job {
+            intent,
+            settled: Some(tx),
+        };
+        tokio::time::timeout_at(deadline, self.sender.send(job))
+            .await
+            .ok()?
+            .ok()?;
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()
     }
 
     pub fn depth(&self) -> usize {
@@ -79,17 +109,24 @@ pub fn spawn(settings: WriterSettings, db: PgPool, redis: Redis) -> (WriterQueue
 
 async fn run_worker(
     worker: usize,
-    rx: Receiver<Intent>,
+    rx: Receiver<Job>,
     db: PgPool,
     redis: Redis,
     settings: WriterSettings,
     in_flight: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(settings.batch_max);
-    while let Some(()) = next_batch(&rx, &mut batch, settings, &in_flight).await {
+    let mut waiting = Vec::new();
+    while let Some(()) = next_batch(&rx, &mut batch, &mut waiting, settings, &in_flight).await {
         metrics::gauge!("seckill_channel_depth").set(rx.len() as f64);
         metrics::histogram!("seckill_writer_batch_size").record(batch.len() as f64);
-        persist_with_retry(&db, &redis, &batch, worker).await;
+        let mut outcomes = persist_with_retry(&db, &redis, &batch, worker).await;
+        for (order_no, tx) in waiting.drain(..) {
+            // A waiter whose order did not persist is dropped: it answers "unknown".
+            if let Some(settled) = outcomes.remove(&order_no) {
+                let _ = tx.send(settled);
+            }
+        }
         in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
         batch.clear();
     }
@@ -99,24 +136,28 @@ async fn run_worker(
 /// Waits for one intent, then takes more until the batch is full, the
 /// channel is momentarily empty past the linger time, or it is closed.
 async fn next_batch(
-    rx: &Receiver<Intent>,
+    rx: &Receiver<Job>,
     batch: &mut Vec<Intent>,
+    waiting: &mut Vec<(Uuid, oneshot::Sender<Settled>)>,
     settings: WriterSettings,
     in_flight: &AtomicUsize,
 ) -> Option<()> {
-    let take = |batch: &mut Vec<Intent>, intent: Intent| {
+    let take = |batch: &mut Vec<Intent>, waiting: &mut Vec<_>, job: Job| {
         in_flight.fetch_add(1, Ordering::AcqRel);
-        batch.push(intent);
+        if let Some(tx) = job.settled {
+            waiting.push((job.intent.order_no, tx));
+        }
+        batch.push(job.intent);
     };
-    take(batch, rx.recv().await.ok()?);
+    take(batch, waiting, rx.recv().await.ok()?);
     let deadline = tokio::time::Instant::now() + settings.batch_linger;
     while batch.len() < settings.batch_max {
         match rx.try_recv() {
-            Ok(intent) => take(batch, intent),
+            Ok(job) => take(batch, waiting, job),
             Err(async_channel::TryRecvError::Closed) => break,
             Err(async_channel::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Ok(intent)) => take(batch, intent),
+                    Ok(Ok(job)) => take(batch, waiting, job),
                     _ => break,
                 }
             }
@@ -128,37 +169,38 @@ async fn next_batch(
 /// Persists and settles one batch, retrying transient failures with backoff.
 /// A batch that keeps failing stays in the Redis ledger: nothing is lost, the
 /// reconciler replays it later. A batch that fails for good is split, so one
-/// bad intent cannot hold the others back.
+/// bad intent cannot hold the others back. Returns how each order that was
+/// persisted ended; an order missing from it was not persisted.
 pub async fn persist_with_retry(
     db: &PgPool,
     redis: &Redis,
     batch: &[Intent],
     worker: usize,
-) -> bool {
+) -> HashMap<Uuid, Settled> {
     match persist_retrying(db, redis, batch, worker).await {
-        Attempt::Done => true,
+        Attempt::Done(outcomes) => outcomes,
         Attempt::Rejected if batch.len() > 1 => {
-            let mut all = true;
+            let mut outcomes = HashMap::with_capacity(batch.len());
             for intent in batch {
-                all &= matches!(
-                    persist_retrying(db, redis, std::slice::from_ref(intent), worker).await,
-                    Attempt::Done
-                );
+                if let Attempt::Done(one) =
+                    persist_retrying(db, redis, std::slice::from_ref(intent), worker).await
+                {
+                    outcomes.extend(one);
+                }
             }
-            all
+            outcomes
         }
-        Attempt::Rejected | Attempt::GaveUp => false,
+        Attempt::Rejected | Attempt::GaveUp => HashMap::new(),
     }
 }
 
 enum Attempt {
-    Done,
+    Done(HashMap<Uuid, Settled>),
     /// Postgres refused it for good (a constraint): retrying will not help.
     Rejected,
     /// Still failing after `RETRY_FOR`; left to the reconciler.
     GaveUp,
 }
-
 /// How long a batch is retried before it is left to the ledger replay.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Longest pause between two tries (the reconciler's rebuild waits longer
@@ -179,7 +221,7 @@ async fn persist_retrying(db: &PgPool, redis: &Redis, batch: &[Intent], worker: 
                     // Committed in Postgres; the reconciler acks/releases later.
                     tracing::warn!(worker, error = %err, "batch committed but not settled in redis; left to the reconciler");
                 }
-                return Attempt::Done;
+                return Attempt::Done(result.outcomes().collect());
             }
             Err(err) if !err.is_transient() => {
                 tracing::error!(worker, size = batch.len(), error = %err, "postgres refused the batch");

@@ -41,17 +41,49 @@ pub const NO_WALLET: &str = "no_wallet";
 /// Accepted by a Redis that then lost it (restart without persistence), and
 /// no stock was left to take again after the rebuild.
 pub const STOCK_LOST: &str = "stock_lost";
+/// A keyed retry resumed an attempt that had no answer, and Redis refused it:
+/// the order is void, so a copy of it still in flight can never confirm it.
+pub const NOT_ACCEPTED: &str = "not_accepted";
 
 /// How a batch ended, per order.
 #[derive(Debug, Default)]
 pub struct BatchResult {
     /// Inserted by this batch and charged.
     pub confirmed: Vec<Intent>,
-    /// Inserted by this batch as failed (could not pay).
-    pub failed: Vec<Intent>,
-    /// Already in Postgres (a replay): (intent, failed?).
-    pub already: Vec<(Intent, bool)>,
+    /// Inserted by this batch as failed (could not pay, stock lost), with the reason.
+    pub failed: Vec<(Intent, &'static str)>,
+    /// Already in Postgres (a replay): the intent and, if it failed, why.
+    pub already: Vec<(Intent, Option<String>)>,
     pub version_conflicts: u32,
+}
+
+impl BatchResult {
+    /// Every order of the batch with how it ended.
+    pub fn outcomes(&self) -> impl Iterator<Item = (Uuid, Settled)> + '_ {
+        let confirmed = self
+            .confirmed
+            .iter()
+            .map(|i| (i.order_no, Settled::Confirmed));
+        let failed = self
+            .failed
+            .iter()
+            .map(|(i, reason)| (i.order_no, Settled::Failed(reason.to_string())));
+        let already = self.already.iter().map(|(i, reason)| {
+            (
+                i.order_no,
+                reason.clone().map_or(Settled::Confirmed, Settled::Failed),
+            )
+        });
+        confirmed.chain(failed).chain(already)
+    }
+}
+
+/// How a persisted order ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Confirmed,
+    /// Failed, with the reason stored in `orders.failure_reason`.
+    Failed(String),
 }
 
 /// Most conflict rounds one batch tolerates before it is rolled back and retried whole.
@@ -126,17 +158,15 @@ pub async fn persist_batch(
         }
     }
     if !replayed.is_empty() {
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT order_no, status FROM orders WHERE order_no = ANY($1)")
+        let rows: Vec<(Uuid, Option<String>)> =
+            sqlx::query_as("SELECT order_no, failure_reason FROM orders WHERE order_no = ANY($1)")
                 .bind(&replayed)
                 .fetch_all(&mut *tx)
                 .await?;
-        let status: HashMap<Uuid, String> = rows.into_iter().collect();
+        let reasons: HashMap<Uuid, Option<String>> = rows.into_iter().collect();
         for intent in batch.iter().filter(|i| !inserted.contains(&i.order_no)) {
-            result.already.push((
-                *intent,
-                status.get(&intent.order_no).is_some_and(|s| s == "failed"),
-            ));
+            let reason = reasons.get(&intent.order_no).cloned().flatten();
+            result.already.push((*intent, reason));
         }
     }
 
@@ -151,10 +181,9 @@ pub async fn persist_batch(
     tx.commit().await?;
 
     for intent in fresh {
-        if failed.contains_key(&intent.order_no) {
-            result.failed.push(intent);
-        } else {
-            result.confirmed.push(intent);
+        match failed.get(&intent.order_no) {
+            Some(reason) => result.failed.push((intent, *reason)),
+            None => result.confirmed.push(intent),
         }
     }
     Ok(result)
@@ -395,16 +424,16 @@ pub async fn settle(redis: &Redis, result: &BatchResult) -> Result<Vec<i64>, Red
             .0
             .push(intent.order_no);
     }
-    for intent in &result.failed {
+    for (intent, _) in &result.failed {
         per_event
             .entry(intent.event_id)
             .or_default()
             .1
             .push(intent.order_no);
     }
-    for (intent, failed) in &result.already {
+    for (intent, failure) in &result.already {
         let slot = per_event.entry(intent.event_id).or_default();
-        if *failed {
+        if failure.is_some() {
             slot.1.push(intent.order_no);
         } else {
             slot.0.push(intent.order_no);

@@ -76,6 +76,7 @@ pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
         ("SECKILL_RATE_IP_RPS", "0"),
         ("SECKILL_RECONCILE_INTERVAL_MS", "60000"),
         ("SECKILL_DATABASE_POOL", "8"),
+        ("SECKILL_SHUTDOWN_READY_DELAY_MS", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
