@@ -121,8 +121,8 @@ impl Refusal {
 /// Every way a purchase request ends; names its own metric label.
 #[derive(Debug)]
 pub enum Answer {
-    /// 202. `replay`: this order_no had been accepted before (a re-sent or
-    /// resumed attempt), nothing was taken twice.
+    /// 202; with `replay` when this order_no had been accepted before (a
+    /// re-sent or resumed attempt) and nothing was taken twice.
     Accepted {
         receipt: Receipt,
         replay: bool,
