@@ -40,10 +40,13 @@ impl DbError {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Protocol(_) => true,
+                // 23514: `events.sold <= stock_total` met by two writers that
+                // planned against the same `sold`; the retry reads it anew.
                 sqlx::Error::Database(db) => matches!(
                     db.code().as_deref(),
                     Some(
-                        "40001"
+                        "23514"
+                            | "40001"
                             | "40P01"
                             | "57P01"
                             | "57P02"

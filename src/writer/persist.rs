@@ -138,10 +138,14 @@ pub async fn persist_batch(
     let mut event_ids: Vec<i64> = batch.iter().map(|i| i.event_id).collect();
     event_ids.sort_unstable();
     event_ids.dedup();
-    sqlx::query("SELECT id FROM events WHERE id = ANY($1) ORDER BY id FOR KEY SHARE")
-        .bind(&event_ids)
-        .execute(&mut *tx)
-        .await?;
+    let unsold: HashMap<i64, i64> = sqlx::query_as(
+        "SELECT id, stock_total - sold FROM events WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
+    )
+    .bind(&event_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
     let refused = match admission {
         Some(redis) => admit(redis, &batch).await?,
         None => HashSet::new(),
@@ -170,8 +174,10 @@ pub async fn persist_batch(
         }
     }
 
-    let (payable, lost): (Vec<Intent>, Vec<Intent>) =
+    let (payable, mut lost): (Vec<Intent>, Vec<Intent>) =
         fresh.iter().partition(|i| !refused.contains(&i.order_no));
+    let (payable, oversold) = within_stock(payable, unsold);
+    lost.extend(oversold);
     let (debits, mut failed, conflicts) = debit_wallets(&mut tx, &payable).await?;
     failed.extend(lost.iter().map(|i| (i.order_no, STOCK_LOST)));
     result.version_conflicts = conflicts;
@@ -187,6 +193,38 @@ pub async fn persist_batch(
         }
     }
     Ok(result)
+}
+
+/// Keeps, per event, the intents that fit in its unsold stock (oldest
+/// acceptance first); returns (fitting, over).
+///
+/// Redis never accepts more than the stock, so normally everything fits. A
+/// Redis that came back with an older state (a snapshot, a lagging replica)
+/// counts stock that Postgres has sold since: what it oversold is persisted
+/// failed (`stock_lost`), uncharged, instead of breaking `sold <= stock_total`
+/// and staying unpersisted. Two writers that both fit against the same
+/// `sold` meet at that CHECK; the loser retries the batch with a fresh read.
+fn within_stock(
+    mut intents: Vec<Intent>,
+    mut unsold: HashMap<i64, i64>,
+) -> (Vec<Intent>, Vec<Intent>) {
+    intents.sort_by_key(|i| (i.accepted_at, i.order_no));
+    let (fit, over): (Vec<Intent>, Vec<Intent>) = intents.into_iter().partition(|i| {
+        let left = unsold.entry(i.event_id).or_default();
+        let fits = *left >= i.quantity as i64;
+        if fits {
+            *left -= i.quantity as i64;
+        }
+        fits
+    });
+    if !over.is_empty() {
+        tracing::warn!(
+            oversold = over.len(),
+            "redis accepted more than the unsold stock (an older redis state?); persisted as stock_lost"
+        );
+        metrics::counter!("seckill_intents_oversold_total").increment(over.len() as u64);
+    }
+    (fit, over)
 }
 
 async fn insert_orders(

@@ -297,6 +297,46 @@ impl TestApp {
         keys.len()
     }
 
+    /// Every Redis key of this deployment gone, as after a Redis restart
+    /// without persistence (the keys of other tests are left alone).
+    pub async fn lose_redis_state(&self) {
+        let keys: Vec<String> = self
+            .redis
+            .client()
+            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = self.redis.client().del(keys).await.unwrap();
+        }
+    }
+
+    /// `POST /admin/reconcile`: one reconciler pass now, its report.
+    pub async fn reconcile(&self) -> Value {
+        let r = self
+            .http
+            .post(self.url("/admin/reconcile"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "reconcile");
+        r.json().await.unwrap()
+    }
+
+    /// A shopper's `GET /api/orders/{order_no}`.
+    pub async fn order(&self, user: i64, order_no: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/orders/{order_no}")))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// Graceful stop; returns what `run_until_stopped` returned.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();

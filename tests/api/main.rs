@@ -4,6 +4,9 @@
 mod auth;
 mod bad_input;
 mod cluster;
+mod connections;
+mod durable_ack;
+mod exactness;
 mod helpers;
 mod idempotency;
 mod ops;
