@@ -15,7 +15,10 @@ use std::{
 
 use axum::body::Body;
 use chrono::Utc;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+
+#[path = "common/mod.rs"]
+mod common;
 use seckill::{
     auth::Auth,
     config::{RateSettings, Settings},
@@ -24,7 +27,7 @@ use seckill::{
     startup::Application,
     writer::{persist::persist_batch, Intent},
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -39,33 +42,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn database_url() -> String {
-    let admin = std::env::var("SECKILL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/seckill_bench")
-}
-
 fn redis_url() -> String {
     std::env::var("SECKILL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A fresh, migrated bench database.
+/// A fresh, migrated bench database of this process.
 async fn fresh_db() -> PgPool {
-    let admin = std::env::var("SECKILL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .expect("postgres reachable (make services)");
-    conn.execute("DROP DATABASE IF EXISTS seckill_bench WITH (FORCE)")
-        .await
-        .unwrap();
-    conn.execute("CREATE DATABASE seckill_bench").await.unwrap();
-    let pool = seckill::db::connect(&database_url(), 8, Duration::from_secs(5))
-        .await
-        .unwrap();
-    seckill::db::MIGRATOR.run(&pool).await.unwrap();
-    pool
+    common::fresh_db("script", 8).await
 }
 
 fn purchase_script(c: &mut Criterion) {
@@ -117,7 +100,7 @@ fn handler_cpu(c: &mut Criterion) {
         ("SECKILL_BIND", "127.0.0.1:0".to_string()),
         ("SECKILL_ADMIN_TOKEN", ADMIN.into()),
         ("SECKILL_JWT_SECRET", SECRET.into()),
-        ("SECKILL_DATABASE_URL", database_url()),
+        ("SECKILL_DATABASE_URL", common::database_url("script")),
         ("SECKILL_REDIS_URL", redis_url()),
         ("SECKILL_REDIS_PREFIX", prefix),
         ("SECKILL_RATE_GLOBAL_RPS", "0".into()),
@@ -250,4 +233,8 @@ criterion_group! {
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     targets = purchase_script, handler_cpu, persist, rate_limiter
 }
-criterion_main!(benches);
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    runtime().block_on(common::drop_db("script"));
+}

@@ -4,7 +4,8 @@
 //! Redis afterwards). Compared in the same run with a one-transaction-per-
 //! order baseline (the same path with batches of one, one writer).
 //!
-//! Needs Redis and Postgres (`make services`); uses database `seckill_bench_drain`.
+//! Needs Redis and Postgres (`make services`); makes its own database,
+//! `seckill_bench_drain_<pid>`, and drops it at the end.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,11 @@ use seckill::{
     redis::{PurchaseOutcome, Redis, SaleParams},
     writer::{self, Intent},
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const ORDERS: i64 = 60_000;
 const BASELINE_ORDERS: i64 = 2_000;
@@ -26,34 +30,8 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn admin_url() -> String {
-    std::env::var("SECKILL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 async fn fresh_db() -> PgPool {
-    let mut conn = PgConnection::connect(&admin_url())
-        .await
-        .expect("postgres reachable (make services)");
-    conn.execute("DROP DATABASE IF EXISTS seckill_bench_drain WITH (FORCE)")
-        .await
-        .unwrap();
-    conn.execute("CREATE DATABASE seckill_bench_drain")
-        .await
-        .unwrap();
-    let (base, _) = admin_url()
-        .rsplit_once('/')
-        .map(|(b, d)| (b.to_string(), d.to_string()))
-        .unwrap();
-    let pool = seckill::db::connect(
-        &format!("{base}/seckill_bench_drain"),
-        12,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    seckill::db::MIGRATOR.run(&pool).await.unwrap();
-    pool
+    common::fresh_db("drain", 12).await
 }
 
 /// A preheated event with `orders` intents accepted by purchase.lua, ready to drain.
@@ -191,5 +169,7 @@ fn main() {
         if !keys.is_empty() {
             let _: i64 = fred::prelude::KeysInterface::del(redis.client(), keys).await.unwrap();
         }
+        db.close().await;
+        common::drop_db("drain").await;
     });
 }

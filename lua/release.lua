@@ -1,9 +1,14 @@
 --[[
-  release.lua: return the stock of failed orders, exactly once each.
+  release.lua: settle failed orders in Redis, exactly once each.
 
-  An order's stock is returned only while its intent is still pending in the
-  ledger; the same call removes the intent, so a second call (writer retry,
-  reconciler replay) finds nothing and changes nothing.
+  An order is settled only while its intent is still pending in the ledger;
+  the same call removes the intent, so a second call (writer retry,
+  reconciler replay) finds nothing and changes nothing. The shopper's units
+  and allowance come back, the order is marked failed in their list, and:
+    restock   the units go back on sale (the shopper could not pay);
+    discard   they do not: the units never existed (a Redis back from an
+              older state sold stock Postgres had already sold), so putting
+              them back would sell them again, and fail again, forever.
 
   KEYS[1] stock    string units left
   KEYS[2] bought   hash   user_id -> units held by non-failed orders
@@ -11,10 +16,11 @@
   KEYS[4] ledger   hash   order_no -> "user_id:quantity:amount:accepted_ms"
 
   ARGV[1] how many failed order_nos to keep per shopper (the newest)
-  ARGV[2..] order_no...
+  ARGV[2] "restock" | "discard"
+  ARGV[3..] order_no...
 
-  Returns: units returned to stock by this call (0 when every order was
-  already released or acked).
+  Returns: units settled by this call (0 when every order was already
+  released or acked); with "restock", the units put back on sale.
 
   A shopper's list keeps at most ARGV[1] failed order_nos, so its length
   (and every script's work on it) stays within per_user_limit + ARGV[1].
@@ -23,18 +29,21 @@
   find the order failed in Postgres and release it: never a second charge.
 ]]
 local KEEP_FAILED = tonumber(ARGV[1])
-if not KEEP_FAILED then
-  return redis.error_reply('ERR release takes the failed order_nos to keep, then order_nos')
+local restock = ARGV[2] == 'restock'
+if not KEEP_FAILED or (ARGV[2] ~= 'restock' and ARGV[2] ~= 'discard') then
+  return redis.error_reply('ERR usage: keep_failed restock|discard order_no...')
 end
 local returned = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local order_no = ARGV[i]
   local entry = redis.call('HGET', KEYS[4], order_no)
   if entry then
     local user, quantity = string.match(entry, '^(%d+):(%d+):')
     quantity = tonumber(quantity)
     redis.call('HDEL', KEYS[4], order_no)
-    redis.call('INCRBY', KEYS[1], quantity)
+    if restock then
+      redis.call('INCRBY', KEYS[1], quantity)
+    end
     local held = redis.call('HINCRBY', KEYS[2], user, -quantity)
     if held <= 0 then
       redis.call('HDEL', KEYS[2], user)

@@ -13,6 +13,14 @@
 #
 # Parts 2 and 3 run when their bench files exist. Uses dev-only secrets
 # unless SECKILL_ADMIN_TOKEN / SECKILL_JWT_SECRET are set.
+#
+# The benchmark never touches a database it did not create: it makes its own
+# (seckill_bench_<time>_<pid>) on the Postgres server of
+# SECKILL_TEST_DATABASE_URL and drops that one, and only that one, on exit.
+# SECKILL_DATABASE_URL from the environment is ignored.
+#
+# BENCH_PARTS selects parts (comma-separated: http,drain,limiter,redis,criterion;
+# default all; "none" only checks the services and the database lifecycle).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,8 +28,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # DEV-ONLY secrets (as scripts/demo.sh via the Makefile): never reuse them.
 export SECKILL_ADMIN_TOKEN="${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}"
 export SECKILL_JWT_SECRET="${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
-export SECKILL_DATABASE_URL="${SECKILL_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/seckill_bench_http}"
 export SECKILL_TEST_DATABASE_URL="${SECKILL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+BENCH_DB="seckill_bench_$(date +%s)_$$"
+BENCH_DB_CREATED=""
+# The server part of the admin URL (scheme, user, host, port), without its database.
+PG_SERVER="${SECKILL_TEST_DATABASE_URL%%\?*}"
+PG_SERVER="${PG_SERVER%/*}"
+export SECKILL_DATABASE_URL="$PG_SERVER/$BENCH_DB"
+BENCH_PARTS="${BENCH_PARTS:-http,drain,limiter,redis,criterion}"
+part() { [[ ",$BENCH_PARTS," == *",$1,"* ]]; }
 export SECKILL_TEST_REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
 BIND=127.0.0.1:18180
@@ -45,11 +60,20 @@ redis_cleanup() {
     redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" DEL "$RB_PREFIX:meta" "$RB_PREFIX:stock" \
         "$RB_PREFIX:bought" "$RB_PREFIX:orders" "$RB_PREFIX:ledger" >/dev/null 2>&1 || true
 }
+drop_bench_database() {
+    if [[ -n "$BENCH_DB_CREATED" ]]; then
+        psql "$SECKILL_TEST_DATABASE_URL" -q -v ON_ERROR_STOP=1 \
+            -c "DROP DATABASE IF EXISTS \"$BENCH_DB_CREATED\" WITH (FORCE)" >/dev/null 2>&1 || true
+        say "dropped its own database '$BENCH_DB_CREATED'"
+        BENCH_DB_CREATED=""
+    fi
+}
 # Called by the EXIT trap.
 # shellcheck disable=SC2317
 cleanup() {
     stop_engine
     redis_cleanup
+    drop_bench_database
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -57,8 +81,15 @@ trap 'exit 143' TERM
 
 started=$(date +%s)
 
-section "services and build"
-scripts/services.sh
+section "services, database and build"
+SECKILL_DATABASE_URL="$SECKILL_TEST_DATABASE_URL" scripts/services.sh
+psql "$SECKILL_TEST_DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$BENCH_DB\""
+BENCH_DB_CREATED="$BENCH_DB"
+say "created its own database '$BENCH_DB'"
+if [[ "$BENCH_PARTS" == none ]]; then
+    say "BENCH_PARTS=none: services and database checked, nothing measured"
+    exit 0
+fi
 cargo build --release --workspace
 # Compile the bench targets now, so no compilation runs during a measurement
 # (the bench profile inherits release: the library is shared).
@@ -71,44 +102,37 @@ done
 cargo bench --no-run "${bench_targets[@]}"
 
 # --- 1. HTTP macro benchmark --------------------------------------------------
-section "HTTP macro benchmark (seckill-loadtest bench)"
-db="${SECKILL_DATABASE_URL%%\?*}"
-db="${db##*/}"
-if [[ ! "$db" =~ ^[A-Za-z0-9_-]+$ ]]; then
-    say "cannot take a database name from SECKILL_DATABASE_URL (got '$db')" >&2
-    exit 1
-fi
-say "fresh database '$db'"
-psql -h 127.0.0.1 -U postgres -d postgres -q -v ON_ERROR_STOP=1 \
-    -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
-target/release/seckill migrate
+http_rc=skipped
+if part http; then
+    section "HTTP macro benchmark (seckill-loadtest bench)"
+    target/release/seckill migrate
+    if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
+        say "something already answers on $BASE_URL; stop it first" >&2
+        exit 1
+    fi
+    mkdir -p .local "$OUT_DIR"
+    say "starting the engine on $BIND (log: $LOG)"
+    engine_start bench "$LOG" "$BASE_URL" \
+        SECKILL_BIND="$BIND" \
+        SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
+        SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$" \
+        SECKILL_LOG_FORMAT=json RUST_LOG=warn
 
-if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
-    say "something already answers on $BASE_URL; stop it first" >&2
-    exit 1
-fi
-mkdir -p .local "$OUT_DIR"
-say "starting the engine on $BIND (log: $LOG)"
-engine_start bench "$LOG" "$BASE_URL" \
-    SECKILL_BIND="$BIND" \
-    SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
-    SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$" \
-    SECKILL_LOG_FORMAT=json RUST_LOG=warn
-
-rm -f "$OUT_DIR/bench.json"
-set +e
-target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
-    --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR"
-http_rc=$?
-set -e
-stop_engine
-if [[ "$http_rc" -ne 0 ]]; then
-    say "seckill-loadtest bench exited with $http_rc (see above; engine log: $LOG)" >&2
+    rm -f "$OUT_DIR/bench.json"
+    set +e
+    target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
+        --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR"
+    http_rc=$?
+    set -e
+    stop_engine
+    if [[ "$http_rc" -ne 0 ]]; then
+        say "seckill-loadtest bench exited with $http_rc (see above; engine log: $LOG)" >&2
+    fi
 fi
 
 # --- 2. Writer drain rate ----------------------------------------------------
 drain_rc=skipped
-if [[ -f benches/writer_drain.rs ]]; then
+if part drain && [[ -f benches/writer_drain.rs ]]; then
     section "writer drain rate (cargo bench --bench writer_drain)"
     set +e
     cargo bench --bench writer_drain
@@ -120,7 +144,7 @@ fi
 
 # --- 3. Rate-limiter memory ----------------------------------------------------
 limiter_rc=skipped
-if [[ -f benches/limiter_memory.rs ]]; then
+if part limiter && [[ -f benches/limiter_memory.rs ]]; then
     section "keyed rate-limiter memory (cargo bench --bench limiter_memory)"
     set +e
     cargo bench --bench limiter_memory
@@ -134,7 +158,9 @@ fi
 section "Redis ceiling: EVALSHA purchase.lua (redis-benchmark)"
 rcli() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" "$@"; }
 redis_rps=""
-if command -v redis-benchmark >/dev/null 2>&1; then
+if ! part redis; then
+    say "redis part not selected"
+elif command -v redis-benchmark >/dev/null 2>&1; then
     sha="$(rcli SCRIPT LOAD "$(cat lua/purchase.lua)")"
     redis_cleanup
     # A preheated sale that never runs out, never ends and never hits the
@@ -157,11 +183,14 @@ else
 fi
 
 # --- 5. Criterion micro-benchmarks --------------------------------------------
-section "criterion micro-benchmarks (cargo bench --bench purchase_script)"
-set +e
-cargo bench --bench purchase_script
-micro_rc=$?
-set -e
+micro_rc=skipped
+if part criterion; then
+    section "criterion micro-benchmarks (cargo bench --bench purchase_script)"
+    set +e
+    cargo bench --bench purchase_script
+    micro_rc=$?
+    set -e
+fi
 
 # --- 6. Summary ----------------------------------------------------------------
 section "summary (SPEC §7)"
@@ -186,7 +215,7 @@ if [[ -n "$redis_rps" ]]; then
 fi
 echo "writer drain bench: $([[ $drain_rc == skipped ]] && echo "not present" || echo "exit $drain_rc, figures above")"
 echo "limiter memory bench: $([[ $limiter_rc == skipped ]] && echo "not present" || echo "exit $limiter_rc, figures above")"
-echo "criterion purchase_script: exit $micro_rc (figures above)"
+echo "criterion purchase_script: $([[ $micro_rc == skipped ]] && echo "not selected" || echo "exit $micro_rc, figures above")"
 echo "total time: $(($(date +%s) - started))s"
 
 rc=0

@@ -321,13 +321,30 @@ impl Redis {
         PurchaseOutcome::decode(reply)
     }
 
-    /// Runs `release.lua`: stock of failed orders back, once; returns units returned.
+    /// Runs `release.lua` in restock mode: the stock of failed orders back on
+    /// sale, once; returns units returned.
     pub async fn release(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+        self.settle_failed(event_id, order_nos, true).await
+    }
+
+    /// Runs `release.lua` in discard mode: failed orders whose units never
+    /// existed leave the ledger without going back on sale.
+    pub async fn discard(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+        self.settle_failed(event_id, order_nos, false).await
+    }
+
+    async fn settle_failed(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+        restock: bool,
+    ) -> Result<i64, RedisError> {
         if order_nos.is_empty() {
             return Ok(0);
         }
-        let mut args = Vec::with_capacity(order_nos.len() + 1);
+        let mut args = Vec::with_capacity(order_nos.len() + 2);
         args.push(Value::from(FAILED_KEPT_PER_SHOPPER as i64));
+        args.push(Value::from(if restock { "restock" } else { "discard" }));
         args.extend(order_nos.iter().map(|o| Value::from(o.to_string())));
         let reply = self
             .run(
@@ -339,6 +356,20 @@ impl Redis {
         reply
             .as_i64()
             .ok_or_else(|| RedisError::Protocol(format!("release.lua returned {reply:?}")))
+    }
+
+    /// Runs `cap.lua`: the event's stock lowered to at most `unsold`.
+    pub async fn cap_stock(&self, event_id: i64, unsold: i64) -> Result<i64, RedisError> {
+        let reply = self
+            .run(
+                &self.scripts.cap,
+                vec![self.keys.event(event_id).stock],
+                vec![Value::from(unsold.max(0))],
+            )
+            .await?;
+        reply
+            .as_i64()
+            .ok_or_else(|| RedisError::Protocol(format!("cap.lua returned {reply:?}")))
     }
 
     /// Acks persisted intents: they leave the ledger.

@@ -40,6 +40,7 @@ pub struct Scripts {
     pub unlock: LuaScript,
     pub renew: LuaScript,
     pub idempotency: LuaScript,
+    pub cap: LuaScript,
 }
 
 impl Default for Scripts {
@@ -55,12 +56,13 @@ impl Default for Scripts {
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
             renew: LuaScript::new("renew", include_str!("../../lua/renew.lua")),
             idempotency: LuaScript::new("idempotency", include_str!("../../lua/idempotency.lua")),
+            cap: LuaScript::new("cap", include_str!("../../lua/cap.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 10] {
+    pub fn all(&self) -> [&LuaScript; 11] {
         [
             &self.purchase,
             &self.release,
@@ -72,6 +74,7 @@ impl Scripts {
             &self.unlock,
             &self.renew,
             &self.idempotency,
+            &self.cap,
         ]
     }
 }

@@ -55,6 +55,9 @@ pub struct BatchResult {
     /// Already in Postgres (a replay): the intent and, if it failed, why.
     pub already: Vec<(Intent, Option<String>)>,
     pub version_conflicts: u32,
+    /// Events whose Redis accepted more than the unsold stock, with the
+    /// units Postgres has left unsold after this batch (see `within_stock`).
+    pub oversold: Vec<(i64, i64)>,
 }
 
 impl BatchResult {
@@ -176,7 +179,13 @@ pub async fn persist_batch(
 
     let (payable, mut lost): (Vec<Intent>, Vec<Intent>) =
         fresh.iter().partition(|i| !refused.contains(&i.order_no));
-    let (payable, oversold) = within_stock(payable, unsold);
+    let (payable, oversold, unsold_after) = within_stock(payable, unsold);
+    if !oversold.is_empty() {
+        let mut events: Vec<i64> = oversold.iter().map(|i| i.event_id).collect();
+        events.sort_unstable();
+        events.dedup();
+        result.oversold = events.into_iter().map(|e| (e, unsold_after[&e])).collect();
+    }
     lost.extend(oversold);
     let (debits, mut failed, conflicts) = debit_wallets(&mut tx, &payable).await?;
     failed.extend(lost.iter().map(|i| (i.order_no, STOCK_LOST)));
@@ -202,12 +211,13 @@ pub async fn persist_batch(
 /// Redis that came back with an older state (a snapshot, a lagging replica)
 /// counts stock that Postgres has sold since: what it oversold is persisted
 /// failed (`stock_lost`), uncharged, instead of breaking `sold <= stock_total`
-/// and staying unpersisted. Two writers that both fit against the same
+/// and staying unpersisted, and Redis's stock is capped at what Postgres has
+/// left unsold (see `settle`). Two writers that both fit against the same
 /// `sold` meet at that CHECK; the loser retries the batch with a fresh read.
 fn within_stock(
     mut intents: Vec<Intent>,
     mut unsold: HashMap<i64, i64>,
-) -> (Vec<Intent>, Vec<Intent>) {
+) -> (Vec<Intent>, Vec<Intent>, HashMap<i64, i64>) {
     intents.sort_by_key(|i| (i.accepted_at, i.order_no));
     let (fit, over): (Vec<Intent>, Vec<Intent>) = intents.into_iter().partition(|i| {
         let left = unsold.entry(i.event_id).or_default();
@@ -224,7 +234,7 @@ fn within_stock(
         );
         metrics::counter!("seckill_intents_oversold_total").increment(over.len() as u64);
     }
-    (fit, over)
+    (fit, over, unsold)
 }
 
 async fn insert_orders(
@@ -452,35 +462,41 @@ async fn bump_sold(
 }
 
 /// Settles a committed batch in Redis: ack confirmed intents, release failed
-/// ones. Returns the events that got stock back.
+/// ones (their units back on sale), discard `stock_lost` ones (their units
+/// never existed). Returns the events that got stock back.
 pub async fn settle(redis: &Redis, result: &BatchResult) -> Result<Vec<i64>, RedisError> {
-    let mut per_event: BTreeMap<i64, (Vec<Uuid>, Vec<Uuid>)> = BTreeMap::new();
-    for intent in &result.confirmed {
-        per_event
-            .entry(intent.event_id)
-            .or_default()
-            .0
-            .push(intent.order_no);
+    #[derive(Default)]
+    struct Settle {
+        acks: Vec<Uuid>,
+        releases: Vec<Uuid>,
+        discards: Vec<Uuid>,
     }
-    for (intent, _) in &result.failed {
-        per_event
-            .entry(intent.event_id)
-            .or_default()
-            .1
-            .push(intent.order_no);
+    let mut per_event: BTreeMap<i64, Settle> = BTreeMap::new();
+    let mut file = |intent: &Intent, failure: Option<&str>| {
+        let slot = per_event.entry(intent.event_id).or_default();
+        match failure {
+            None => slot.acks.push(intent.order_no),
+            Some(STOCK_LOST) => slot.discards.push(intent.order_no),
+            Some(_) => slot.releases.push(intent.order_no),
+        }
+    };
+    for intent in &result.confirmed {
+        file(intent, None);
+    }
+    for (intent, reason) in &result.failed {
+        file(intent, Some(reason));
     }
     for (intent, failure) in &result.already {
-        let slot = per_event.entry(intent.event_id).or_default();
-        if failure.is_some() {
-            slot.1.push(intent.order_no);
-        } else {
-            slot.0.push(intent.order_no);
-        }
+        file(intent, failure.as_deref());
+    }
+    for &(event_id, unsold) in &result.oversold {
+        redis.cap_stock(event_id, unsold).await?;
     }
     let mut restocked = Vec::new();
-    for (event_id, (acks, releases)) in per_event {
-        redis.ack(event_id, &acks).await?;
-        if redis.release(event_id, &releases).await? > 0 {
+    for (event_id, settle) in per_event {
+        redis.ack(event_id, &settle.acks).await?;
+        redis.discard(event_id, &settle.discards).await?;
+        if redis.release(event_id, &settle.releases).await? > 0 {
             redis.publish_stock_back(event_id).await?;
             restocked.push(event_id);
         }

@@ -213,3 +213,74 @@ async fn bad_admin_input_is_refused() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_the_json_error_body() {
+    let app = spawn_app().await;
+    let sale = app.open_sale(5, 100, 1).await;
+    let keys_before = app.redis_key_count().await;
+    let admin = crate::helpers::ADMIN_TOKEN;
+    let shopper = app.token(1);
+    let get = |path: &str, token: &str| app.http.get(app.url(path)).bearer_auth(token.to_string());
+    let post = |path: &str, token: &str| {
+        app.http
+            .post(app.url(path))
+            .bearer_auth(token.to_string())
+            .header("content-type", "application/json")
+            .body(r#"{"quantity": 1}"#)
+    };
+    let cases = vec![
+        (
+            "query that does not parse",
+            post(
+                &format!("/admin/events/{}/preheat?force=yes", sale.id),
+                admin,
+            ),
+            400,
+        ),
+        (
+            "undecodable order_no",
+            get("/api/orders/%FF%FE", &shopper),
+            400,
+        ),
+        ("undecodable event id", get("/api/events/%FF", admin), 400),
+        (
+            "undecodable purchase path",
+            post("/api/events/%C3%28/purchase", &shopper),
+            400,
+        ),
+        (
+            "non-numeric wallet id",
+            get("/admin/wallets/abc", admin),
+            400,
+        ),
+        ("unknown route", get("/api/nothing-here", admin), 404),
+        (
+            "wrong method",
+            get(&format!("/api/events/{}/purchase", sale.id), &shopper),
+            405,
+        ),
+    ];
+    for (case, request, want) in cases {
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, want, "{case}: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{case}: {content_type}"
+        );
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{case}: {body}"
+        );
+    }
+    assert_eq!(app.redis_key_count().await, keys_before, "nothing created");
+    app.cleanup().await;
+}

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod bench_script;
 mod cluster;
 mod connections;
 mod durable_ack;

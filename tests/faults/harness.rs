@@ -165,6 +165,18 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// `SAVE`: a snapshot on disk, which the next start loads (as after a
+    /// power loss under `everysec`, or a failover to a lagging replica, the
+    /// server comes back with this older state).
+    pub async fn snapshot(&self) {
+        let client = self.client().await;
+        let _: () = client
+            .custom(fred::cmd!("SAVE"), Vec::<String>::new())
+            .await
+            .expect("SAVE");
+        let _ = client.quit().await;
+    }
+
     pub fn sigstop(&self) {
         signal_child(self.child.as_ref().expect("redis running"), signal::SIGSTOP);
     }

@@ -49,6 +49,13 @@ pub struct LoadPlan {
     /// Pause of each task between its requests (zero: full speed).
     pub pace: Duration,
     pub timeout: Duration,
+    /// Each shopper sends `Idempotency-Key: k-<user>` (see [`shopper_key`]).
+    pub keyed: bool,
+}
+
+/// The Idempotency-Key a keyed load gives a shopper's purchase.
+pub fn shopper_key(user: i64) -> String {
+    format!("k-{user}")
 }
 
 impl Default for LoadPlan {
@@ -64,6 +71,7 @@ impl LoadPlan {
             tasks: 32,
             pace: Duration::from_millis(40),
             timeout: Duration::from_secs(2),
+            keyed: false,
         }
     }
 }
@@ -112,6 +120,7 @@ impl Load {
                     urls: urls.clone(),
                     event_id: sale.event_id,
                     pace: plan.pace,
+                    keyed: plan.keyed,
                     started,
                 };
                 tokio::spawn(worker.run())
@@ -135,6 +144,11 @@ impl Load {
     /// Time since the load started, on the clock `Attempt::sent` uses.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Every attempt so far (the load goes on).
+    pub fn attempts_so_far(&self) -> Vec<Attempt> {
+        self.shared.attempts.lock().unwrap().clone()
     }
 
     /// Waits until at least `n` purchases were accepted; panics after `within`.
@@ -179,6 +193,7 @@ struct Worker {
     urls: Arc<Vec<String>>,
     event_id: i64,
     pace: Duration,
+    keyed: bool,
     started: Instant,
 }
 
@@ -195,7 +210,15 @@ impl Worker {
             let outcome = loop {
                 let engine = (user as usize + tries) % self.urls.len();
                 let sent = self.started.elapsed();
-                let outcome = self.purchase(&self.urls[engine], &token).await;
+                let key = self.keyed.then(|| shopper_key(user));
+                let outcome = purchase(
+                    &self.client,
+                    &self.urls[engine],
+                    self.event_id,
+                    &token,
+                    key.as_deref(),
+                )
+                .await;
                 s.attempts.lock().unwrap().push(Attempt {
                     user,
                     engine,
@@ -228,37 +251,44 @@ impl Worker {
             }
         }
     }
+}
 
-    async fn purchase(&self, base: &str, token: &str) -> Outcome {
-        let sent = self
-            .client
-            .post(format!("{base}/api/events/{}/purchase", self.event_id))
-            .bearer_auth(token)
-            .json(&json!({"quantity": 1}))
-            .send()
-            .await;
-        let resp = match sent {
-            Ok(resp) => resp,
-            Err(e) if e.is_connect() => return Outcome::NotSent,
-            Err(e) if e.is_timeout() => return Outcome::Unknown("timeout".into()),
-            Err(e) => return Outcome::Unknown(format!("transport: {e}")),
-        };
-        let status = resp.status().as_u16();
-        let body = match resp.json::<Value>().await {
-            Ok(body) => body,
-            // Headers came but the body did not: the answer is unknown.
-            Err(_) if status == 202 => return Outcome::Unknown("202 body lost".into()),
-            Err(_) => Value::Null,
-        };
-        if status >= 500 {
-            return Outcome::Unknown(format!("{status} {}", body["error"].as_str().unwrap_or("")));
-        }
-        if status == 202 {
-            return match body["order_no"].as_str().and_then(|o| o.parse().ok()) {
-                Some(order_no) => Outcome::Accepted(order_no),
-                None => Outcome::Rejected(202, "202 without order_no".into()),
-            };
-        }
-        Outcome::Rejected(status, body["error"].as_str().unwrap_or("").to_string())
+/// One purchase of one unit, as the client sees it.
+pub async fn purchase(
+    client: &reqwest::Client,
+    base: &str,
+    event_id: i64,
+    token: &str,
+    key: Option<&str>,
+) -> Outcome {
+    let mut request = client
+        .post(format!("{base}/api/events/{event_id}/purchase"))
+        .bearer_auth(token)
+        .json(&json!({"quantity": 1}));
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
     }
+    let resp = match request.send().await {
+        Ok(resp) => resp,
+        Err(e) if e.is_connect() => return Outcome::NotSent,
+        Err(e) if e.is_timeout() => return Outcome::Unknown("timeout".into()),
+        Err(e) => return Outcome::Unknown(format!("transport: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let body = match resp.json::<Value>().await {
+        Ok(body) => body,
+        // Headers came but the body did not: the answer is unknown.
+        Err(_) if status == 202 => return Outcome::Unknown("202 body lost".into()),
+        Err(_) => Value::Null,
+    };
+    if status >= 500 {
+        return Outcome::Unknown(format!("{status} {}", body["error"].as_str().unwrap_or("")));
+    }
+    if status == 202 {
+        return match body["order_no"].as_str().and_then(|o| o.parse().ok()) {
+            Some(order_no) => Outcome::Accepted(order_no),
+            None => Outcome::Rejected(202, "202 without order_no".into()),
+        };
+    }
+    Outcome::Rejected(status, body["error"].as_str().unwrap_or("").to_string())
 }

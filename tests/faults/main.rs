@@ -9,6 +9,7 @@
 //! variant of 3 with lagging writers) are `#[ignore]`d and run by `make faults`
 //! (`cargo test --test faults -- --include-ignored --test-threads=1 --nocapture`).
 
+mod exactness;
 mod harness;
 mod load;
 mod verdict;
@@ -19,15 +20,15 @@ use harness::{Persistence, Rig};
 use load::{Load, LoadPlan, Outcome};
 use verdict::{discrepancy_count, Allow, Verdict};
 
-const STOCK: i64 = 400;
+pub(crate) const STOCK: i64 = 400;
 /// Funded users: enough that demand is many times the stock.
-const USERS: i64 = 4_000;
+pub(crate) const USERS: i64 = 4_000;
 /// Longest a scenario lets the load run after the fault is healed.
-const FINISH_WITHIN: Duration = Duration::from_secs(30);
-const REACH_WITHIN: Duration = Duration::from_secs(20);
+pub(crate) const FINISH_WITHIN: Duration = Duration::from_secs(30);
+pub(crate) const REACH_WITHIN: Duration = Duration::from_secs(20);
 
 /// Intents in the event's Redis ledger right now (the test's own read).
-async fn ledger_len(rig: &Rig, event_id: i64) -> i64 {
+pub(crate) async fn ledger_len(rig: &Rig, event_id: i64) -> i64 {
     use fred::prelude::*;
     let client = rig.redis.client().await;
     let n: i64 = client
@@ -38,7 +39,7 @@ async fn ledger_len(rig: &Rig, event_id: i64) -> i64 {
     n
 }
 
-fn log_contains(path: &std::path::Path, needle: &str) -> bool {
+pub(crate) fn log_contains(path: &std::path::Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
 }
 
