@@ -19,7 +19,7 @@ export SECKILL_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 DEMO_ENV := SECKILL_ADMIN_TOKEN="$${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}" \
             SECKILL_JWT_SECRET="$${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
 
-.PHONY: help services build migrate run test lint fmt bench demo loadtest faults
+.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -62,3 +62,7 @@ loadtest: ## like demo with SCENARIO=burst|sellout-storm|slow-payers|retry-storm
 
 faults: services ## fault-injection tests (kill -9, restarts, stalls), one at a time
 	$(CARGO) test --release --test faults -- --include-ignored --test-threads=1 --nocapture
+
+model: services ## the Lua scripts against their reference model, long (SEEDS=200 STEPS=5000 by default)
+	SECKILL_MODEL_SEEDS="$${SEEDS:-200}" SECKILL_MODEL_STEPS="$${STEPS:-5000}" SECKILL_MODEL_SEED="$${SEED:-1}" \
+		$(CARGO) test --test api model -- --nocapture

@@ -14,7 +14,8 @@
 
   ARGV[1] mode ("init" | "rebuild")
   ARGV[2] price  ARGV[3] limit  ARGV[4] starts_ms  ARGV[5] ends_ms  ARGV[6] total
-  rebuild only, then repeated groups of 4:
+  ARGV[7] failed order_nos kept per shopper (the newest; see release.lua)
+  rebuild only, then repeated groups of 4, oldest first:
     order_no, user_id, quantity, failed ("1" | "0")   -- every order in Postgres
 
   Returns:
@@ -26,9 +27,10 @@ local total = tonumber(ARGV[6])
 if mode ~= 'init' and mode ~= 'rebuild' then
   return redis.error_reply('ERR mode must be init or rebuild')
 end
-if (#ARGV - 6) % 4 ~= 0 then
-  return redis.error_reply('ERR rebuild takes groups of 4')
+if (#ARGV - 7) % 4 ~= 0 or not tonumber(ARGV[7]) then
+  return redis.error_reply('ERR rebuild takes keep_failed, then groups of 4')
 end
+local keep_failed = tonumber(ARGV[7])
 
 local function set_meta()
   redis.call('HSET', KEYS[1], 'price', ARGV[2], 'limit', ARGV[3],
@@ -51,21 +53,31 @@ local orders = {}
 local persisted = {}
 local taken = 0
 local function add_order(user, order_no, quantity, failed)
-  if orders[user] then
-    orders[user] = orders[user] .. ',' .. order_no .. (failed and '!' or '')
-  else
-    orders[user] = order_no .. (failed and '!' or '')
-  end
+  orders[user] = orders[user] or {}
+  table.insert(orders[user], order_no .. (failed and '!' or ''))
   if not failed then
     held[user] = (held[user] or 0) + quantity
     taken = taken + quantity
   end
 end
 
-for i = 7, #ARGV, 4 do
-  local order_no, user, quantity, failed = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'
+-- Newest failed orders only, as release.lua keeps them.
+local failed_left = {}
+for i = #ARGV - 3, 8, -4 do
+  if ARGV[i + 3] == '1' then
+    local user = ARGV[i + 1]
+    failed_left[user] = (failed_left[user] or keep_failed) - 1
+    if failed_left[user] < 0 then
+      ARGV[i + 3] = 'skip'
+    end
+  end
+end
+for i = 8, #ARGV, 4 do
+  local order_no, user, quantity, failed = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
   persisted[order_no] = true
-  add_order(user, order_no, quantity, failed)
+  if failed ~= 'skip' then
+    add_order(user, order_no, quantity, failed == '1')
+  end
 end
 
 local kept = 0
@@ -97,6 +109,6 @@ for user, quantity in pairs(held) do
   redis.call('HSET', KEYS[3], user, quantity)
 end
 for user, list in pairs(orders) do
-  redis.call('HSET', KEYS[4], user, list)
+  redis.call('HSET', KEYS[4], user, table.concat(list, ','))
 end
 return {left, kept}

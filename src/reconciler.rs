@@ -549,26 +549,15 @@ pub async fn rebuild_from_postgres(
     .fetch_all(&mut *tx)
     .await
     .map_err(DbError::from)?;
-    // Newest first, so only the newest failed orders of a shopper are kept.
-    let mut failed_seen: HashMap<i64, usize> = HashMap::new();
-    let mut persisted: Vec<PersistedOrder> = rows
+    let persisted: Vec<PersistedOrder> = rows
         .into_iter()
-        .rev()
         .map(|(order_no, user_id, quantity, status)| PersistedOrder {
             order_no,
             user_id,
             quantity,
             failed: status == "failed",
         })
-        .filter(|o| {
-            !o.failed || {
-                let seen = failed_seen.entry(o.user_id).or_default();
-                *seen += 1;
-                *seen <= crate::redis::FAILED_KEPT_PER_SHOPPER
-            }
-        })
         .collect();
-    persisted.reverse();
     let result = redis
         .rebuild(event.id, sale_params(event), &persisted)
         .await?;

@@ -188,7 +188,8 @@ pub enum KeyState<'a> {
 
 /// Failed order_nos a shopper's list keeps per event (the newest): a
 /// shopper who cannot pay cannot grow Redis, or the scripts' work, without
-/// bound. `release.lua` prunes to it, and a rebuild loads no more than it.
+/// bound. `release.lua` prunes to it, and a rebuild (`preheat.lua`) loads no
+/// more than it.
 pub const FAILED_KEPT_PER_SHOPPER: usize = 8;
 
 /// The engine's Redis handle: cheap to clone.
@@ -399,8 +400,9 @@ impl Redis {
         Ok(reply.as_i64() == Some(1))
     }
 
-    /// Replaces an event's Redis state by Postgres truth plus the pending
-    /// intents Redis still holds. Returns (stock_left, intents kept).
+    /// Replaces an event's Redis state by Postgres truth (`orders`, oldest
+    /// first) plus the pending intents Redis still holds. Returns
+    /// (stock_left, intents kept).
     pub async fn rebuild(
         &self,
         event_id: i64,
@@ -787,6 +789,7 @@ fn sale_args(mode: &str, sale: SaleParams) -> Vec<Value> {
         Value::from(sale.starts_ms),
         Value::from(sale.ends_ms),
         Value::from(sale.stock_total),
+        Value::from(FAILED_KEPT_PER_SHOPPER as i64),
     ]
 }
 

@@ -10,6 +10,7 @@ mod durable_ack;
 mod exactness;
 mod helpers;
 mod idempotency;
+mod model;
 mod ops;
 mod purchase;
 mod ratelimit;
