@@ -55,12 +55,12 @@ pub struct AdminEventView {
 }
 
 pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
-    let (stock, ledger, figures) = tokio::join!(
-        app.redis.stock_left(event.id),
-        app.redis.ledger(event.id),
-        db::orders::figures(&app.db, event.id)
-    );
-    let (stock, ledger, figures) = (stock?, ledger?, figures?);
+    // Redis first, Postgres after: an intent leaves the ledger only once its
+    // order is committed, so every accepted purchase is counted in one of
+    // the two (read together, a batch committed in between was in neither).
+    let (stock, ledger) = tokio::join!(app.redis.stock_left(event.id), app.redis.ledger(event.id));
+    let (stock, ledger) = (stock?, ledger?);
+    let figures = db::orders::figures(&app.db, event.id).await?;
     Ok(AdminEventView {
         public: EventView::new(event, stock),
         sold: figures.confirmed_quantity,

@@ -274,7 +274,9 @@ impl Redis {
         Ok(())
     }
 
-    /// EVALSHA, reloading the script once when Redis no longer knows it.
+    /// EVALSHA; when Redis no longer knows the script (restart, SCRIPT FLUSH,
+    /// failover), EVAL with its body, which runs it and caches it again in one
+    /// step: no window in which another flush can make the retry fail too.
     async fn run(
         &self,
         script: &LuaScript,
@@ -288,8 +290,7 @@ impl Redis {
         {
             Err(err) if err.details().starts_with("NOSCRIPT") => {
                 tracing::warn!(script = script.name, "script cache flushed; reloading");
-                let _: () = client.script_load_cluster(script.body).await?;
-                Ok(client.evalsha(&script.sha1, keys, args).await?)
+                Ok(client.eval(script.body, keys, args).await?)
             }
             result => Ok(result?),
         }
