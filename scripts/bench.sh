@@ -19,7 +19,7 @@
 # SECKILL_TEST_DATABASE_URL and drops that one, and only that one, on exit.
 # SECKILL_DATABASE_URL from the environment is ignored.
 #
-# BENCH_PARTS selects parts (comma-separated: http,drain,limiter,redis,criterion;
+# BENCH_PARTS selects parts (comma-separated: http,durable,drain,limiter,redis,criterion;
 # default all; "none" only checks the services and the database lifecycle).
 set -euo pipefail
 
@@ -35,7 +35,7 @@ BENCH_DB_CREATED=""
 PG_SERVER="${SECKILL_TEST_DATABASE_URL%%\?*}"
 PG_SERVER="${PG_SERVER%/*}"
 export SECKILL_DATABASE_URL="$PG_SERVER/$BENCH_DB"
-BENCH_PARTS="${BENCH_PARTS:-http,drain,limiter,redis,criterion}"
+BENCH_PARTS="${BENCH_PARTS:-http,durable,drain,limiter,redis,criterion}"
 part() { [[ ",$BENCH_PARTS," == *",$1,"* ]]; }
 export SECKILL_TEST_REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
@@ -130,6 +130,27 @@ if part http; then
     fi
 fi
 
+# --- 1b. The same with SECKILL_ACK=durable -------------------------------------
+durable_rc=skipped
+if part durable; then
+    section "HTTP macro benchmark, SECKILL_ACK=durable (a 202 after the commit)"
+    target/release/seckill migrate
+    say "starting the engine on $BIND with SECKILL_ACK=durable (log: $LOG)"
+    engine_start bench "$LOG" "$BASE_URL" \
+        SECKILL_BIND="$BIND" SECKILL_ACK=durable \
+        SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
+        SECKILL_REDIS_PREFIX="bench-durable-$(date +%s)-$$" \
+        SECKILL_LOG_FORMAT=json RUST_LOG=warn
+    mkdir -p "$OUT_DIR/durable"
+    rm -f "$OUT_DIR/durable/bench.json"
+    set +e
+    target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
+        --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR/durable"
+    durable_rc=$?
+    set -e
+    stop_engine
+fi
+
 # --- 2. Writer drain rate ----------------------------------------------------
 drain_rc=skipped
 if part drain && [[ -f benches/writer_drain.rs ]]; then
@@ -210,6 +231,16 @@ if [[ -f "$json" ]]; then
 else
     say "no $json: the HTTP benchmark failed (exit code $http_rc)"
 fi
+durable_json="$OUT_DIR/durable/bench.json"
+if [[ -f "$durable_json" ]]; then
+    jq -r '
+      def f(x): if x == null then "-" else (x * 100 | round) / 100 end;
+      "SECKILL_ACK=durable (202 after the commit), same machine, separate engine run:",
+      "  healthz             \(.healthz_rps | round) req/s",
+      "  purchase selling    \(.selling_rps | round) req/s   p50 \(f(.selling_p50_ms)) ms  p99 \(f(.selling_p99_ms)) ms   ratio \(.ratio_selling * 1000 | round / 1000)",
+      "  purchase sold out   \(.sold_out_rps | round) req/s   p50 \(f(.sold_out_p50_ms)) ms  p99 \(f(.sold_out_p99_ms)) ms   ratio \(.ratio_sold_out * 1000 | round / 1000)"
+    ' "$durable_json"
+fi
 if [[ -n "$redis_rps" ]]; then
     echo "redis EVALSHA purchase.lua  ${redis_rps} calls/s (Redis ceiling, 64 clients)"
 fi
@@ -219,7 +250,7 @@ echo "criterion purchase_script: $([[ $micro_rc == skipped ]] && echo "not selec
 echo "total time: $(($(date +%s) - started))s"
 
 rc=0
-for c in "$http_rc" "$micro_rc" "$drain_rc" "$limiter_rc"; do
+for c in "$http_rc" "$durable_rc" "$micro_rc" "$drain_rc" "$limiter_rc"; do
     if [[ "$c" != skipped && "$c" -ne 0 ]]; then
         rc=1
     fi
