@@ -93,13 +93,13 @@ fi
 cargo build --release --workspace
 # Compile the bench targets now, so no compilation runs during a measurement
 # (the bench profile inherits release: the library is shared).
-bench_targets=(--bench purchase_script)
-for b in writer_drain limiter_memory; do
-    if [[ -f "benches/$b.rs" ]]; then
-        bench_targets+=(--bench "$b")
-    fi
-done
-cargo bench --no-run "${bench_targets[@]}"
+bench_targets=()
+part criterion && bench_targets+=(--bench purchase_script)
+part drain && [[ -f benches/writer_drain.rs ]] && bench_targets+=(--bench writer_drain)
+part limiter && [[ -f benches/limiter_memory.rs ]] && bench_targets+=(--bench limiter_memory)
+if ((${#bench_targets[@]})); then
+    cargo bench --no-run "${bench_targets[@]}"
+fi
 
 # --- 1. HTTP macro benchmark --------------------------------------------------
 http_rc=skipped
@@ -160,7 +160,7 @@ if part drain && [[ -f benches/writer_drain.rs ]]; then
     drain_rc=$?
     set -e
 else
-    section "writer drain rate: benches/writer_drain.rs not found, skipped"
+    section "writer drain rate: not selected (BENCH_PARTS)"
 fi
 
 # --- 3. Rate-limiter memory ----------------------------------------------------
@@ -172,7 +172,7 @@ if part limiter && [[ -f benches/limiter_memory.rs ]]; then
     limiter_rc=$?
     set -e
 else
-    section "rate-limiter memory: benches/limiter_memory.rs not found, skipped"
+    section "rate-limiter memory: not selected (BENCH_PARTS)"
 fi
 
 # --- 4. Redis EVALSHA ceiling -------------------------------------------------
