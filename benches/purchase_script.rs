@@ -85,12 +85,7 @@ fn purchase_script(c: &mut Criterion) {
         })
     });
     group.finish();
-    let keys = redis.keys().event(1).all();
-    rt.block_on(async {
-        let _: i64 = fred::prelude::KeysInterface::del(redis.client(), keys)
-            .await
-            .unwrap();
-    });
+    rt.block_on(common::forget_redis_keys(&redis_url(), &prefix));
 }
 
 fn handler_cpu(c: &mut Criterion) {

@@ -165,10 +165,7 @@ fn main() {
         println!("  SPEC §7 drain ≥ 30000 orders/s: {}", if batched >= 30_000.0 { "MET" } else { "NOT MET" });
         println!("DRAIN_JSON {{\"baseline_orders_per_s\": {baseline:.0}, \"batched_orders_per_s\": {batched:.0}, \"batch\": {batch}, \"writers\": {writers}, \"fsync\": \"{fsync}\", \"synchronous_commit\": \"{sync_commit}\"}}");
 
-        let keys: Vec<String> = fred::prelude::ClientLike::custom(redis.client(), fred::cmd!("KEYS"), vec![format!("{prefix}:*")]).await.unwrap();
-        if !keys.is_empty() {
-            let _: i64 = fred::prelude::KeysInterface::del(redis.client(), keys).await.unwrap();
-        }
+        common::forget_redis_keys(&redis_url, &prefix).await;
         db.close().await;
         common::drop_db("drain").await;
     });

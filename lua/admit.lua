@@ -14,6 +14,8 @@
 
   ARGV  repeated groups of 5: order_no, user_id, quantity, amount, accepted_ms
 
+  Uses prelude.lua (listed, held_by, ledger_entry, take).
+
   Returns:
     -1                        the event is not loaded (lost, not rebuilt yet): wait
     {state, state, ...}       one per intent, in order:
@@ -34,16 +36,11 @@ for i = 1, #ARGV, 5 do
   local state = 1
   if redis.call('HEXISTS', KEYS[5], order_no) == 0 then
     local mine = redis.call('HGET', KEYS[4], user)
-    local listed = mine and (',' .. mine .. ',')
-    local known = listed and (string.find(listed, ',' .. order_no .. ',', 1, true) or string.find(listed, ',' .. order_no .. '!,', 1, true))
-    if not known then
-      local held = tonumber(redis.call('HGET', KEYS[3], user) or '0')
+    if not listed(mine, order_no) then
       local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
-      if stock >= quantity and held + quantity <= limit then
-        redis.call('DECRBY', KEYS[2], quantity)
-        redis.call('HINCRBY', KEYS[3], user, quantity)
-        redis.call('HSET', KEYS[4], user, (mine and mine ~= '') and (mine .. ',' .. order_no) or order_no)
-        redis.call('HSET', KEYS[5], order_no, user .. ':' .. ARGV[i + 2] .. ':' .. ARGV[i + 3] .. ':' .. ARGV[i + 4])
+      if stock >= quantity and held_by(KEYS[3], user) + quantity <= limit then
+        take(KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, quantity, order_no, mine,
+          ledger_entry(user, quantity, tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])))
         state = 2
       else
         state = 0

@@ -26,6 +26,8 @@
   put:   ARGV[2] fingerprint  ARGV[3] order_no  ARGV[4] ttl_ms  ARGV[5] state
          ARGV[6] status  ARGV[7] body   (status and body only for "done")
     Overwrites the record and its time to live. Returns 1.
+
+  Uses prelude.lua (now_ms).
 ]]
 local mode = ARGV[1]
 local ttl_ms = tonumber(ARGV[4])
@@ -33,13 +35,12 @@ if (mode ~= 'claim' and mode ~= 'put') or not ttl_ms or ttl_ms < 1 then
   return redis.error_reply('ERR usage: claim|put fingerprint order_no ttl_ms ...')
 end
 
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 
 local function record(fp, order_no, state)
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'fp', fp, 'order_no', order_no, 'state', state,
-    'started_ms', string.format('%d', now_ms))
+    'started_ms', string.format('%d', now))
   redis.call('PEXPIRE', KEYS[1], ttl_ms)
 end
 
@@ -72,7 +73,7 @@ end
 if state == 'done' then
   return {3, existing[5], existing[6]}
 end
-if state == 'in_flight' and now_ms - tonumber(existing[4]) < stale_ms then
+if state == 'in_flight' and now - tonumber(existing[4]) < stale_ms then
   return {4}
 end
 record(fp, order_no, 'in_flight')

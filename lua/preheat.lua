@@ -21,6 +21,8 @@
   Returns:
     init:    1 loaded, 0 already loaded
     rebuild: {stock_left, pending_intents_kept}
+
+  Uses prelude.lua (entry_user_quantity).
 ]]
 local mode = ARGV[1]
 local total = tonumber(ARGV[6])
@@ -88,8 +90,8 @@ for i = 1, #pending, 2 do
   if persisted[order_no] then
     settled[#settled + 1] = order_no
   else
-    local user, quantity = string.match(entry, '^(%d+):(%d+):')
-    add_order(user, order_no, tonumber(quantity), false)
+    local user, quantity = entry_user_quantity(entry)
+    add_order(user, order_no, quantity, false)
     kept = kept + 1
   end
 end

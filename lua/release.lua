@@ -27,6 +27,8 @@
   They let a re-sent purchase of a failed order answer "already accepted";
   one older than the kept ones would take stock again, and its writer would
   find the order failed in Postgres and release it: never a second charge.
+
+  Uses prelude.lua (entry_user_quantity).
 ]]
 local KEEP_FAILED = tonumber(ARGV[1])
 local restock = ARGV[2] == 'restock'
@@ -38,8 +40,7 @@ for i = 3, #ARGV do
   local order_no = ARGV[i]
   local entry = redis.call('HGET', KEYS[4], order_no)
   if entry then
-    local user, quantity = string.match(entry, '^(%d+):(%d+):')
-    quantity = tonumber(quantity)
+    local user, quantity = entry_user_quantity(entry)
     redis.call('HDEL', KEYS[4], order_no)
     if restock then
       redis.call('INCRBY', KEYS[1], quantity)

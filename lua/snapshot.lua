@@ -6,9 +6,9 @@
 
   Returns: {now_ms, loaded (1|0), stock_left ("" when absent),
             {user_id, units, ...}, {order_no, entry, ...}}
+
+  Uses prelude.lua (now_ms).
 ]]
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local loaded = redis.call('EXISTS', KEYS[1])
 local stock = redis.call('GET', KEYS[2]) or ''
-return {now_ms, loaded, stock, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+return {now_ms(), loaded, stock, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}

@@ -56,6 +56,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod intent;
 pub mod invariants;
 pub mod ratelimit;
 pub mod reconciler;

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::{
     db::{self, events::Event, DbError},
     error::ApiError,
-    redis::{PersistedOrder, Redis, RedisError, SaleParams, Snapshot},
+    redis::{PersistedOrder, Redis, SaleParams, Snapshot},
     state::AppState,
     writer::{self, persist, Intent},
 };
@@ -60,72 +60,6 @@ pub struct Discrepancy {
     pub before: String,
     pub after: String,
     pub repaired: bool,
-}
-
-/// The Redis leader lock that keeps the reconciler to one process at a time.
-pub struct LeaderLock {
-    redis: Redis,
-    key: String,
-    token: String,
-    pub ttl: Duration,
-}
-
-impl LeaderLock {
-    pub fn new(redis: Redis, ttl: Duration) -> Self {
-        let key = redis.keys().reconcile_lock();
-        Self {
-            redis,
-            key,
-            token: Uuid::new_v4().to_string(),
-            ttl,
-        }
-    }
-
-    pub fn token(&self) -> &str {
-        &self.token
-    }
-
-    /// Takes the lock or extends our hold on it; false when another process has it.
-    pub async fn hold(&self) -> Result<bool, RedisError> {
-        use fred::prelude::*;
-        let ttl_ms = self.ttl.as_millis() as i64;
-        let renewed = self
-            .redis
-            .run_lock_script(
-                &self.redis.scripts().renew,
-                self.key.clone(),
-                vec![self.token.as_str().into(), ttl_ms.into()],
-            )
-            .await?;
-        if renewed == 1 {
-            return Ok(true);
-        }
-        let set: Option<String> = self
-            .redis
-            .client()
-            .set(
-                &self.key,
-                self.token.as_str(),
-                Some(Expiration::PX(ttl_ms)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await?;
-        Ok(set.is_some())
-    }
-
-    /// Lets go, only if the lock is still ours.
-    pub async fn release(&self) -> Result<bool, RedisError> {
-        Ok(self
-            .redis
-            .run_lock_script(
-                &self.redis.scripts().unlock,
-                self.key.clone(),
-                vec![self.token.as_str().into()],
-            )
-            .await?
-            == 1)
-    }
 }
 
 /// Runs a pass every `reconcile_interval` until shutdown.
@@ -177,7 +111,7 @@ async fn run_guarded(app: &AppState) -> Result<Option<Report>, ApiError> {
     let renewer = {
         let (app, lost) = (app.clone(), lost.clone());
         tokio::spawn(async move {
-            let every = app.reconcile_lock.ttl / 3;
+            let every = app.reconcile_lock.ttl() / 3;
             loop {
                 tokio::time::sleep(every).await;
                 if !matches!(app.reconcile_lock.hold().await, Ok(true)) {

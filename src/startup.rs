@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
-use fred::prelude::*;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +15,8 @@ use crate::{
     config::Settings,
     db,
     ratelimit::RateLimits,
-    reconciler::{self, LeaderLock},
-    redis::Redis,
+    reconciler,
+    redis::{LeaderLock, Redis},
     state::{App, AppState},
     telemetry, writer,
 };
@@ -66,7 +65,7 @@ impl Application {
             auth: Auth::new(&settings.jwt_secret, &settings.admin_token),
             limits: RateLimits::new(settings.rate),
             catalog: Catalog::default(),
-            reconcile_lock: LeaderLock::new(redis.clone(), lock_ttl),
+            reconcile_lock: LeaderLock::new(redis.clone(), redis.keys().reconcile_lock(), lock_ttl),
             reconcile_gate: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics: telemetry::metrics_handle(),
@@ -208,40 +207,24 @@ async fn check_schema(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 /// Clears local sold-out flags when any process announces stock came back;
 /// re-checks flagged events periodically in case a message was missed.
 async fn watch_stock_back(app: AppState, stop: CancellationToken) {
-    let channel = app.redis.keys().stock_back_channel();
-    let subscriber = match app.redis.subscriber() {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::warn!(error = %err, "no stock-back subscriber; relying on polling");
-            return poll_sold_out(app, stop).await;
-        }
-    };
-    let mut messages = subscriber.message_rx();
-    let connected = async {
-        subscriber.init().await?;
-        subscriber.subscribe(channel.clone()).await
-    };
-    if let Err(err) = connected.await {
-        tracing::warn!(error = %err, "stock-back subscribe failed; relying on polling");
-    }
-    let resubscribe = subscriber.manage_subscriptions();
     let poll = tokio::spawn(poll_sold_out(app.clone(), stop.clone()));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            msg = messages.recv() => match msg {
-                Ok(msg) => {
-                    if let Some(id) = msg.value.as_i64() {
-                        app.catalog.clear_sold_out(id);
-                    }
+    match app.redis.subscribe_stock_back().await {
+        Ok(mut stock_back) => {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = stock_back.next() => match event {
+                        Some(id) => app.catalog.clear_sold_out(id),
+                        None => break,
+                    },
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => break,
             }
+            stock_back.close().await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "stock-back subscribe failed; relying on polling")
         }
     }
-    resubscribe.abort();
-    let _ = subscriber.quit().await;
     let _ = poll.await;
 }
 

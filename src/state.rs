@@ -6,8 +6,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::{
-    auth::Auth, catalog::Catalog, config::Settings, ratelimit::RateLimits, reconciler::LeaderLock,
-    redis::Redis, writer::WriterQueue,
+    auth::Auth,
+    catalog::Catalog,
+    config::Settings,
+    ratelimit::RateLimits,
+    redis::{LeaderLock, Redis},
+    writer::WriterQueue,
 };
 
 pub struct App {

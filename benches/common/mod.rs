@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use fred::prelude::*;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
 fn admin_url() -> String {
@@ -49,4 +50,21 @@ pub async fn drop_db(tag: &str) {
             .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
             .await;
     }
+}
+
+/// Deletes every Redis key under `prefix` with a plain client of the bench's
+/// own (the engine's handle sends no raw commands).
+pub async fn forget_redis_keys(url: &str, prefix: &str) {
+    let client = Builder::from_config(Config::from_url(url).expect("redis url"))
+        .build()
+        .expect("redis client");
+    client.init().await.expect("redis reachable");
+    let keys: Vec<String> = client
+        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}:*")])
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = client.del(keys).await;
+    }
+    let _ = client.quit().await;
 }

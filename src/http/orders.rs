@@ -11,7 +11,7 @@ use super::extract::{PathText, Shopper};
 use crate::{
     db::{self, orders::Order},
     error::ApiError,
-    redis::LedgerEntry,
+    intent::LedgerEntry,
     state::AppState,
 };
 
@@ -37,7 +37,7 @@ async fn find(app: &AppState, order_no: Uuid) -> Result<Option<Order>, ApiError>
         return Ok(Some(order));
     }
     for event_id in app.redis.live_events().await? {
-        if let Some(entry) = app.redis.ledger_entry(event_id, order_no).await? {
+        if let Some((_, entry)) = app.redis.ledger_entries(event_id, &[order_no]).await?.pop() {
             return Ok(Some(pending(order_no, event_id, entry)));
         }
     }

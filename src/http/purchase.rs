@@ -33,7 +33,7 @@ use crate::{
     db,
     error::ApiError,
     idempotency::{self, Claim, IdempotencyStore, StoreError, StoredResponse},
-    redis::{parse_order_list, PurchaseOutcome},
+    redis::PurchaseOutcome,
     state::AppState,
     writer::{persist, Intent, Settled},
 };
@@ -334,13 +334,9 @@ async fn take_stock(
             }
             Refusal::SoldOut
         }
-        PurchaseOutcome::LimitExceeded { order_nos } => Refusal::LimitExceeded {
+        PurchaseOutcome::LimitExceeded { held } => Refusal::LimitExceeded {
             limit: slot.event.per_user_limit,
-            held: parse_order_list(&order_nos)
-                .into_iter()
-                .filter(|(_, failed)| !failed)
-                .map(|(o, _)| o)
-                .collect(),
+            held,
         },
         PurchaseOutcome::NotStarted => Refusal::NotActive("the sale has not started"),
         PurchaseOutcome::Ended => Refusal::NotActive("the sale has ended"),

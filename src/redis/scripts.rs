@@ -1,29 +1,47 @@
-//! One wrapper per `lua/*.lua` script: the script text compiled in, its SHA1,
-//! and the decoding of its reply into a value the caller matches on.
+//! The `lua/*.lua` scripts as Redis runs them: the text compiled in, with
+//! `lua/prelude.lua` in front of the scripts that use its shared functions
+//! (as BullMQ's includes do), and the SHA1 of that text for EVALSHA.
 //!
-//! Scripts run with EVALSHA; when Redis answers NOSCRIPT (restart, SCRIPT
-//! FLUSH, failover) the script is loaded again and the call repeated, which is
-//! safe because every script is idempotent for the same arguments.
+//! When Redis answers NOSCRIPT (restart, SCRIPT FLUSH, failover) the wrapper
+//! runs the script with EVAL instead, which is safe because every script is
+//! idempotent for the same arguments.
 
-use fred::types::Value;
-
-use super::RedisError;
+/// Functions the sale scripts share.
+const PRELUDE: &str = include_str!("../../lua/prelude.lua");
 
 /// A Lua script and its SHA1 as Redis knows it.
 #[derive(Debug)]
 pub struct LuaScript {
-    pub name: &'static str,
-    pub body: &'static str,
-    pub sha1: String,
+    name: &'static str,
+    body: String,
+    sha1: String,
 }
 
 impl LuaScript {
-    fn new(name: &'static str, body: &'static str) -> Self {
+    fn new(name: &'static str, body: &str) -> Self {
         Self {
             name,
-            body,
             sha1: fred::util::sha1_hash(body),
+            body: body.to_owned(),
         }
+    }
+
+    /// A script that calls the prelude's functions.
+    fn with_prelude(name: &'static str, body: &str) -> Self {
+        Self::new(name, &format!("{PRELUDE}\n{body}"))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The full text Redis runs.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    pub fn sha1(&self) -> &str {
+        &self.sha1
     }
 }
 
@@ -37,26 +55,29 @@ pub struct Scripts {
     pub missing: LuaScript,
     pub snapshot: LuaScript,
     pub repair: LuaScript,
-    pub unlock: LuaScript,
-    pub renew: LuaScript,
-    pub idempotency: LuaScript,
     pub cap: LuaScript,
+    pub idempotency: LuaScript,
+    pub renew: LuaScript,
+    pub unlock: LuaScript,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
         Self {
-            purchase: LuaScript::new("purchase", include_str!("../../lua/purchase.lua")),
-            release: LuaScript::new("release", include_str!("../../lua/release.lua")),
-            preheat: LuaScript::new("preheat", include_str!("../../lua/preheat.lua")),
-            admit: LuaScript::new("admit", include_str!("../../lua/admit.lua")),
+            purchase: LuaScript::with_prelude("purchase", include_str!("../../lua/purchase.lua")),
+            release: LuaScript::with_prelude("release", include_str!("../../lua/release.lua")),
+            preheat: LuaScript::with_prelude("preheat", include_str!("../../lua/preheat.lua")),
+            admit: LuaScript::with_prelude("admit", include_str!("../../lua/admit.lua")),
             missing: LuaScript::new("missing", include_str!("../../lua/missing.lua")),
-            snapshot: LuaScript::new("snapshot", include_str!("../../lua/snapshot.lua")),
+            snapshot: LuaScript::with_prelude("snapshot", include_str!("../../lua/snapshot.lua")),
             repair: LuaScript::new("repair", include_str!("../../lua/repair.lua")),
-            unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
-            renew: LuaScript::new("renew", include_str!("../../lua/renew.lua")),
-            idempotency: LuaScript::new("idempotency", include_str!("../../lua/idempotency.lua")),
             cap: LuaScript::new("cap", include_str!("../../lua/cap.lua")),
+            idempotency: LuaScript::with_prelude(
+                "idempotency",
+                include_str!("../../lua/idempotency.lua"),
+            ),
+            renew: LuaScript::new("renew", include_str!("../../lua/renew.lua")),
+            unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
         }
     }
 }
@@ -71,71 +92,10 @@ impl Scripts {
             &self.missing,
             &self.snapshot,
             &self.repair,
-            &self.unlock,
-            &self.renew,
-            &self.idempotency,
             &self.cap,
+            &self.idempotency,
+            &self.renew,
+            &self.unlock,
         ]
-    }
-}
-
-/// What `purchase.lua` decided. Business outcomes are values, not errors.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PurchaseOutcome {
-    /// Stock taken and the intent written; `replay` when this order_no had
-    /// already been accepted (a re-sent command).
-    Accepted {
-        amount: i64,
-        accepted_ms: i64,
-        replay: bool,
-    },
-    SoldOut {
-        stock_left: i64,
-    },
-    /// The buyer's existing order_nos, failed ones marked with a `!` suffix.
-    LimitExceeded {
-        order_nos: String,
-    },
-    NotStarted,
-    Ended,
-    NotPreheated,
-}
-
-impl PurchaseOutcome {
-    pub(crate) fn decode(reply: Value) -> Result<Self, RedisError> {
-        let items = match reply {
-            Value::Array(items) => items,
-            other => {
-                return Err(RedisError::Protocol(format!(
-                    "purchase.lua returned {other:?}"
-                )))
-            }
-        };
-        let int = |i: usize| {
-            items.get(i).and_then(|v| v.as_i64()).ok_or_else(|| {
-                RedisError::Protocol(format!("purchase.lua field {i} missing in {items:?}"))
-            })
-        };
-        Ok(match int(0)? {
-            1 | 2 => Self::Accepted {
-                amount: int(1)?,
-                accepted_ms: int(2)?,
-                replay: int(0)? == 2,
-            },
-            3 => Self::SoldOut {
-                stock_left: int(1)?,
-            },
-            4 => Self::LimitExceeded {
-                order_nos: items.get(1).and_then(|v| v.as_string()).unwrap_or_default(),
-            },
-            5 => Self::NotStarted,
-            6 => Self::Ended,
-            7 => Self::NotPreheated,
-            code => {
-                return Err(RedisError::Protocol(format!(
-                    "purchase.lua returned code {code}"
-                )))
-            }
-        })
     }
 }

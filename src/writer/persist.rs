@@ -15,25 +15,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+pub use crate::intent::Intent;
 use crate::{
     db::DbError,
     redis::{Admission, Redis, RedisError},
 };
-
-/// An accepted purchase on its way to Postgres.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Intent {
-    pub order_no: Uuid,
-    pub event_id: i64,
-    pub user_id: i64,
-    pub quantity: i32,
-    pub amount: i64,
-    pub accepted_at: DateTime<Utc>,
-}
 
 /// Why an order failed; stored in `orders.failure_reason`.
 pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";

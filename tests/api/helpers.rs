@@ -28,7 +28,10 @@ pub fn redis_url() -> String {
 pub struct TestApp {
     pub base: String,
     pub db: PgPool,
+    /// The engine's Redis wrappers, for reading the sale state.
     pub redis: Redis,
+    /// A plain client: the test's own hands on Redis, to inject faults.
+    pub raw: fred::clients::Client,
     pub prefix: String,
     pub auth: Arc<Auth>,
     pub http: reqwest::Client,
@@ -106,6 +109,11 @@ pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
     .await
     .expect("redis reachable");
 
+    let raw = Builder::from_config(Config::from_url(&env["SECKILL_REDIS_URL"]).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.expect("redis reachable");
+
     let app = Application::build(settings).await.expect("build app");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
@@ -114,6 +122,7 @@ pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
         base,
         db,
         redis,
+        raw,
         prefix,
         auth: Arc::new(Auth::new(JWT_SECRET.as_bytes(), ADMIN_TOKEN)),
         http: reqwest::Client::builder()
@@ -286,28 +295,25 @@ impl TestApp {
         v
     }
 
-    /// Number of Redis keys under this test's prefix.
-    pub async fn redis_key_count(&self) -> usize {
-        let keys: Vec<String> = self
-            .redis
-            .client()
+    /// This test's Redis keys (under its prefix).
+    pub async fn redis_keys(&self) -> Vec<String> {
+        self.raw
             .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
             .await
-            .unwrap();
-        keys.len()
+            .unwrap()
+    }
+
+    /// Number of Redis keys under this test's prefix.
+    pub async fn redis_key_count(&self) -> usize {
+        self.redis_keys().await.len()
     }
 
     /// Every Redis key of this deployment gone, as after a Redis restart
     /// without persistence (the keys of other tests are left alone).
     pub async fn lose_redis_state(&self) {
-        let keys: Vec<String> = self
-            .redis
-            .client()
-            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
-            .await
-            .unwrap();
+        let keys = self.redis_keys().await;
         if !keys.is_empty() {
-            let _: i64 = self.redis.client().del(keys).await.unwrap();
+            let _: i64 = self.raw.del(keys).await.unwrap();
         }
     }
 
@@ -349,15 +355,8 @@ impl TestApp {
     /// Stops the app and drops its database and keys (call at the end of a passing test).
     pub async fn cleanup(mut self) {
         let _ = self.stop().await;
-        let keys: Vec<String> = self
-            .redis
-            .client()
-            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<i64, _> = self.redis.client().del(keys).await;
-        }
+        self.lose_redis_state().await;
+        let _ = self.raw.quit().await;
         self.db.close().await;
         if let Ok(mut admin) = PgConnection::connect(&admin_db_url()).await {
             let _ = admin

@@ -14,11 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{TimeZone, Utc};
 use seckill::{
+    intent::{Intent, LedgerEntry},
     redis::{
-        Admission, LedgerEntry, PersistedOrder, PurchaseOutcome, Redis, SaleParams,
-        FAILED_KEPT_PER_SHOPPER,
+        Admission, PersistedOrder, PurchaseOutcome, Redis, SaleParams, FAILED_KEPT_PER_SHOPPER,
     },
-    writer::Intent,
 };
 use uuid::Uuid;
 

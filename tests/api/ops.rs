@@ -56,10 +56,9 @@ async fn health_ready_metrics_and_operator_routes() {
         StatusCode::OK,
         "an already loaded event is left alone"
     );
-    let _: i64 =
-        fred::prelude::KeysInterface::del(app.redis.client(), app.redis.keys().event(sale.id).meta)
-            .await
-            .unwrap();
+    let _: i64 = fred::prelude::KeysInterface::del(&app.raw, app.redis.keys().event(sale.id).meta)
+        .await
+        .unwrap();
     let r = app
         .http
         .post(app.url(&format!("/admin/events/{}/preheat", sale.id)))

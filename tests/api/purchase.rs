@@ -292,13 +292,13 @@ async fn purchases_survive_a_flushed_script_cache() {
     let sale = app.open_sale(60, 100, 1).await;
     app.fund(1, 60, 1_000).await;
     let buyer = app.buyer();
-    let flusher = app.redis.clone();
+    let flusher = app.raw.clone();
     let results = all(1..=60i64, |user| {
         let (buyer, flusher) = (buyer.clone(), flusher.clone());
         async move {
             if user % 20 == 0 {
                 let _: () = fred::prelude::ClientLike::custom(
-                    flusher.client(),
+                    &flusher,
                     fred::cmd!("SCRIPT"),
                     vec!["FLUSH"],
                 )

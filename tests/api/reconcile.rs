@@ -88,7 +88,7 @@ async fn drift_is_repaired_and_a_second_pass_finds_nothing() {
 
     // Corrupt Redis: stock inflated, a buyer's count lost, a phantom buyer.
     let keys = app.redis.keys().event(sale.id);
-    let client = app.redis.client();
+    let client = &app.raw;
     let _: i64 = fred::prelude::KeysInterface::incr_by(client, &keys.stock, 7)
         .await
         .unwrap();
@@ -150,16 +150,7 @@ async fn an_event_redis_lost_is_rebuilt_and_the_sale_continues_without_oversell(
     }
     app.drain(sale.id).await;
     // Redis restarted without persistence: every key of the deployment is gone.
-    let keys: Vec<String> = fred::prelude::ClientLike::custom(
-        app.redis.client(),
-        fred::cmd!("KEYS"),
-        vec![format!("{}:*", app.prefix)],
-    )
-    .await
-    .unwrap();
-    let _: i64 = fred::prelude::KeysInterface::del(app.redis.client(), keys)
-        .await
-        .unwrap();
+    app.lose_redis_state().await;
     let (status, body) = app.purchase(sale.id, 7, json!(1)).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -230,7 +221,7 @@ async fn ended_events_are_closed_out_of_redis_a_day_later_once_persisted() {
     }
     // The second one still has an intent nobody persisted.
     let _: i64 = fred::prelude::HashesInterface::hset(
-        app.redis.client(),
+        &app.raw,
         app.redis.keys().event(ids[1]).ledger,
         (uuid::Uuid::now_v7().to_string(), "7:1:100:1"),
     )

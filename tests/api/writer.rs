@@ -160,7 +160,7 @@ async fn intents_whose_redis_writes_were_lost_never_oversell() {
     // Redis restarts from an `everysec` AOF that missed the last second: the
     // event is still loaded, but those ten purchases never happened there.
     let keys = app.redis.keys().event(sale.id);
-    let client = app.redis.client();
+    let client = &app.raw;
     let _: () = fred::prelude::KeysInterface::set(client, &keys.stock, 10, None, None, false)
         .await
         .unwrap();

@@ -1,0 +1,57 @@
+--[[
+  prelude.lua: what the sale scripts share, prepended to each script that
+  uses it when the engine loads it (what Redis runs is this file followed by
+  the script; see src/redis/scripts.rs). Functions only: nothing runs here.
+
+  Ledger entries are "user_id:quantity:amount:accepted_ms"; a shopper's order
+  list is comma-separated order_nos, a failed one ending in "!".
+]]
+
+-- Redis server time, in milliseconds.
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+-- Whether order_no is in a shopper's list, failed or not. A plain find:
+-- order_nos hold '-', a Lua pattern character.
+local function listed(list, order_no)
+  if not list then
+    return false
+  end
+  local padded = ',' .. list .. ','
+  return string.find(padded, ',' .. order_no .. ',', 1, true) ~= nil
+    or string.find(padded, ',' .. order_no .. '!,', 1, true) ~= nil
+end
+
+-- A ledger entry. Numbers are written with %d: Lua numbers are doubles, and
+-- tostring() would write 10^14 as "1e+14", which no reader parses back. The
+-- user id stays the caller's string (ids reach 2^63 - 1, beyond a double).
+local function ledger_entry(user, quantity, amount, accepted_ms)
+  return user .. string.format(':%d:%d:%d', quantity, amount, accepted_ms)
+end
+
+-- The user id (as a string) and the quantity of a ledger entry.
+local function entry_user_quantity(entry)
+  local user, quantity = string.match(entry, '^(%d+):(%d+):')
+  return user, tonumber(quantity)
+end
+
+-- Units a shopper holds in non-failed orders.
+local function held_by(bought_key, user)
+  return tonumber(redis.call('HGET', bought_key, user) or '0')
+end
+
+-- Takes `quantity` units for `order_no`: the stock, the shopper's count and
+-- list (`mine` is the list before), and the ledger entry. The caller has
+-- checked the limit and the stock.
+local function take(stock_key, bought_key, orders_key, ledger_key, user, quantity, order_no, mine, entry)
+  redis.call('DECRBY', stock_key, quantity)
+  redis.call('HINCRBY', bought_key, user, quantity)
+  if mine and mine ~= '' then
+    redis.call('HSET', orders_key, user, mine .. ',' .. order_no)
+  else
+    redis.call('HSET', orders_key, user, order_no)
+  end
+  redis.call('HSET', ledger_key, order_no, entry)
+end

@@ -1,0 +1,81 @@
+//! A writer's check, just before it persists a batch, that Redis still
+//! accounts for every intent in it: `missing.lua` finds the intents no longer
+//! pending in the ledger (normally none), and only those go through
+//! `admit.lua`, which takes their stock again or refuses them.
+
+use fred::types::Value;
+use uuid::Uuid;
+
+use super::{Redis, RedisError};
+use crate::intent::Intent;
+
+/// What `admit.lua` said of a batch.
+#[derive(Debug)]
+pub enum Admission {
+    /// The event is not in Redis (lost and not rebuilt yet): wait.
+    NotLoaded,
+    /// Per order_no: 1 pending, 2 re-taken after a loss, 0 refused.
+    Decided(Vec<(Uuid, i64)>),
+}
+
+impl Redis {
+    /// Runs `missing.lua`: the intents (of one event) no longer pending in its ledger.
+    pub async fn missing_from_ledger(
+        &self,
+        event_id: i64,
+        intents: &[Intent],
+    ) -> Result<Vec<Intent>, RedisError> {
+        let args: Vec<Value> = intents
+            .iter()
+            .map(|i| Value::from(i.order_no.to_string()))
+            .collect();
+        let reply = self
+            .run(
+                &self.scripts.missing,
+                vec![self.keys.event(event_id).ledger],
+                args,
+            )
+            .await?;
+        let Value::Array(positions) = reply else {
+            return Err(RedisError::Protocol(format!(
+                "missing.lua returned {reply:?}"
+            )));
+        };
+        Ok(positions
+            .iter()
+            .filter_map(Value::as_i64)
+            .filter_map(|p| intents.get((p - 1) as usize).copied())
+            .collect())
+    }
+
+    /// Runs `admit.lua` for intents of one event: which may be persisted as
+    /// they are, and which lost their stock with a Redis restart.
+    pub async fn admit(&self, event_id: i64, intents: &[Intent]) -> Result<Admission, RedisError> {
+        let mut args = Vec::with_capacity(intents.len() * 5);
+        for i in intents {
+            args.extend([
+                Value::from(i.order_no.to_string()),
+                Value::from(i.user_id),
+                Value::from(i.quantity as i64),
+                Value::from(i.amount),
+                Value::from(i.accepted_at.timestamp_millis()),
+            ]);
+        }
+        match self
+            .run(&self.scripts.admit, self.keys.event(event_id).all(), args)
+            .await?
+        {
+            Value::Integer(-1) => Ok(Admission::NotLoaded),
+            Value::Array(states) if states.len() == intents.len() => Ok(Admission::Decided(
+                intents
+                    .iter()
+                    .zip(states)
+                    .map(|(i, s)| (i.order_no, s.as_i64().unwrap_or(1)))
+                    .collect(),
+            )),
+            other => Err(RedisError::Protocol(format!(
+                "admit.lua returned {other:?}"
+            ))),
+        }
+    }
+}

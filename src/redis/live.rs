@@ -1,0 +1,133 @@
+//! Plain reads of an event's live state (stock, ledger, buyers), the set of
+//! events loaded into Redis, and closing an ended event out of Redis.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use uuid::Uuid;
+
+use super::{Redis, RedisError};
+use crate::intent::LedgerEntry;
+
+impl Redis {
+    /// Units left, or None when the event is not in Redis.
+    pub async fn stock_left(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
+        Ok(self.client().get(self.keys.event(event_id).stock).await?)
+    }
+
+    /// Whether the event's sale parameters are loaded.
+    pub async fn is_loaded(&self, event_id: i64) -> Result<bool, RedisError> {
+        let n: i64 = self.client().exists(self.keys.event(event_id).meta).await?;
+        Ok(n == 1)
+    }
+
+    /// Every pending intent of an event.
+    pub async fn ledger(&self, event_id: i64) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+        let raw: HashMap<String, String> = self
+            .client()
+            .hgetall(self.keys.event(event_id).ledger)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(order_no, entry)| {
+                Some((order_no.parse().ok()?, LedgerEntry::parse(&entry)?))
+            })
+            .collect())
+    }
+
+    /// Pending intents for some order_nos of one event.
+    pub async fn ledger_entries(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+    ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+        if order_nos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fields: Vec<String> = order_nos.iter().map(Uuid::to_string).collect();
+        let raw: Vec<Option<String>> = self
+            .client()
+            .hmget(self.keys.event(event_id).ledger, fields)
+            .await?;
+        Ok(order_nos
+            .iter()
+            .zip(raw)
+            .filter_map(|(o, r)| Some((*o, LedgerEntry::parse(r.as_deref()?)?)))
+            .collect())
+    }
+
+    /// The buyer's order_nos for an event, each with whether it failed.
+    pub async fn buyer_orders(
+        &self,
+        event_id: i64,
+        user_id: i64,
+    ) -> Result<Vec<(Uuid, bool)>, RedisError> {
+        let raw: Option<String> = self
+            .client()
+            .hget(self.keys.event(event_id).orders, user_id)
+            .await?;
+        Ok(parse_order_list(raw.as_deref().unwrap_or("")))
+    }
+
+    /// Units held per buyer (user_id -> units), as Redis counts them.
+    pub async fn buyers(&self, event_id: i64) -> Result<HashMap<i64, i64>, RedisError> {
+        let raw: HashMap<String, i64> = self
+            .client()
+            .hgetall(self.keys.event(event_id).bought)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(u, q)| Some((u.parse().ok()?, q)))
+            .collect())
+    }
+
+    /// Removes an ended event's keys and its place in the live set.
+    pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
+        let _: i64 = self.client().del(self.keys.event(event_id).all()).await?;
+        let _: i64 = self
+            .client()
+            .srem(self.keys.live_events(), event_id)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_live_event(&self, event_id: i64) -> Result<(), RedisError> {
+        let _: i64 = self
+            .client()
+            .sadd(self.keys.live_events(), event_id)
+            .await?;
+        Ok(())
+    }
+
+    /// Event ids currently loaded into Redis.
+    pub async fn live_events(&self) -> Result<Vec<i64>, RedisError> {
+        Ok(self.client().smembers(self.keys.live_events()).await?)
+    }
+}
+
+/// Parses a buyer's order list: "a,b!,c" -> [(a,false),(b,true),(c,false)].
+pub fn parse_order_list(raw: &str) -> Vec<(Uuid, bool)> {
+    raw.split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| match s.strip_suffix('!') {
+            Some(failed) => Some((failed.parse().ok()?, true)),
+            None => Some((s.parse().ok()?, false)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_list_marks_failed() {
+        let a = Uuid::now_v7();
+        let b = Uuid::now_v7();
+        assert_eq!(
+            parse_order_list(&format!("{a},{b}!")),
+            vec![(a, false), (b, true)]
+        );
+        assert!(parse_order_list("").is_empty());
+    }
+}

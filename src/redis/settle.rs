@@ -1,0 +1,62 @@
+//! Settling persisted orders in Redis: confirmed ones are acked (they leave
+//! the ledger), failed ones go through `release.lua`, which restocks their
+//! units or, for units that never existed, discards them.
+
+use fred::{prelude::*, types::Value};
+use uuid::Uuid;
+
+use super::{Redis, RedisError};
+
+/// Failed order_nos a shopper's list keeps per event (the newest): a
+/// shopper who cannot pay cannot grow Redis, or the scripts' work, without
+/// bound. `release.lua` prunes to it, and a rebuild (`preheat.lua`) loads no
+/// more than it.
+pub const FAILED_KEPT_PER_SHOPPER: usize = 8;
+
+impl Redis {
+    /// Acks persisted intents: they leave the ledger.
+    pub async fn ack(&self, event_id: i64, order_nos: &[Uuid]) -> Result<(), RedisError> {
+        if order_nos.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<String> = order_nos.iter().map(Uuid::to_string).collect();
+        let _: i64 = self
+            .client()
+            .hdel(self.keys.event(event_id).ledger, fields)
+            .await?;
+        Ok(())
+    }
+
+    /// `release.lua` restock: the units of failed orders back on sale, once;
+    /// returns the units returned.
+    pub async fn release(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+        self.release_with(event_id, order_nos, "restock").await
+    }
+
+    /// `release.lua` discard: failed orders whose units never existed leave
+    /// the ledger without going back on sale.
+    pub async fn discard(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+        self.release_with(event_id, order_nos, "discard").await
+    }
+
+    async fn release_with(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+        mode: &str,
+    ) -> Result<i64, RedisError> {
+        if order_nos.is_empty() {
+            return Ok(0);
+        }
+        let mut args = Vec::with_capacity(order_nos.len() + 2);
+        args.push(Value::from(FAILED_KEPT_PER_SHOPPER as i64));
+        args.push(Value::from(mode));
+        args.extend(order_nos.iter().map(|o| Value::from(o.to_string())));
+        self.run_for_int(
+            &self.scripts.release,
+            self.keys.event(event_id).for_release(),
+            args,
+        )
+        .await
+    }
+}
