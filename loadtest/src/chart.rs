@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use plotters::prelude::*;
 
-use crate::{api::Outcome, crowd::StockPoint, stats::Stats};
+use crate::{api::Outcome, stats::Stats, stock::StockPoint};
 
 const WIDTH: u32 = 1200;
 

@@ -6,20 +6,26 @@
 //! report and writes it as JSON with an SVG chart. Exit code 0 when every
 //! check passed, 1 when one failed, 2 when the run itself could not happen.
 //!
-//! Layout: `config` (CLI and scenarios), `api` (the engine's HTTP API and
-//! outcome classification), `crowd` (the workers and the stock poller),
-//! `stats` (histograms, phases, timeline), `verify` (drain and checks),
-//! `report` and `chart` (output), `sale` (one run from start to verdict),
-//! `bench` (the `bench` subcommand: the macro benchmark of SPEC §7).
+//! Layout, from the top down (a module uses only those below it):
+//! `sale` (one run from start to verdict) and `bench` (the `bench`
+//! subcommand: the macro benchmark of SPEC §7); `verify` (the checks),
+//! `report` and `chart` (output); `stats` (histograms, phases, timeline);
+//! `crowd` (the workers and what they saw), `stock` (the stock poller),
+//! `drain` (waiting for the writers); `plan` (the validated scenario);
+//! `api` (the engine's HTTP API and outcome classification); `cli` (every
+//! flag).
 
 mod api;
 mod bench;
 mod chart;
-mod config;
+mod cli;
 mod crowd;
+mod drain;
+mod plan;
 mod report;
 mod sale;
 mod stats;
+mod stock;
 mod verify;
 
 use std::process::ExitCode;
@@ -28,8 +34,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut cli = config::Cli::parse();
-    if let Some(config::Command::Bench(args)) = cli.command.take() {
+    let mut cli = cli::Cli::parse();
+    if let Some(cli::Command::Bench(args)) = cli.command.take() {
         return match bench::run(*args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -39,7 +45,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let plan = match config::Plan::from_cli(cli) {
+    let plan = match plan::Plan::from_args(cli.run) {
         Ok(plan) => plan,
         Err(err) => {
             eprintln!("seckill-loadtest: {err:#}");

@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{
-    config::Plan,
-    crowd::{Shapes, StockPoint},
+    crowd::Shapes,
+    drain::Drain,
+    plan::Plan,
     stats::{Latency, Phase, Stats},
-    verify::{Check, Drain, Verdict},
+    stock::StockPoint,
+    verify::{Check, Verdict},
 };
 
 #[derive(Debug, Serialize)]

@@ -3,22 +3,25 @@
 //! the stock, wait for the writers to drain, verify, report.
 
 use std::{
+    path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    api::{Api, NewEvent, Signer},
+    api::{AdminEvent, Api, NewEvent, Signer},
     chart,
-    config::{Plan, MAX_USERS},
-    crowd::{poll_stock, Crowd, StockPoint},
+    crowd::{Crowd, CrowdLog},
+    drain::wait_for_drain,
+    plan::{self, Plan},
     report::Report,
-    stats,
+    stats::{self, Stats},
+    stock::{poll_stock, StockPoint},
     verify::{self, Setup, Verdict},
 };
 
@@ -39,65 +42,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
         .with_context(|| format!("creating {}", plan.out_dir.display()))?;
 
     let started_at = Utc::now();
-    // A fresh id range per run (one per second, wide enough for any --users),
-    // so wallets and per-user limits of earlier runs never interfere.
-    let first_user_id = plan
-        .first_user_id
-        .unwrap_or_else(|| started_at.timestamp() * MAX_USERS as i64 + 1);
-    let payers = plan.payers();
-    let broke = k.users - payers;
-
-    println!(
-        "loadtest: funding {payers} wallets with {} and {broke} empty ones (shoppers {first_user_id}..{})",
-        plan.funded_balance(),
-        first_user_id + k.users as i64 - 1
-    );
-    let seeded = Instant::now();
-    let mut created = seed(&api, first_user_id, payers, plan.funded_balance()).await?;
-    created += seed(&api, first_user_id + payers as i64, broke, 0).await?;
-    let fresh_wallets = created == k.users;
-    if !fresh_wallets {
-        println!(
-            "loadtest: only {created} of {} wallets were new; the per-wallet money check is skipped",
-            k.users
-        );
-    }
-    check_balance(&api, first_user_id, plan.funded_balance()).await?;
-    if broke > 0 {
-        check_balance(&api, first_user_id + payers as i64, 0).await?;
-    }
-    println!(
-        "loadtest: wallets ready in {:.2}s",
-        seeded.elapsed().as_secs_f64()
-    );
-
-    let starts_at = Utc::now() + chrono::Duration::milliseconds(k.start_delay_ms as i64);
-    let window = (k.duration_secs + 600).max(3_600);
-    let ends_at = starts_at + chrono::Duration::seconds(window as i64);
-    let name = format!(
-        "loadtest {} {}",
-        plan.scenario.name(),
-        started_at.format("%Y-%m-%dT%H:%M:%SZ")
-    );
-    let event = api
-        .create_event(&NewEvent {
-            name: &name,
-            price: k.price,
-            stock: k.stock,
-            per_user_limit: k.per_user_limit,
-            starts_at,
-            ends_at,
-        })
-        .await?;
-    if event.id <= 0 {
-        bail!("POST /admin/events answered without an id");
-    }
-    api.preheat(event.id).await?;
-    println!(
-        "loadtest: event {} created and preheated; sale starts at {}",
-        event.id,
-        starts_at.to_rfc3339()
-    );
+    let first_user_id = plan::first_user_id(plan.first_user_id, started_at);
+    let fresh_wallets = fund_wallets(&api, &plan, first_user_id).await?;
+    let (event, starts_at) = create_event(&api, &plan, started_at).await?;
 
     let signer = Arc::new(Signer::new(&plan.jwt_secret, first_user_id, k.users));
     let crowd = Arc::new(Crowd::new(
@@ -107,45 +54,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
         first_user_id,
         event.id,
     )?);
-
-    // A small margin after the start: the engine judges the window by Redis' clock.
-    let start = Instant::now()
-        + (starts_at - Utc::now()).to_std().unwrap_or_default()
-        + Duration::from_millis(20);
-    // Open the keep-alive connections before the start, as a waiting crowd would.
-    warm_up(&api, &plan.base_url, k.concurrency).await;
-    let before = api
-        .event(event.id)
-        .await
-        .ok()
-        .map(|ev| StockPoint::of(&ev, 0.0));
-    tokio::time::sleep_until(start.into()).await;
-
-    let t0 = Instant::now();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let poller = tokio::spawn(poll_stock(Arc::clone(&api), event.id, t0, before, stop_rx));
-    let bar = progress_bar(k.requests);
-    let ticker = {
-        let crowd = Arc::clone(&crowd);
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(crowd.progress.done.load(Ordering::Relaxed));
-                bar.set_message(format!(
-                    "accepted {}",
-                    crowd.progress.accepted.load(Ordering::Relaxed)
-                ));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let log = Arc::clone(&crowd).fire(t0).await;
-    ticker.abort();
-    bar.set_position(crowd.progress.done.load(Ordering::Relaxed));
-    bar.finish_with_message(format!(
-        "accepted {}",
-        crowd.progress.accepted.load(Ordering::Relaxed)
-    ));
+    let (log, poller) = fire(&api, &crowd, event.id, starts_at).await;
 
     let stats = stats::compute(&log.samples);
     println!(
@@ -153,12 +62,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
         stats.requests
     );
     let drain =
-        verify::wait_for_drain(&api, event.id, Duration::from_secs(plan.drain_timeout_secs))
-            .await?;
-    // One more poll after the drain so the chart shows the final stock.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let _ = stop_tx.send(true);
-    let stock = poller.await.unwrap_or_default();
+        wait_for_drain(&api, event.id, Duration::from_secs(plan.drain_timeout_secs)).await?;
+    let stock = poller.finish().await;
 
     println!("loadtest: verifying");
     let setup = Setup {
@@ -171,21 +76,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
     let passed = !checks.iter().any(|c| c.verdict == Verdict::Fail);
 
     let scenario = plan.scenario.name();
-    let chart_path = plan.out_dir.join(format!("chart-{scenario}.svg"));
-    let chart_path =
-        match chart::render(&chart_path, &format!("seckill {scenario}"), &stats, &stock) {
-            Ok(()) => Some(chart_path),
-            Err(err) => {
-                eprintln!("loadtest: could not draw the chart: {err:#}");
-                None
-            }
-        };
+    let chart_path = draw_chart(&plan.out_dir, scenario, &stats, &stock);
     let report = Report {
         scenario,
         started_at,
         event_id: event.id,
         first_user_id,
-        payers,
+        payers: plan.payers(),
         shapes: log.shapes,
         unexpected: log
             .unexpected
@@ -206,16 +103,40 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
     Ok(passed)
 }
 
-/// Seeds `count` wallets from `first` in chunks; returns how many were new.
-async fn seed(api: &Api, first: i64, count: u64, balance: i64) -> anyhow::Result<u64> {
-    let mut created = 0;
-    let mut done = 0;
-    while done < count {
-        let n = SEED_CHUNK.min(count - done);
-        created += api.seed_wallets(first + done as i64, n, balance).await?;
-        done += n;
+/// Funds the payers' wallets and gives the rest an empty one; `Ok(true)`
+/// when every wallet was new, so that initial balances are known.
+async fn fund_wallets(api: &Api, plan: &Plan, first_user_id: i64) -> anyhow::Result<bool> {
+    let k = plan.knobs;
+    let payers = plan.payers();
+    let broke = k.users - payers;
+    println!(
+        "loadtest: funding {payers} wallets with {} and {broke} empty ones (shoppers {first_user_id}..{})",
+        plan.funded_balance(),
+        first_user_id + k.users as i64 - 1
+    );
+    let seeded = Instant::now();
+    let mut created = api
+        .seed_wallets(first_user_id, payers, plan.funded_balance(), SEED_CHUNK)
+        .await?;
+    created += api
+        .seed_wallets(first_user_id + payers as i64, broke, 0, SEED_CHUNK)
+        .await?;
+    let fresh_wallets = created == k.users;
+    if !fresh_wallets {
+        println!(
+            "loadtest: only {created} of {} wallets were new; the per-wallet money check is skipped",
+            k.users
+        );
     }
-    Ok(created)
+    check_balance(api, first_user_id, plan.funded_balance()).await?;
+    if broke > 0 {
+        check_balance(api, first_user_id + payers as i64, 0).await?;
+    }
+    println!(
+        "loadtest: wallets ready in {:.2}s",
+        seeded.elapsed().as_secs_f64()
+    );
+    Ok(fresh_wallets)
 }
 
 async fn check_balance(api: &Api, user_id: i64, want: i64) -> anyhow::Result<()> {
@@ -229,6 +150,97 @@ async fn check_balance(api: &Api, user_id: i64, want: i64) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Creates and preheats the sale's event; returns it and its start.
+async fn create_event(
+    api: &Api,
+    plan: &Plan,
+    started_at: DateTime<Utc>,
+) -> anyhow::Result<(AdminEvent, DateTime<Utc>)> {
+    let k = plan.knobs;
+    let starts_at = Utc::now() + chrono::Duration::milliseconds(k.start_delay_ms as i64);
+    let window = (k.duration_secs + 600).max(3_600);
+    let ends_at = starts_at + chrono::Duration::seconds(window as i64);
+    let name = format!(
+        "loadtest {} {}",
+        plan.scenario.name(),
+        started_at.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let event = api
+        .create_preheated_event(&NewEvent {
+            name: &name,
+            price: k.price,
+            stock: k.stock,
+            per_user_limit: k.per_user_limit,
+            starts_at,
+            ends_at,
+        })
+        .await?;
+    println!(
+        "loadtest: event {} created and preheated; sale starts at {}",
+        event.id,
+        starts_at.to_rfc3339()
+    );
+    Ok((event, starts_at))
+}
+
+/// Waits for the sale's start with the connections open, then lets the crowd
+/// loose with the stock poller and a progress bar running beside it.
+async fn fire(
+    api: &Arc<Api>,
+    crowd: &Arc<Crowd>,
+    event_id: i64,
+    starts_at: DateTime<Utc>,
+) -> (CrowdLog, Poller) {
+    // A small margin after the start: the engine judges the window by Redis' clock.
+    let start = Instant::now()
+        + (starts_at - Utc::now()).to_std().unwrap_or_default()
+        + Duration::from_millis(20);
+    // Open the keep-alive connections before the start, as a waiting crowd would.
+    warm_up(api, &crowd.plan.base_url, crowd.plan.knobs.concurrency).await;
+    let before = api
+        .event(event_id)
+        .await
+        .ok()
+        .map(|ev| StockPoint::of(&ev, 0.0));
+    tokio::time::sleep_until(start.into()).await;
+
+    let t0 = Instant::now();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(poll_stock(Arc::clone(api), event_id, t0, before, stop_rx));
+    let bar = progress_bar(crowd.plan.knobs.requests);
+    let ticker = {
+        let crowd = Arc::clone(crowd);
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                show_progress(&bar, &crowd);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let log = Arc::clone(crowd).fire(t0).await;
+    ticker.abort();
+    show_progress(&bar, crowd);
+    bar.finish();
+    (log, Poller { stop, task })
+}
+
+/// The running stock poller.
+struct Poller {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Vec<StockPoint>>,
+}
+
+impl Poller {
+    /// Stops the poller after one more poll, so the chart shows the final
+    /// stock; returns every point.
+    async fn finish(self) -> Vec<StockPoint> {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// Opens about `n` keep-alive connections with concurrent `/healthz` calls.
@@ -249,4 +261,29 @@ fn progress_bar(len: u64) -> ProgressBar {
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
+}
+
+fn show_progress(bar: &ProgressBar, crowd: &Crowd) {
+    bar.set_position(crowd.progress.done.load(Ordering::Relaxed));
+    bar.set_message(format!(
+        "accepted {}",
+        crowd.progress.accepted.load(Ordering::Relaxed)
+    ));
+}
+
+/// Draws `chart-<scenario>.svg`; a chart that fails is reported, not fatal.
+fn draw_chart(
+    out_dir: &Path,
+    scenario: &str,
+    stats: &Stats,
+    stock: &[StockPoint],
+) -> Option<PathBuf> {
+    let path = out_dir.join(format!("chart-{scenario}.svg"));
+    match chart::render(&path, &format!("seckill {scenario}"), stats, stock) {
+        Ok(()) => Some(path),
+        Err(err) => {
+            eprintln!("loadtest: could not draw the chart: {err:#}");
+            None
+        }
+    }
 }

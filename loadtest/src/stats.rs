@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{api::Outcome, crowd::Sample};
 
 /// Highest latency a histogram tracks (60 s, in µs); larger values saturate.
-const MAX_LATENCY_US: u64 = 60_000_000;
+pub const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -93,7 +93,8 @@ pub struct Stats {
     pub timeline: Vec<Second>,
 }
 
-fn histogram(sigfig: u8) -> Histogram<u64> {
+/// A latency histogram in µs with `sigfig` significant figures.
+pub fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig).expect("static histogram bounds")
 }
 

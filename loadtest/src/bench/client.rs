@@ -11,22 +11,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::ValueEnum;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
 use tokio::net::TcpStream;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientKind {
-    /// One hyper HTTP/1.1 connection per task, no pool.
-    Hyper,
-    /// One shared reqwest client with a keep-alive pool.
-    Reqwest,
-}
+use crate::cli::ClientKind;
 
 /// Where the engine is: `host:port` for sockets and `Host`, the base URL for reqwest.
 #[derive(Debug, Clone)]

@@ -1,0 +1,277 @@
+//! The benchmark's verdict: `bench.json` for scripts, a table for people,
+//! the SPEC §7 targets, and the warnings a run collects.
+
+use std::fmt::Write as _;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::phase::PhaseReport;
+use crate::cli::ClientKind;
+
+/// SPEC §7 targets measured here.
+const TARGET_RATIO_SELLING: f64 = 0.45;
+const TARGET_RATIO_SOLD_OUT: f64 = 0.85;
+const TARGET_P99_MS: f64 = 5.0;
+/// Cores used by processes other than client, engine, Redis and Postgres
+/// above which a phase is reported as disturbed.
+const OTHER_LOAD_WARN: f64 = 0.25;
+
+/// One SPEC target and whether the run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub name: &'static str,
+    pub target: String,
+    pub value: f64,
+    pub met: bool,
+}
+
+/// What the set-up took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub users: u64,
+    pub sign_secs: f64,
+    pub sign_us_per_token: f64,
+    /// Tokens signed inside the loop because the pre-signed range ran out.
+    pub signed_inline: u64,
+    pub seed_secs: f64,
+    pub selling_event_id: i64,
+    pub sold_out_event_id: i64,
+}
+
+/// What the writers persisted of the purchase phases.
+#[derive(Debug, Clone, Serialize)]
+pub struct Persisted {
+    pub selling_drained: bool,
+    pub selling_drain_secs: f64,
+    pub selling_sold: i64,
+    pub selling_failed: i64,
+    pub selling_stock_left: i64,
+    pub sold_out_event_sold: i64,
+    /// Orders persisted during the bench (both events).
+    pub orders: i64,
+}
+
+/// `bench.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub started_at: chrono::DateTime<Utc>,
+    pub base_url: String,
+    pub client: ClientKind,
+    pub cpus: usize,
+    pub connections: usize,
+    pub phase_secs: u64,
+    pub healthz_rps: f64,
+    pub healthz_p50_ms: f64,
+    pub healthz_p99_ms: f64,
+    pub selling_rps: f64,
+    pub selling_p50_ms: f64,
+    pub selling_p99_ms: f64,
+    pub sold_out_rps: f64,
+    pub sold_out_p50_ms: f64,
+    pub sold_out_p99_ms: f64,
+    pub ratio_selling: f64,
+    pub ratio_sold_out: f64,
+    pub targets: Vec<TargetReport>,
+    pub all_met: bool,
+    pub setup: Setup,
+    pub persisted: Persisted,
+    pub phases: Vec<PhaseReport>,
+    pub warnings: Vec<String>,
+}
+
+/// `rps` as a share of the `/healthz` ceiling; 0 without a ceiling.
+pub fn ratio(rps: f64, healthz_rps: f64) -> f64 {
+    if healthz_rps > 0.0 {
+        rps / healthz_rps
+    } else {
+        0.0
+    }
+}
+
+/// The SPEC §7 targets for the purchase phases' ratios and p99 at
+/// `connections` connections.
+pub fn targets(
+    ratio_selling: f64,
+    ratio_sold_out: f64,
+    p99: f64,
+    connections: usize,
+) -> Vec<TargetReport> {
+    vec![
+        TargetReport {
+            name: "purchase_selling_ratio",
+            target: format!(">= {TARGET_RATIO_SELLING}"),
+            value: ratio_selling,
+            met: ratio_selling >= TARGET_RATIO_SELLING,
+        },
+        TargetReport {
+            name: "purchase_sold_out_ratio",
+            target: format!(">= {TARGET_RATIO_SOLD_OUT}"),
+            value: ratio_sold_out,
+            met: ratio_sold_out >= TARGET_RATIO_SOLD_OUT,
+        },
+        TargetReport {
+            name: "purchase_p99_ms",
+            target: format!("<= {TARGET_P99_MS} at {connections} connections"),
+            value: p99,
+            met: p99 <= TARGET_P99_MS && connections >= 64,
+        },
+    ]
+}
+
+/// Persisted figures that disagree with what the phases were answered.
+pub fn persisted_warnings(sell: &PhaseReport, persisted: &Persisted) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if persisted.selling_sold != sell.ok as i64 {
+        warnings.push(format!(
+            "{} purchases were accepted (202) in the selling phase but {} units are persisted as sold ({} failed)",
+            sell.ok, persisted.selling_sold, persisted.selling_failed
+        ));
+    }
+    if persisted.sold_out_event_sold != 1 {
+        warnings.push(format!(
+            "the sold-out event has {} units sold, expected 1",
+            persisted.sold_out_event_sold
+        ));
+    }
+    warnings
+}
+
+/// Phases during which other processes loaded the box; such warnings do not
+/// fail the run, the figures are only marked as disturbed.
+pub fn disturbance_warnings(phases: &[&PhaseReport]) -> Vec<String> {
+    phases
+        .iter()
+        .filter_map(|p| {
+            let other = p.cpu.other_cores.filter(|&o| o > OTHER_LOAD_WARN)?;
+            Some(format!(
+                "{}: other processes used {other:.2} cores of the box during the phase: the figures are disturbed",
+                p.name
+            ))
+        })
+        .collect()
+}
+
+/// Phases with answers that did not count.
+pub fn uncounted_warnings(phases: &[&PhaseReport]) -> Vec<String> {
+    phases
+        .iter()
+        .filter_map(|p| {
+            let bad: u64 = p.other.values().sum();
+            (bad > 0).then(|| {
+                format!(
+                    "{}: {bad} of {} answers did not count: {:?}",
+                    p.name, p.requests, p.other
+                )
+            })
+        })
+        .collect()
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "NOT MET"
+    }
+}
+
+/// The report as printed at the end of a run.
+pub fn render(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "== seckill bench: {} connections, {}s per phase, {} client, {} CPUs ==",
+        r.connections,
+        r.phase_secs,
+        match r.client {
+            ClientKind::Hyper => "hyper",
+            ClientKind::Reqwest => "reqwest",
+        },
+        r.cpus
+    );
+    render_phases(&mut s, r);
+    let _ = writeln!(
+        s,
+        "tokens: {} pre-signed in {:.2}s ({:.1} µs each), {} signed inline; wallets funded in {:.2}s",
+        r.setup.users,
+        r.setup.sign_secs,
+        r.setup.sign_us_per_token,
+        r.setup.signed_inline,
+        r.setup.seed_secs
+    );
+    let _ = writeln!(
+        s,
+        "orders persisted during bench: {} (selling event: {} sold, {} failed, drained {} in {:.2}s after its phase; sold-out event: {})",
+        r.persisted.orders,
+        r.persisted.selling_sold,
+        r.persisted.selling_failed,
+        if r.persisted.selling_drained { "yes" } else { "NO" },
+        r.persisted.selling_drain_secs,
+        r.persisted.sold_out_event_sold
+    );
+    let _ = writeln!(s, "SPEC §7 targets:");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "  {:<26} {:>8.3}  (target {:<24}) {}",
+            t.name,
+            t.value,
+            t.target,
+            met(t.met)
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "WARNING: {w}");
+    }
+    s
+}
+
+/// The two tables: rates and latencies per phase, then CPU use per phase.
+fn render_phases(s: &mut String, r: &BenchReport) {
+    let _ = writeln!(
+        s,
+        "{:<18} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "phase", "req/s", "ratio", "p50 ms", "p90 ms", "p99 ms", "max ms", "client µs", "engine µs"
+    );
+    let f = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
+    for p in &r.phases {
+        let _ = writeln!(
+            s,
+            "{:<18} {:>10.0} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>10}",
+            p.name,
+            p.rps,
+            ratio(p.rps, r.healthz_rps),
+            p.p50_ms,
+            p.p90_ms,
+            p.p99_ms,
+            p.max_ms,
+            f(p.cpu.client_us_per_request, 1),
+            f(p.cpu.engine_us_per_request, 1),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "(client/engine µs: CPU time per request, client = this load generator)"
+    );
+    let _ = writeln!(
+        s,
+        "{:<18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "CPU cores used", "client", "engine", "redis", "postgres", "other", "box busy"
+    );
+    for p in &r.phases {
+        let c = &p.cpu;
+        let _ = writeln!(
+            s,
+            "{:<18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}%",
+            p.name,
+            f(c.client_cores, 2),
+            f(c.engine_cores, 2),
+            f(c.redis_cores, 2),
+            f(c.postgres_cores, 2),
+            f(c.other_cores, 2),
+            f(c.machine_busy_pct, 0),
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! What the crowd saw: every answer as a compact sample for the statistics,
+//! and the facts the verifier needs (acknowledged orders, shoppers with an
+//! unknown effect, pairs of answers to one `Idempotency-Key`).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use uuid::Uuid;
+
+use crate::api::{Outcome, PurchaseResult};
+
+/// One request as the statistics need it (12 bytes; a million fit easily).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When the answer arrived, µs after the sale started.
+    pub at_us: u32,
+    pub latency_us: u32,
+    pub outcome: Outcome,
+}
+
+/// A 202 as the verifier needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptedOrder {
+    pub order_no: Uuid,
+    pub user_id: i64,
+    pub quantity: i64,
+}
+
+/// The two answers to one `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct IdemPair {
+    pub user_id: i64,
+    pub concurrent: bool,
+    pub first: (Outcome, Option<Uuid>),
+    pub second: (Outcome, Option<Uuid>),
+}
+
+/// How many attempts of each shape were made.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Shapes {
+    pub single: u64,
+    pub retry: u64,
+    pub duplicate: u64,
+}
+
+/// Everything the crowd saw, merged over the workers.
+#[derive(Debug, Default)]
+pub struct CrowdLog {
+    pub samples: Vec<Sample>,
+    pub accepted: Vec<AcceptedOrder>,
+    /// Shoppers with at least one request whose effect is unknown.
+    pub ambiguous_users: Vec<i64>,
+    /// Shoppers with at least one request that got a verdict on the stock.
+    pub sale_users: Vec<i64>,
+    pub idem: Vec<IdemPair>,
+    /// Unexpected answers by `"<status> <code>"`.
+    pub unexpected: HashMap<String, u64>,
+    pub shapes: Shapes,
+}
+
+impl CrowdLog {
+    pub(super) fn merge(&mut self, other: CrowdLog) {
+        self.samples.extend(other.samples);
+        self.accepted.extend(other.accepted);
+        self.ambiguous_users.extend(other.ambiguous_users);
+        self.sale_users.extend(other.sale_users);
+        self.idem.extend(other.idem);
+        for (k, v) in other.unexpected {
+            *self.unexpected.entry(k).or_default() += v;
+        }
+        self.shapes.single += other.shapes.single;
+        self.shapes.retry += other.shapes.retry;
+        self.shapes.duplicate += other.shapes.duplicate;
+    }
+
+    pub(super) fn record(
+        &mut self,
+        t0: Instant,
+        sent: Instant,
+        user_id: i64,
+        qty: i64,
+        r: &PurchaseResult,
+    ) {
+        let at = sent.saturating_duration_since(t0) + r.latency;
+        self.samples.push(Sample {
+            at_us: micros(at),
+            latency_us: micros(r.latency).max(1),
+            outcome: r.outcome,
+        });
+        if let (Outcome::Accepted, Some(order_no)) = (r.outcome, r.order_no) {
+            self.accepted.push(AcceptedOrder {
+                order_no,
+                user_id,
+                quantity: qty,
+            });
+        }
+        if r.outcome.is_ambiguous() {
+            self.ambiguous_users.push(user_id);
+        }
+        if r.outcome.reached_sale() {
+            self.sale_users.push(user_id);
+        }
+        if let Some(why) = &r.unexpected {
+            *self.unexpected.entry(why.clone()).or_default() += 1;
+        }
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,254 @@
+//! The validated scenario run: a named scenario gives every knob a default,
+//! flags override single knobs, and [`Plan`] is the result the rest of the
+//! crate reads. Also where shopper id ranges come from.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::cli::{RunArgs, Scenario};
+
+/// Every knob of a crowd.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Knobs {
+    pub users: u64,
+    pub requests: u64,
+    pub concurrency: usize,
+    pub rate: u64,
+    pub duration_secs: u64,
+    pub stock: i64,
+    pub price: i64,
+    pub per_user_limit: i64,
+    pub quantity: i64,
+    pub cannot_pay_share: f64,
+    pub retry_share: f64,
+    pub duplicate_share: f64,
+    pub start_delay_ms: u64,
+}
+
+impl Knobs {
+    /// What a named scenario means before any flag overrides it.
+    fn of(scenario: Scenario) -> Self {
+        let burst = Knobs {
+            users: 100_000,
+            requests: 100_000,
+            concurrency: 64,
+            rate: 0,
+            duration_secs: 20,
+            stock: 1_000,
+            price: 9_900,
+            per_user_limit: 1,
+            quantity: 1,
+            cannot_pay_share: 0.0,
+            retry_share: 0.0,
+            duplicate_share: 0.0,
+            start_delay_ms: 2_000,
+        };
+        match scenario {
+            Scenario::Burst => burst,
+            Scenario::SelloutStorm => Knobs {
+                users: 200_000,
+                requests: 1_000_000,
+                stock: 10_000,
+                duration_secs: 300,
+                ..burst
+            },
+            Scenario::SlowPayers => Knobs {
+                users: 50_000,
+                requests: 50_000,
+                cannot_pay_share: 0.3,
+                ..burst
+            },
+            Scenario::RetryStorm => Knobs {
+                users: 20_000,
+                requests: 60_000,
+                per_user_limit: 2,
+                retry_share: 0.3,
+                duplicate_share: 0.2,
+                ..burst
+            },
+            Scenario::Smoke => Knobs {
+                users: 500,
+                requests: 2_000,
+                concurrency: 16,
+                duration_secs: 10,
+                stock: 50,
+                price: 100,
+                ..burst
+            },
+        }
+    }
+
+    /// The scenario's knobs with the command line's overrides.
+    fn from_args(args: &RunArgs) -> Self {
+        let d = Knobs::of(args.scenario);
+        Knobs {
+            users: args.users.unwrap_or(d.users),
+            requests: args.requests.unwrap_or(d.requests),
+            concurrency: args.concurrency.unwrap_or(d.concurrency),
+            rate: args.rate.unwrap_or(d.rate),
+            duration_secs: args.duration_secs.unwrap_or(d.duration_secs),
+            stock: args.stock.unwrap_or(d.stock),
+            price: args.price.unwrap_or(d.price),
+            per_user_limit: args.per_user_limit.unwrap_or(d.per_user_limit),
+            quantity: args.quantity.unwrap_or(d.quantity),
+            cannot_pay_share: args.cannot_pay_share.unwrap_or(d.cannot_pay_share),
+            retry_share: args.retry_share.unwrap_or(d.retry_share),
+            duplicate_share: args.duplicate_share.unwrap_or(d.duplicate_share),
+            start_delay_ms: args.start_delay_ms.unwrap_or(d.start_delay_ms),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            (1..=MAX_USERS).contains(&self.users),
+            "--users must be in 1..={MAX_USERS}"
+        );
+        ensure!(self.requests >= 1, "--requests must be at least 1");
+        ensure!(
+            (1..=4096).contains(&self.concurrency),
+            "--concurrency must be in 1..=4096"
+        );
+        ensure!(
+            self.duration_secs >= 1,
+            "--duration-secs must be at least 1"
+        );
+        ensure!(self.stock >= 1, "--stock must be at least 1");
+        ensure!(self.price >= 0, "--price must not be negative");
+        ensure!(
+            self.per_user_limit >= 1,
+            "--per-user-limit must be at least 1"
+        );
+        ensure!(
+            (1..=self.per_user_limit).contains(&self.quantity),
+            "--quantity must be in 1..=per-user-limit ({})",
+            self.per_user_limit
+        );
+        for (name, share) in [
+            ("--cannot-pay-share", self.cannot_pay_share),
+            ("--retry-share", self.retry_share),
+            ("--duplicate-share", self.duplicate_share),
+        ] {
+            ensure!((0.0..=1.0).contains(&share), "{name} must be in 0..=1");
+        }
+        ensure!(
+            self.retry_share + self.duplicate_share <= 1.0,
+            "--retry-share + --duplicate-share must not exceed 1"
+        );
+        Ok(())
+    }
+}
+
+/// The validated run: scenario defaults with the command line's overrides.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub base_url: String,
+    #[serde(flatten)]
+    pub knobs: Knobs,
+    pub first_user_id: Option<i64>,
+    pub timeout_ms: u64,
+    pub drain_timeout_secs: u64,
+    #[serde(skip)]
+    pub database_url: String,
+    pub out_dir: PathBuf,
+    #[serde(skip)]
+    pub admin_token: String,
+    #[serde(skip)]
+    pub jwt_secret: String,
+}
+
+/// Shopper ids a run may use: `first_user_id + users` must stay a valid id.
+pub const MAX_USERS: u64 = 10_000_000;
+
+/// The first shopper id of a run: the given one, or a fresh range per second
+/// (wide enough for any `--users`), so wallets and per-user limits of earlier
+/// runs never interfere.
+pub fn first_user_id(given: Option<i64>, started_at: DateTime<Utc>) -> i64 {
+    given.unwrap_or_else(|| started_at.timestamp() * MAX_USERS as i64 + 1)
+}
+
+impl Plan {
+    pub fn from_args(args: RunArgs) -> anyhow::Result<Self> {
+        let knobs = Knobs::from_args(&args);
+        knobs.check()?;
+        if let Some(first) = args.first_user_id {
+            ensure!(first >= 1, "--first-user-id must be at least 1");
+            ensure!(
+                first.checked_add(knobs.users as i64).is_some(),
+                "--first-user-id + --users overflows a user id"
+            );
+        }
+        let engine = args.engine;
+        if !engine.base_url.starts_with("http://") {
+            bail!("--base-url must be an http:// URL (this client speaks plain HTTP)");
+        }
+        engine.check_secrets()?;
+        Ok(Self {
+            scenario: args.scenario,
+            base_url: engine.base_url.trim_end_matches('/').to_owned(),
+            knobs,
+            first_user_id: args.first_user_id,
+            timeout_ms: args.timeout_ms.max(1),
+            drain_timeout_secs: args.drain_timeout_secs,
+            database_url: args.database_url,
+            out_dir: args.out_dir,
+            admin_token: engine.admin_token,
+            jwt_secret: engine.jwt_secret,
+        })
+    }
+
+    /// Shoppers whose wallet is funded; the rest get an empty wallet.
+    pub fn payers(&self) -> u64 {
+        let k = &self.knobs;
+        let broke = (k.users as f64 * k.cannot_pay_share).round() as u64;
+        k.users - broke.min(k.users)
+    }
+
+    /// What one funded wallet holds: enough for the whole per-user limit.
+    pub fn funded_balance(&self) -> i64 {
+        self.knobs.price.saturating_mul(self.knobs.per_user_limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "seckill-loadtest",
+            "--admin-token",
+            "0123456789abcdef",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn scenario_defaults_and_overrides() {
+        let plan = Plan::from_args(args(&["--scenario", "sellout-storm", "--stock", "7"])).unwrap();
+        assert_eq!(plan.knobs.users, 200_000);
+        assert_eq!(plan.knobs.requests, 1_000_000);
+        assert_eq!(plan.knobs.stock, 7);
+
+        let plan = Plan::from_args(args(&["--scenario", "slow-payers", "--users", "10"])).unwrap();
+        assert_eq!(plan.payers(), 7);
+    }
+
+    #[test]
+    fn rejects_inconsistent_knobs() {
+        assert!(Plan::from_args(args(&["--quantity", "3"])).is_err());
+        assert!(
+            Plan::from_args(args(&["--retry-share", "0.7", "--duplicate-share", "0.5"])).is_err()
+        );
+        assert!(Plan::from_args(args(&["--base-url", "https://x"])).is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! Checks that the crowd's own log decides, without asking the engine:
+//! every answer is one of the contract, and one `Idempotency-Key` never
+//! yields two orders (I6).
+
+use std::{collections::HashSet, fmt::Write as _};
+
+use uuid::Uuid;
+
+use super::check::{sample_list, Check};
+use crate::{api::Outcome, crowd::CrowdLog};
+
+/// A well-formed crowd only ever gets the outcomes of the contract: a 401,
+/// 400/422 or a 500 means the engine or this client broke it, and the rest of
+/// the checks would be judging a sale that did not happen.
+pub(super) fn answers_check(log: &CrowdLog) -> Check {
+    let count = |o: Outcome| log.samples.iter().filter(|s| s.outcome == o).count();
+    let (other, server, accepted) = (
+        count(Outcome::OtherRejected),
+        count(Outcome::ServerError),
+        count(Outcome::Accepted),
+    );
+    let mut unexpected: Vec<String> = log
+        .unexpected
+        .iter()
+        .filter(|(k, _)| !k.starts_with("transport"))
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect();
+    unexpected.sort();
+    Check::client(
+        "every answer is a contract outcome, and some were 202",
+        other == 0 && server == 0 && accepted > 0,
+        format!(
+            "{accepted} accepted, {other} unexpected 4xx, {server} 5xx other than 503{}",
+            sample_list(&unexpected)
+        ),
+    )
+}
+
+/// I6: the two answers to one key are consistent with at most one order.
+pub(super) fn idempotency_check(log: &CrowdLog) -> Check {
+    if log.idem.is_empty() {
+        return Check::skip(
+            "I6 same Idempotency-Key => same order_no",
+            "client",
+            "no retries in this scenario".into(),
+        );
+    }
+    let transient = |o: Outcome| o.is_ambiguous() || o == Outcome::RateLimited;
+    let (mut bad, mut replayed_same, mut in_progress, mut inconclusive, mut rejection_then_accept) =
+        (Vec::new(), 0u64, 0u64, 0u64, 0u64);
+    for p in &log.idem {
+        let (a, b) = (p.first, p.second);
+        let accepted: HashSet<Uuid> = [a, b]
+            .iter()
+            .filter(|(o, _)| *o == Outcome::Accepted)
+            .filter_map(|(_, n)| *n)
+            .collect();
+        if accepted.len() > 1 {
+            bad.push(format!("user {}: two order_nos for one key", p.user_id));
+            continue;
+        }
+        let ok_pair = |x: (Outcome, Option<Uuid>), y: (Outcome, Option<Uuid>)| -> Option<bool> {
+            // Given that x was accepted, is y consistent with one side effect?
+            if x.0 != Outcome::Accepted {
+                return Some(true);
+            }
+            match y.0 {
+                Outcome::Accepted => Some(y.1 == x.1),
+                Outcome::InProgress => Some(true),
+                o if transient(o) => None,
+                _ => Some(false),
+            }
+        };
+        let verdicts = [
+            ok_pair(a, b),
+            if p.concurrent {
+                ok_pair(b, a)
+            } else {
+                Some(true)
+            },
+        ];
+        if verdicts.contains(&Some(false)) {
+            bad.push(format!(
+                "user {}, {}: {} and {}",
+                p.user_id,
+                if p.concurrent {
+                    "concurrent"
+                } else {
+                    "one after the other"
+                },
+                a.0.label(),
+                b.0.label()
+            ));
+        } else if verdicts.contains(&None) {
+            inconclusive += 1;
+        } else if a.0 == Outcome::Accepted && b.0 == Outcome::Accepted {
+            replayed_same += 1;
+        } else if a.0 == Outcome::InProgress || b.0 == Outcome::InProgress {
+            in_progress += 1;
+        }
+        if !p.concurrent && a.0 != Outcome::Accepted && !transient(a.0) && b.0 == Outcome::Accepted
+        {
+            rejection_then_accept += 1;
+        }
+    }
+    let mut detail = format!(
+        "{} keys sent twice: {replayed_same} replayed the same order_no, {in_progress} answered in_progress, \
+         {inconclusive} inconclusive (timeout/429/5xx), {} violations{}",
+        log.idem.len(),
+        bad.len(),
+        sample_list(&bad),
+    );
+    if rejection_then_accept > 0 {
+        let _ = write!(
+            detail,
+            "; note: {rejection_then_accept} rejected attempts were accepted on replay (rejections not cached)"
+        );
+    }
+    Check::client(
+        "I6 same Idempotency-Key => same order_no",
+        bad.is_empty(),
+        detail,
+    )
+}

@@ -1,0 +1,80 @@
+//! I4 against Postgres: payments, confirmed order amounts and, when this run
+//! created the wallets, every wallet's debit agree to the cent.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    check::{sample_list, Check, Setup},
+    orders::Row,
+};
+
+pub(super) async fn money_check(
+    pool: &PgPool,
+    setup: &Setup<'_>,
+    rows: &HashMap<Uuid, Row>,
+) -> anyhow::Result<Check> {
+    const NAME: &str = "I4 payments = confirmed amounts = wallet debits";
+    let plan = setup.plan;
+    let confirmed: i64 = rows.values().filter(|r| !r.failed).map(|r| r.amount).sum();
+    let (paid, payments): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(amount), 0)::bigint, COUNT(*) FROM payments WHERE event_id = $1",
+    )
+    .bind(setup.event_id)
+    .fetch_one(pool)
+    .await
+    .context("SELECT ... FROM payments")?;
+    let confirmed_orders = rows.values().filter(|r| !r.failed).count() as i64;
+    let mut ok = paid == confirmed && payments == confirmed_orders;
+    let mut detail = format!(
+        "payments {payments} summing {paid}; confirmed orders {confirmed_orders} summing {confirmed}"
+    );
+
+    if setup.fresh_wallets {
+        let last = setup.first_user_id + plan.knobs.users as i64;
+        let wallets: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT user_id, balance FROM wallets WHERE user_id >= $1 AND user_id < $2",
+        )
+        .bind(setup.first_user_id)
+        .bind(last)
+        .fetch_all(pool)
+        .await
+        .context("SELECT ... FROM wallets")?;
+        let mut spent: HashMap<i64, i64> = HashMap::new();
+        for r in rows.values().filter(|r| !r.failed) {
+            *spent.entry(r.user_id).or_default() += r.amount;
+        }
+        let payers_end = setup.first_user_id + plan.payers() as i64;
+        let mut off = Vec::new();
+        let mut debited = 0i64;
+        for (user, balance) in &wallets {
+            let initial = if *user < payers_end {
+                plan.funded_balance()
+            } else {
+                0
+            };
+            let s = spent.get(user).copied().unwrap_or(0);
+            debited += initial - balance;
+            if initial - balance != s || *balance < 0 {
+                off.push(format!("user {user}: {initial} - {balance} != {s}"));
+            }
+        }
+        ok &= off.is_empty() && debited == confirmed;
+        let _ = write!(
+            detail,
+            "; {} wallets debited {debited} in total, {} shoppers where initial - final != their confirmed amounts{}",
+            wallets.len(),
+            off.len(),
+            sample_list(&off)
+        );
+    } else {
+        let _ = write!(
+            detail,
+            "; per-wallet check skipped (wallets existed before this run)"
+        );
+    }
+    Ok(Check::client(NAME, ok, detail))
+}
