@@ -25,7 +25,7 @@ use seckill::{
     ratelimit::RateLimits,
     redis::{PurchaseOutcome, Redis, SaleParams},
     startup::Application,
-    writer::{persist::persist_batch, Intent},
+    {intent::Intent, writer::persist::persist_batch},
 };
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -124,7 +124,7 @@ fn handler_cpu(c: &mut Criterion) {
         .unwrap();
         state
             .redis
-            .preheat(event.id, seckill::reconciler::sale_params(&event))
+            .preheat(event.id, seckill::loading::sale_params(&event))
             .await
             .unwrap();
         let router = seckill::http::router(state.clone());

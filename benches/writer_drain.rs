@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use seckill::{
+    intent::Intent,
     redis::{PurchaseOutcome, Redis, SaleParams},
-    writer::{self, Intent},
+    writer,
 };
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -186,6 +186,36 @@ impl From<RedisError> for ApiError {
     }
 }
 
+impl From<crate::reconciler::ReconcileError> for ApiError {
+    fn from(err: crate::reconciler::ReconcileError) -> Self {
+        match err {
+            busy @ crate::reconciler::ReconcileError::Busy => {
+                Self::conflict("reconciler_busy", busy.to_string())
+            }
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::loading::LoadError> for ApiError {
+    fn from(err: crate::loading::LoadError) -> Self {
+        match err {
+            crate::loading::LoadError::HasOrders => Self::conflict(
+                "has_orders",
+                "the event already has orders; preheat with ?force=true to rebuild it from Postgres",
+            ),
+            crate::loading::LoadError::Redis(err) => err.into(),
+            crate::loading::LoadError::Db(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::invariants::CheckError> for ApiError {
+    fn from(err: crate::invariants::CheckError) -> Self {
+        Self::Unavailable(err.to_string())
+    }
+}
+
 impl From<crate::idempotency::StoreError> for ApiError {
     fn from(err: crate::idempotency::StoreError) -> Self {
         match err {

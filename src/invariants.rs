@@ -9,11 +9,18 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
-    db::{events::Event, DbError},
-    error::ApiError,
-    reconciler,
-    redis::Redis,
+    db::{self, events::Event, DbError},
+    drift::{drift, expected_state},
+    redis::{Redis, RedisError},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
 
 #[derive(Debug, Serialize)]
 pub struct Check {
@@ -55,29 +62,13 @@ impl InvariantReport {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct MoneyFigures {
-    confirmed_orders: i64,
-    confirmed_amount: i64,
-    confirmed_quantity: i64,
-    nonfailed_quantity: i64,
-    payments: i64,
-    payments_amount: i64,
-    debits: i64,
-    debits_amount: i64,
-    payments_on_failed: i64,
-    confirmed_without_payment: i64,
-    max_user_quantity: i64,
-    users_over_limit: i64,
-}
-
 pub async fn check_event(
     db: &PgPool,
     redis: &Redis,
     event: &Event,
-) -> Result<InvariantReport, ApiError> {
+) -> Result<InvariantReport, CheckError> {
     let snapshot = redis.snapshot(event.id).await?;
-    let money = money_figures(db, event).await?;
+    let money = db::checks::money(db, event.id, event.per_user_limit).await?;
     let mut checks = Vec::new();
     let mut check =
         |name: &'static str, ok: bool, detail: String| checks.push(Check { name, ok, detail });
@@ -109,17 +100,11 @@ pub async fn check_event(
         ),
     );
 
-    let (min_balance,): (Option<i64>,) = sqlx::query_as("SELECT min(balance) FROM wallets")
-        .fetch_one(db)
-        .await
-        .map_err(DbError::from)?;
+    let min_balance = db::checks::lowest_balance(db).await?;
     check(
         "I2 never negative",
-        stock_left >= 0 && min_balance.unwrap_or(0) >= 0,
-        format!(
-            "stock_left {stock_left}, lowest wallet balance {}",
-            min_balance.unwrap_or(0)
-        ),
+        stock_left >= 0 && min_balance >= 0,
+        format!("stock_left {stock_left}, lowest wallet balance {min_balance}"),
     );
 
     let redis_max = snapshot.bought.values().copied().max().unwrap_or(0);
@@ -155,33 +140,22 @@ pub async fn check_event(
 
     check(
         "sold counter",
-        event_sold(db, event.id).await? == money.confirmed_quantity,
+        db::checks::sold(db, event.id).await? == money.confirmed_quantity,
         format!(
             "events.sold matches Σ confirmed quantity {}",
             money.confirmed_quantity
         ),
     );
 
-    let (broken_chain,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM (
-            SELECT version_after - lag(version_after) OVER w AS step,
-                   balance_after, lag(balance_after) OVER w - amount AS expected_balance
-            FROM wallet_debits WHERE user_id IN (SELECT user_id FROM orders WHERE event_id = $1)
-            WINDOW w AS (PARTITION BY user_id ORDER BY version_after)
-         ) s WHERE step = 0 OR (step = 1 AND balance_after <> expected_balance)",
-    )
-    .bind(event.id)
-    .fetch_one(db)
-    .await
-    .map_err(DbError::from)?;
+    let broken_chain = db::checks::broken_debit_chains(db, event.id).await?;
     check(
         "I7 versions",
         broken_chain == 0,
         format!("debits reusing a version or not chaining balances: {broken_chain}"),
     );
 
-    let expected = reconciler::expected_state(db, event, &snapshot).await?;
-    let drift = reconciler::drift(&snapshot, &expected);
+    let expected = expected_state(db, event, &snapshot).await?;
+    let drift = drift(&snapshot, &expected);
     check(
         "I8 no drift",
         !snapshot.loaded || drift.is_none(),
@@ -209,36 +183,4 @@ pub async fn check_event(
         drained,
         checks,
     })
-}
-
-async fn event_sold(db: &PgPool, id: i64) -> Result<i64, DbError> {
-    let (sold,): (i64,) = sqlx::query_as("SELECT sold FROM events WHERE id = $1")
-        .bind(id)
-        .fetch_one(db)
-        .await?;
-    Ok(sold)
-}
-
-async fn money_figures(db: &PgPool, event: &Event) -> Result<MoneyFigures, DbError> {
-    Ok(sqlx::query_as(
-        "WITH o AS (SELECT * FROM orders WHERE event_id = $1),
-              per_user AS (SELECT user_id, sum(quantity) AS q FROM o WHERE status <> 'failed' GROUP BY user_id)
-         SELECT
-           (SELECT count(*) FROM o WHERE status = 'confirmed')                                  AS confirmed_orders,
-           (SELECT coalesce(sum(amount), 0)::int8 FROM o WHERE status = 'confirmed')             AS confirmed_amount,
-           (SELECT coalesce(sum(quantity), 0)::int8 FROM o WHERE status = 'confirmed')           AS confirmed_quantity,
-           (SELECT coalesce(sum(quantity), 0)::int8 FROM o WHERE status <> 'failed')             AS nonfailed_quantity,
-           (SELECT count(*) FROM payments WHERE event_id = $1)                                  AS payments,
-           (SELECT coalesce(sum(amount), 0)::int8 FROM payments WHERE event_id = $1)             AS payments_amount,
-           (SELECT count(*) FROM wallet_debits d JOIN o USING (order_no))                       AS debits,
-           (SELECT coalesce(sum(d.amount), 0)::int8 FROM wallet_debits d JOIN o USING (order_no)) AS debits_amount,
-           (SELECT count(*) FROM payments p JOIN o USING (order_no) WHERE o.status = 'failed')   AS payments_on_failed,
-           (SELECT count(*) FROM o WHERE status = 'confirmed' AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_no = o.order_no)) AS confirmed_without_payment,
-           (SELECT coalesce(max(q), 0)::int8 FROM per_user)                                      AS max_user_quantity,
-           (SELECT count(*) FROM per_user WHERE q > $2)                                          AS users_over_limit",
-    )
-    .bind(event.id)
-    .bind(event.per_user_limit as i64)
-    .fetch_one(db)
-    .await?)
 }

@@ -15,8 +15,8 @@ use crate::{
     config::Settings,
     db,
     ratelimit::RateLimits,
-    reconciler,
-    redis::{LeaderLock, Redis},
+    reconciler::{ReconcileSettings, Reconciler},
+    redis::Redis,
     state::{App, AppState},
     telemetry, writer,
 };
@@ -55,7 +55,6 @@ impl Application {
             .context("cannot reach Redis (SECKILL_REDIS_URL)")?;
 
         let (queue, writers) = writer::spawn(settings.writer, pool.clone(), redis.clone());
-        let lock_ttl = (settings.reconcile_interval * 3).max(Duration::from_secs(3));
         let instance = format!(
             "{}-{}",
             std::process::id(),
@@ -65,8 +64,17 @@ impl Application {
             auth: Auth::new(&settings.jwt_secret, &settings.admin_token),
             limits: RateLimits::new(settings.rate),
             catalog: Catalog::default(),
-            reconcile_lock: LeaderLock::new(redis.clone(), redis.keys().reconcile_lock(), lock_ttl),
-            reconcile_gate: tokio::sync::Mutex::new(()),
+            reconciler: Arc::new(Reconciler::new(
+                pool.clone(),
+                redis.clone(),
+                queue.clone(),
+                ReconcileSettings {
+                    interval: settings.reconcile_interval,
+                    grace: settings.reconcile_grace,
+                    batch_max: settings.writer.batch_max,
+                },
+                instance.clone(),
+            )),
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics: telemetry::metrics_handle(),
             writers: queue,
@@ -79,7 +87,7 @@ impl Application {
 
         let stop_background = CancellationToken::new();
         let mut background = JoinSet::new();
-        background.spawn(reconciler::run_loop(state.clone(), stop_background.clone()));
+        background.spawn(state.reconciler.clone().run_loop(stop_background.clone()));
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
 
@@ -187,17 +195,7 @@ impl Application {
 
 /// Refuses to serve a database that is not fully migrated.
 async fn check_schema(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    let applied: Result<Vec<(i64,)>, _> =
-        sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await;
-    let applied: Vec<i64> = applied
-        .map(|rows| rows.into_iter().map(|(v,)| v).collect())
-        .unwrap_or_default();
-    let missing = db::MIGRATOR
-        .iter()
-        .filter(|m| !applied.contains(&m.version))
-        .count();
+    let missing = db::missing_migrations(pool).await;
     if missing > 0 {
         bail!("database schema is {missing} migration(s) behind; run `seckill migrate` first");
     }

@@ -6,12 +6,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::{
-    auth::Auth,
-    catalog::Catalog,
-    config::Settings,
-    ratelimit::RateLimits,
-    redis::{LeaderLock, Redis},
-    writer::WriterQueue,
+    auth::Auth, catalog::Catalog, config::Settings, ratelimit::RateLimits, reconciler::Reconciler,
+    redis::Redis, writer::WriterQueue,
 };
 
 pub struct App {
@@ -23,10 +19,7 @@ pub struct App {
     pub auth: Auth,
     pub writers: WriterQueue,
     pub metrics: PrometheusHandle,
-    /// Only the holder of this lock runs reconciler passes.
-    pub reconcile_lock: LeaderLock,
-    /// Serializes passes within the process (timer and admin route).
-    pub reconcile_gate: tokio::sync::Mutex<()>,
+    pub reconciler: Arc<Reconciler>,
     /// A unique name for this process (reconciler lock holder, logs).
     pub instance: String,
     /// Set when graceful shutdown starts: `/readyz` answers 503 from then on.

@@ -1,8 +1,10 @@
 //! `events`: the sale definitions and their confirmed-sold counter.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgExecutor, PgPool};
 
 use super::DbError;
 
@@ -73,4 +75,51 @@ pub async fn lock_for_loading(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// The events of a writer batch, taken `FOR KEY SHARE` (a rebuild's `FOR
+/// UPDATE` waits for the batch), with the units each has not sold yet.
+pub async fn share_for_batch(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> Result<HashMap<i64, i64>, DbError> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, stock_total - sold FROM events WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Adds confirmed units to events' `sold` (the CHECK `sold <= stock_total`
+/// holds), one event at a time in id order (one lock order for every writer).
+pub async fn add_sold(
+    conn: &mut sqlx::PgConnection,
+    sold: &BTreeMap<i64, i64>,
+) -> Result<(), DbError> {
+    for (event_id, quantity) in sold {
+        sqlx::query("UPDATE events SET sold = sold + $2, version = version + 1 WHERE id = $1")
+            .bind(event_id)
+            .bind(quantity)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ids of events preheated once and not over for more than `for_after`:
+/// those a Redis that lost everything may have to be rebuilt for.
+pub async fn preheated_ids(
+    db: impl PgExecutor<'_>,
+    for_after: chrono::TimeDelta,
+) -> Result<Vec<i64>, DbError> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM events WHERE preheated_at IS NOT NULL
+         AND ends_at > now() - make_interval(secs => $1)",
+    )
+    .bind(for_after.num_seconds() as f64)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }

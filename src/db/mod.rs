@@ -1,11 +1,15 @@
 //! Postgres: the source of truth for orders and money.
 //!
-//! Queries are grouped by table; each takes a pool or a transaction so the
-//! writer can compose them into one transaction per batch.
+//! Every query of the engine lives here, grouped by table. Each function
+//! takes any executor (a pool, a connection or a transaction), so the writer
+//! composes them into one transaction per batch.
 
+pub mod checks;
 pub mod events;
 pub mod idempotency;
+pub mod money;
 pub mod orders;
+pub mod reconcile;
 pub mod wallets;
 
 use std::time::Duration;
@@ -85,6 +89,20 @@ pub async fn connect(
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// Migrations embedded in this binary that the database has not applied.
+pub async fn missing_migrations(pool: &PgPool) -> usize {
+    let applied: Vec<i64> =
+        sqlx::query_as::<_, (i64,)>("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .map(|rows| rows.into_iter().map(|(v,)| v).collect())
+            .unwrap_or_default();
+    MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .count()
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), DbError> {

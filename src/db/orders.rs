@@ -1,10 +1,14 @@
-//! `orders`, `payments`, `wallet_debits`: reads for the API, the admin
-//! figures and the reconciler. Writes live in `writer::persist`.
+//! `orders`: the batch writes of the writers, and reads for the API, the
+//! admin figures, the reconciler and the checker.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgExecutor, PgPool};
 use uuid::Uuid;
+
+use crate::intent::Intent;
 
 use super::DbError;
 
@@ -124,4 +128,89 @@ pub async fn count_for_event(db: impl sqlx::PgExecutor<'_>, event_id: i64) -> Re
         .fetch_one(db)
         .await?;
     Ok(n)
+}
+
+/// Inserts a batch of accepted intents as confirmed orders, skipping those
+/// already there (`ON CONFLICT (order_no) DO NOTHING`: writers retry and the
+/// reconciler replays); returns the order_nos this call inserted.
+pub async fn insert_confirmed(
+    db: impl PgExecutor<'_>,
+    batch: &[Intent],
+) -> Result<HashSet<Uuid>, DbError> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO orders (order_no, event_id, user_id, quantity, amount, status, created_at)
+         SELECT o, e, u, q, a, 'confirmed', c FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[]) AS t(o, e, u, q, a, c)
+         ON CONFLICT (order_no) DO NOTHING
+         RETURNING order_no",
+    )
+    .bind(batch.iter().map(|i| i.order_no).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.event_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.user_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.quantity).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.amount).collect::<Vec<_>>())
+    .bind(batch.iter().map(|i| i.accepted_at).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(o,)| o).collect())
+}
+
+/// How persisted orders ended: the failure reason, `None` when confirmed.
+pub async fn failure_reasons(
+    db: impl PgExecutor<'_>,
+    order_nos: &[Uuid],
+) -> Result<HashMap<Uuid, Option<String>>, DbError> {
+    let rows: Vec<(Uuid, Option<String>)> =
+        sqlx::query_as("SELECT order_no, failure_reason FROM orders WHERE order_no = ANY($1)")
+            .bind(order_nos)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Marks orders inserted by this batch as failed, with their reasons.
+pub async fn mark_failed(
+    db: impl PgExecutor<'_>,
+    failed: &HashMap<Uuid, &'static str>,
+) -> Result<(), DbError> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let done = sqlx::query(
+        "UPDATE orders AS o SET status = 'failed', failure_reason = f.reason
+         FROM UNNEST($1::uuid[], $2::text[]) AS f(order_no, reason)
+         WHERE o.order_no = f.order_no AND o.status = 'confirmed'",
+    )
+    .bind(failed.keys().copied().collect::<Vec<_>>())
+    .bind(failed.values().map(|r| r.to_string()).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    debug_assert_eq!(done.rows_affected() as usize, failed.len());
+    Ok(())
+}
+
+/// An order of an event as the reconciler and a rebuild see it.
+#[derive(Clone, Copy, Debug, FromRow)]
+pub struct PersistedRow {
+    pub order_no: Uuid,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub failed: bool,
+}
+
+/// Every order of an event, oldest first; with `accepted_until`, only those
+/// Redis accepted no later than that.
+pub async fn of_event(
+    db: impl PgExecutor<'_>,
+    event_id: i64,
+    accepted_until: Option<DateTime<Utc>>,
+) -> Result<Vec<PersistedRow>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT order_no, user_id, quantity, status = 'failed' AS failed FROM orders
+         WHERE event_id = $1 AND ($2::timestamptz IS NULL OR created_at <= $2)
+         ORDER BY created_at, order_no",
+    )
+    .bind(event_id)
+    .bind(accepted_until)
+    .fetch_all(db)
+    .await?)
 }

@@ -1,7 +1,9 @@
 //! `wallets`: balances with an optimistic-lock version.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgExecutor, PgPool};
 
 use super::DbError;
 
@@ -52,4 +54,45 @@ pub async fn get(pool: &PgPool, user_id: i64) -> Result<Option<Wallet>, DbError>
             .fetch_optional(pool)
             .await?,
     )
+}
+
+/// Balance and version of some wallets, for a versioned debit.
+pub async fn states(
+    db: impl PgExecutor<'_>,
+    users: &[i64],
+) -> Result<HashMap<i64, (i64, i64)>, DbError> {
+    let rows: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT user_id, balance, version FROM wallets WHERE user_id = ANY($1)")
+            .bind(users)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(u, b, v)| (u, (b, v))).collect())
+}
+
+/// One debit of a round: the wallet, the amount, the version it was read at.
+pub struct PlannedDebit {
+    pub user_id: i64,
+    pub amount: i64,
+    pub version: i64,
+}
+
+/// Debits wallets with versioned UPDATEs (`WHERE version = $v AND balance >=
+/// $amount`, at most one per wallet); returns (user, balance, version) of
+/// those applied. A wallet missing from the answer moved underneath: a
+/// conflict for the caller to count and retry with a fresh read.
+pub async fn debit_versioned(
+    db: impl PgExecutor<'_>,
+    plan: &[PlannedDebit],
+) -> Result<Vec<(i64, i64, i64)>, DbError> {
+    Ok(sqlx::query_as(
+        "UPDATE wallets AS w SET balance = w.balance - d.amount, version = w.version + 1, updated_at = now()
+         FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS d(user_id, amount, version)
+         WHERE w.user_id = d.user_id AND w.version = d.version AND w.balance >= d.amount
+         RETURNING w.user_id, w.balance, w.version",
+    )
+    .bind(plan.iter().map(|d| d.user_id).collect::<Vec<_>>())
+    .bind(plan.iter().map(|d| d.amount).collect::<Vec<_>>())
+    .bind(plan.iter().map(|d| d.version).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?)
 }

@@ -13,6 +13,7 @@ use super::{
 use crate::{
     db::{self, events::Event, wallets::Wallet},
     error::ApiError,
+    loading,
     state::AppState,
 };
 
@@ -152,28 +153,11 @@ pub async fn preheat(
     if Utc::now() >= event.ends_at {
         return Err(ApiError::conflict("not_active", "the sale has ended"));
     }
-    let sale = crate::reconciler::sale_params(&event);
     let response = if query.force {
-        let (stock_left, pending) =
-            crate::reconciler::rebuild_from_postgres(&app.db, &app.redis, &event).await?;
+        let (stock_left, pending) = loading::rebuild(&app.db, &app.redis, &event).await?;
         json!({"event_id": id, "loaded": true, "rebuilt": true, "stock_left": stock_left, "pending_intents": pending})
     } else {
-        // Fenced like a rebuild: the event row is held FOR UPDATE while the
-        // orders are counted and the sale is loaded, and every writer batch
-        // takes FOR KEY SHARE on it first. A batch of a Redis that lost the
-        // event either commits before the count (and the preheat refuses),
-        // or is admitted against the loaded sale after it: never a full
-        // stock loaded over orders that already took some.
-        let mut tx = app.db.begin().await.map_err(db::DbError::from)?;
-        db::events::lock_for_loading(&mut *tx, id).await?;
-        if !app.redis.is_loaded(id).await? && db::orders::count_for_event(&mut *tx, id).await? > 0 {
-            return Err(ApiError::conflict(
-                "has_orders",
-                "the event already has orders; preheat with ?force=true to rebuild it from Postgres",
-            ));
-        }
-        let loaded = app.redis.preheat(id, sale).await?;
-        tx.commit().await.map_err(db::DbError::from)?;
+        let loaded = loading::preheat(&app.db, &app.redis, &event).await?;
         json!({"event_id": id, "loaded": loaded, "rebuilt": false, "stock_left": app.redis.stock_left(id).await?})
     };
     db::events::mark_preheated(&app.db, id).await?;
@@ -256,7 +240,7 @@ pub async fn reconcile(
     State(app): State<AppState>,
     _: Operator,
 ) -> Result<Json<crate::reconciler::Report>, ApiError> {
-    Ok(Json(crate::reconciler::run_now(&app).await?))
+    Ok(Json(app.reconciler.run_now().await?))
 }
 
 pub async fn invariants(

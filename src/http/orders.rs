@@ -4,14 +4,13 @@
 //! `confirmed` or `failed` once a writer has committed it to Postgres.
 
 use axum::{extract::State, Json};
-use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
 use super::extract::{PathText, Shopper};
 use crate::{
     db::{self, orders::Order},
     error::ApiError,
-    intent::LedgerEntry,
+    intent::{from_millis, LedgerEntry},
     state::AppState,
 };
 
@@ -24,10 +23,7 @@ fn pending(order_no: Uuid, event_id: i64, entry: LedgerEntry) -> Order {
         amount: entry.amount,
         status: "pending".into(),
         failure_reason: None,
-        created_at: Utc
-            .timestamp_millis_opt(entry.accepted_ms)
-            .single()
-            .unwrap_or_else(Utc::now),
+        created_at: from_millis(entry.accepted_ms),
     }
 }
 

@@ -22,7 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -33,9 +33,10 @@ use crate::{
     db,
     error::ApiError,
     idempotency::{self, Claim, IdempotencyStore, StoreError, StoredResponse},
+    intent::{from_millis, Intent},
     redis::PurchaseOutcome,
     state::AppState,
-    writer::{persist, Intent, Settled},
+    writer::{persist, Settled},
 };
 
 #[derive(Debug, Deserialize)]
@@ -313,11 +314,7 @@ async fn take_stock(
             accepted_ms,
             replay,
         } => {
-            let accepted_at = Utc
-                .timestamp_millis_opt(accepted_ms)
-                .single()
-                .filter(|_| accepted_ms > 0)
-                .unwrap_or_else(Utc::now);
+            let accepted_at = from_millis(accepted_ms);
             let intent = Intent {
                 order_no,
                 event_id,

@@ -6,7 +6,9 @@
 //! process dies with intents in it, the reconciler replays them from the
 //! ledger through the same [`persist`] path.
 
+pub mod admission;
 pub mod persist;
+pub mod settle;
 
 use std::{
     collections::HashMap,
@@ -22,9 +24,10 @@ use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinSet};
 use uuid::Uuid;
 
-pub use persist::{BatchResult, Intent, Settled};
+pub use persist::{BatchResult, Settled};
+pub use settle::{settle, Settlement};
 
-use crate::{config::WriterSettings, redis::Redis};
+use crate::{config::WriterSettings, intent::Intent, redis::Redis};
 
 /// One accepted intent on its way to a writer, and who waits for its commit.
 struct Job {
@@ -217,11 +220,17 @@ async fn persist_retrying(db: &PgPool, redis: &Redis, batch: &[Intent], worker: 
                     .increment(result.confirmed.len() as u64);
                 metrics::counter!("seckill_orders_persisted_total", "status" => "failed")
                     .increment(result.failed.len() as u64);
-                if let Err(err) = persist::settle(redis, &result).await {
+                let settlements = result.settlements();
+                if let Err(err) = settle(redis, &settlements, &result.oversold).await {
                     // Committed in Postgres; the reconciler acks/releases later.
                     tracing::warn!(worker, error = %err, "batch committed but not settled in redis; left to the reconciler");
                 }
-                return Attempt::Done(result.outcomes().collect());
+                return Attempt::Done(
+                    settlements
+                        .into_iter()
+                        .map(|s| (s.order_no, s.settled))
+                        .collect(),
+                );
             }
             Err(err) if !err.is_transient() => {
                 tracing::error!(worker, size = batch.len(), error = %err, "postgres refused the batch");

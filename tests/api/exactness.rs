@@ -9,7 +9,7 @@ use chrono::Utc;
 use reqwest::StatusCode;
 use seckill::{
     redis::{KeyClaim, KeyState, FAILED_KEPT_PER_SHOPPER},
-    writer::{persist::persist_batch, Intent},
+    {intent::Intent, writer::persist::persist_batch},
 };
 use serde_json::{json, Value};
 use uuid::Uuid;

@@ -311,9 +311,9 @@ impl TestApp {
     /// Every Redis key of this deployment gone, as after a Redis restart
     /// without persistence (the keys of other tests are left alone).
     pub async fn lose_redis_state(&self) {
-        let keys = self.redis_keys().await;
-        if !keys.is_empty() {
-            let _: i64 = self.raw.del(keys).await.unwrap();
+        // One key at a time: in cluster mode the keys live on several slots.
+        for key in self.redis_keys().await {
+            let _: i64 = self.raw.del(key).await.unwrap();
         }
     }
 
@@ -355,7 +355,14 @@ impl TestApp {
     /// Stops the app and drops its database and keys (call at the end of a passing test).
     pub async fn cleanup(mut self) {
         let _ = self.stop().await;
-        self.lose_redis_state().await;
+        let keys: Vec<String> = self
+            .raw
+            .custom(fred::cmd!("KEYS"), vec![format!("{}:*", self.prefix)])
+            .await
+            .unwrap_or_default();
+        for key in keys {
+            let _: Result<i64, _> = self.raw.del(key).await;
+        }
         let _ = self.raw.quit().await;
         self.db.close().await;
         if let Ok(mut admin) = PgConnection::connect(&admin_db_url()).await {

@@ -214,7 +214,7 @@ async fn ended_events_are_closed_out_of_redis_a_day_later_once_persisted() {
             .unwrap();
         assert!(app
             .redis
-            .preheat(id, seckill::reconciler::sale_params(&event))
+            .preheat(id, seckill::loading::sale_params(&event))
             .await
             .unwrap());
         ids.push(id);

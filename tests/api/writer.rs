@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use reqwest::StatusCode;
-use seckill::writer::{persist::persist_batch, Intent};
+use seckill::{intent::Intent, writer::persist::persist_batch};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -1,0 +1,239 @@
+//! One event's reconciliation: close-out, rebuild, stale intents, drift.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER};
+use crate::{
+    db::{self, events::Event, DbError},
+    drift::{drift, expected_state, Drift},
+    intent::Intent,
+    loading,
+    redis::Snapshot,
+    writer::{self, settle, Settled, Settlement},
+};
+
+/// How long to wait before confirming a drift with a second look.
+const CONFIRM_AFTER: Duration = Duration::from_millis(150);
+
+impl Reconciler {
+    pub(super) async fn reconcile_event(
+        &self,
+        event: &Event,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let snapshot = self.redis.snapshot(event.id).await?;
+        if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && snapshot.ledger.is_empty() {
+            // Over, every order persisted, idempotency records expired: Redis
+            // need not hold the sale any more.
+            self.redis.close_out(event.id).await?;
+            report.events_closed_out += 1;
+            return Ok(());
+        }
+        if !snapshot.loaded {
+            if event.preheated_at.is_none() || Utc::now() >= event.ends_at {
+                return Ok(());
+            }
+            self.wait_for_quiet_writers(event.id).await?;
+            let (stock_left, kept) = loading::rebuild(&self.db, &self.redis, event).await?;
+            self.redis.publish_stock_back(event.id).await?;
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "redis_state_lost",
+                subject: None,
+                before: "event missing from redis".into(),
+                after: format!(
+                    "rebuilt from postgres: stock_left={stock_left}, surviving intents={kept}"
+                ),
+                repaired: true,
+            });
+            return Ok(());
+        }
+
+        self.settle_stale_intents(event, &snapshot, report).await?;
+        self.repair_drift(event, report).await
+    }
+
+    /// Step 2: intents past the grace period are either persisted already (ack or
+    /// release them) or were never persisted (replay them).
+    async fn settle_stale_intents(
+        &self,
+        event: &Event,
+        snapshot: &Snapshot,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let grace_ms = self.settings.grace.as_millis() as i64;
+        let stale: Vec<Intent> = snapshot
+            .ledger
+            .iter()
+            .filter(|(_, e)| snapshot.at_ms - e.accepted_ms >= grace_ms)
+            .map(|(order_no, e)| e.intent(*order_no, event.id))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let order_nos: Vec<Uuid> = stale.iter().map(|i| i.order_no).collect();
+        let rows = db::orders::statuses(&self.db, &order_nos, self.settings.grace).await?;
+        // Committed a moment ago: its writer is acking it right now; not a leftover.
+        let settling: HashSet<Uuid> = rows
+            .iter()
+            .filter(|(_, _, old)| !old)
+            .map(|(o, _, _)| *o)
+            .collect();
+        let persisted: HashMap<Uuid, Option<String>> =
+            rows.into_iter().map(|(o, reason, _)| (o, reason)).collect();
+        let (done, missing): (Vec<Intent>, Vec<Intent>) = stale
+            .into_iter()
+            .filter(|i| !settling.contains(&i.order_no))
+            .partition(|i| persisted.contains_key(&i.order_no));
+
+        if !done.is_empty() {
+            let settlements: Vec<Settlement> = done
+                .iter()
+                .map(|i| Settlement {
+                    event_id: i.event_id,
+                    order_no: i.order_no,
+                    settled: persisted[&i.order_no]
+                        .clone()
+                        .map_or(Settled::Confirmed, Settled::Failed),
+                })
+                .collect();
+            settle(&self.redis, &settlements, &[]).await?;
+            report.intents_acked += done.len();
+            for intent in &done {
+                report.discrepancies.push(Discrepancy {
+                    event_id: event.id,
+                    kind: "unacked_intent",
+                    subject: Some(intent.order_no.to_string()),
+                    before: "pending in ledger".into(),
+                    after: match &persisted[&intent.order_no] {
+                        None => "settled as confirmed".into(),
+                        Some(reason) => format!("settled as failed ({reason})"),
+                    },
+                    repaired: true,
+                });
+            }
+        }
+        // While this process's own writers are behind, the missing intents are
+        // most likely in their queue: replaying them now would only add the same
+        // work to a busy Postgres. They are durable in the ledger; give the
+        // writers ten grace periods before stepping in.
+        let missing: Vec<Intent> = if self.writers.held() > 0 {
+            let patient_ms = 10 * self.settings.grace.as_millis() as i64;
+            missing
+                .into_iter()
+                .filter(|i| snapshot.at_ms - i.accepted_at.timestamp_millis() >= patient_ms)
+                .collect()
+        } else {
+            missing
+        };
+        for chunk in missing.chunks(self.settings.batch_max) {
+            let persisted =
+                writer::persist_with_retry(&self.db, &self.redis, chunk, usize::MAX).await;
+            report.intents_replayed += persisted.len();
+            for intent in chunk.iter().filter(|i| persisted.contains_key(&i.order_no)) {
+                report.discrepancies.push(Discrepancy {
+                    event_id: event.id,
+                    kind: "unpersisted_intent",
+                    subject: Some(intent.order_no.to_string()),
+                    before: "accepted in redis, missing in postgres".into(),
+                    after: "persisted by replay".into(),
+                    repaired: true,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: repair drift seen twice in a row, with a compare-then-write script.
+    async fn repair_drift(&self, event: &Event, report: &mut Report) -> Result<(), ReconcileError> {
+        let first = self.redis.snapshot(event.id).await?;
+        let seen = drift(&first, &expected_state(&self.db, event, &first).await?);
+        if seen.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(CONFIRM_AFTER).await;
+        let second = self.redis.snapshot(event.id).await?;
+        let expected = expected_state(&self.db, event, &second).await?;
+        let confirmed = drift(&second, &expected);
+        if confirmed != seen || !second.loaded {
+            // Moving state (a sale in full swing): look again next pass.
+            return Ok(());
+        }
+        let Drift {
+            stock: stock_drift,
+            buyers,
+        } = confirmed;
+        // More sold than stocked can only be stopped, not undone here: sell no more.
+        let target = expected.stock_left.max(0);
+        let repaired = self
+            .redis
+            .repair(event.id, &second, target, &buyers)
+            .await?;
+        if repaired {
+            report.repairs += 1;
+            if target > second.stock_left.unwrap_or(0) {
+                self.redis.publish_stock_back(event.id).await?;
+            }
+        }
+        if let Some((before, _)) = stock_drift {
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: if expected.stock_left < 0 {
+                    "oversold"
+                } else {
+                    "stock_drift"
+                },
+                subject: None,
+                before: before.to_string(),
+                after: if expected.stock_left < 0 {
+                    format!("0 (oversold by {})", -expected.stock_left)
+                } else {
+                    target.to_string()
+                },
+                repaired,
+            });
+        }
+        for (user, before, after) in buyers {
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "buyer_drift",
+                subject: Some(user.to_string()),
+                before: before.to_string(),
+                after: after.to_string(),
+                repaired,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) until no order of the event has been committed for a
+    /// moment: writers drain what they hold before the sale re-opens, so fewer
+    /// intents of the lost Redis have to compete for stock again.
+    async fn wait_for_quiet_writers(&self, event_id: i64) -> Result<(), DbError> {
+        let db = &self.db;
+        // Longer than a writer's longest retry backoff, so a writer waiting to
+        // retry is not mistaken for one that has finished.
+        const QUIET: Duration = Duration::from_millis(3 * writer::MAX_BACKOFF.as_millis() as u64);
+        const AT_MOST: Duration = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let count = || db::orders::count_for_event(db, event_id);
+        let mut last = count().await?;
+        while started.elapsed() < AT_MOST {
+            tokio::time::sleep(QUIET).await;
+            let now = count().await?;
+            // Quiet: nothing committed for a while, and this process holds nothing.
+            if now == last && self.writers.held() == 0 {
+                break;
+            }
+            last = now;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! The reconciler: makes Redis and Postgres agree, and finishes what a crash
+//! or a full channel left behind.
+//!
+//! It runs in every engine process, but a pass only runs while holding the
+//! Redis leader lock (random token, renewed at a third of its TTL, released
+//! by compare-and-delete; losing it stops the pass). For every live event
+//! ([`event`]):
+//!
+//! 1. Over long enough and fully persisted → its Redis state is closed out.
+//! 2. Redis lost the event (restart without persistence) → rebuild it from
+//!    Postgres plus whatever intents survive ([`crate::loading::rebuild`]).
+//! 3. Pending intents older than the grace period: already in Postgres → ack
+//!    (or release, if failed); not in Postgres → persist through the writer
+//!    path (roll forward: the shopper was told 202).
+//! 4. Stock and buyer counts that disagree with Postgres truth plus pending
+//!    intents ([`crate::drift`]) → observed twice, then corrected by
+//!    `repair.lua`, which writes only if the state is still exactly as observed.
+//!
+//! Every finding is written to `reconcile_discrepancies`, every pass to
+//! `reconcile_runs`, and counted in `/metrics`.
+
+mod event;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::db::reconcile::Discrepancy;
+use crate::{
+    db::{self, events::Event, DbError},
+    idempotency,
+    loading::LoadError,
+    redis::{LeaderLock, Redis, RedisError},
+    writer::WriterQueue,
+};
+
+/// What one pass found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub run_id: Option<i64>,
+    pub holder: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub events_checked: usize,
+    /// Ended events whose Redis state was removed (see `CLOSE_OUT_AFTER`).
+    pub events_closed_out: usize,
+    pub intents_replayed: usize,
+    pub intents_acked: usize,
+    pub repairs: usize,
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Another engine process holds the leader lock.
+    #[error("another engine process holds the reconciler lock")]
+    Busy,
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// How the reconciler paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ReconcileSettings {
+    /// Time between passes.
+    pub interval: Duration,
+    /// How old a pending intent must be before it is replayed.
+    pub grace: Duration,
+    /// Most intents replayed in one writer batch.
+    pub batch_max: usize,
+}
+
+/// How long after its end an event's Redis state is kept: as long as its
+/// shoppers' idempotency records, and until its ledger is empty.
+const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
+
+/// The reconciler of one engine process, and what it works with.
+pub struct Reconciler {
+    db: PgPool,
+    redis: Redis,
+    /// This process's writers: their backlog is not a leftover to replay.
+    writers: WriterQueue,
+    settings: ReconcileSettings,
+    lock: LeaderLock,
+    /// Serializes passes within the process (timer and admin route).
+    gate: tokio::sync::Mutex<()>,
+    /// Who ran a pass (the process instance), in `reconcile_runs`.
+    holder: String,
+}
+
+impl Reconciler {
+    pub fn new(
+        db: PgPool,
+        redis: Redis,
+        writers: WriterQueue,
+        settings: ReconcileSettings,
+        holder: String,
+    ) -> Self {
+        let ttl = (settings.interval * 3).max(Duration::from_secs(3));
+        let lock = LeaderLock::new(redis.clone(), redis.keys().reconcile_lock(), ttl);
+        Self {
+            db,
+            redis,
+            writers,
+            settings,
+            lock,
+            gate: tokio::sync::Mutex::new(()),
+            holder,
+        }
+    }
+
+    /// Runs a pass every interval until `stop`, then lets the lock go.
+    pub async fn run_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match self.run_guarded().await {
+                Ok(Some(report)) if !report.discrepancies.is_empty() => {
+                    tracing::warn!(
+                        discrepancies = report.discrepancies.len(),
+                        replayed = report.intents_replayed,
+                        repairs = report.repairs,
+                        "reconciler repaired drift"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "reconciler pass failed"),
+            }
+        }
+        let _ = self.lock.release().await;
+    }
+
+    /// Runs one pass now (the admin route), waiting briefly for the lock.
+    pub async fn run_now(&self) -> Result<Report, ReconcileError> {
+        for _ in 0..20 {
+            if let Some(report) = self.run_guarded().await? {
+                return Ok(report);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ReconcileError::Busy)
+    }
+
+    /// One pass under the leader lock; `None` when another process leads.
+    async fn run_guarded(&self) -> Result<Option<Report>, ReconcileError> {
+        let _serial = self.gate.lock().await;
+        if !self.lock.hold().await? {
+            return Ok(None);
+        }
+        let lost = CancellationToken::new();
+        let renew = async {
+            loop {
+                tokio::time::sleep(self.lock.ttl() / 3).await;
+                if !matches!(self.lock.hold().await, Ok(true)) {
+                    lost.cancel();
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            report = self.pass(&lost) => report.map(Some),
+            () = renew => unreachable!("renewal never ends"),
+        }
+    }
+
+    async fn pass(&self, lost: &CancellationToken) -> Result<Report, ReconcileError> {
+        let started_at = Utc::now();
+        let mut report = Report {
+            holder: self.holder.clone(),
+            started_at: Some(started_at),
+            ..Default::default()
+        };
+        for event in self.events_to_check().await? {
+            if lost.is_cancelled() {
+                tracing::warn!("reconciler lost its lock mid-pass; stopping");
+                break;
+            }
+            report.events_checked += 1;
+            self.reconcile_event(&event, &mut report).await?;
+        }
+        let finished_at = Utc::now();
+        report.finished_at = Some(finished_at);
+        let run = db::reconcile::Run {
+            started_at,
+            finished_at,
+            holder: &report.holder,
+            events_checked: report.events_checked,
+            intents_replayed: report.intents_replayed,
+            intents_acked: report.intents_acked,
+            repairs: report.repairs,
+        };
+        report.run_id = Some(db::reconcile::record(&self.db, &run, &report.discrepancies).await?);
+        for d in &report.discrepancies {
+            metrics::counter!("seckill_reconcile_discrepancies_total", "kind" => d.kind)
+                .increment(1);
+        }
+        metrics::counter!("seckill_reconcile_replayed_total")
+            .increment(report.intents_replayed as u64);
+        Ok(report)
+    }
+
+    /// Events worth a look: loaded in Redis, or preheated in Postgres and not
+    /// long over (a Redis that lost everything lost its live set too).
+    async fn events_to_check(&self) -> Result<Vec<Event>, ReconcileError> {
+        let mut ids: HashSet<i64> = self.redis.live_events().await?.into_iter().collect();
+        ids.extend(db::events::preheated_ids(&self.db, CLOSE_OUT_AFTER).await?);
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(event) = db::events::get(&self.db, id).await? {
+                events.push(event);
+            }
+        }
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+}
