@@ -4,16 +4,19 @@
 use std::path::Path;
 
 use anyhow::anyhow;
-use plotters::prelude::*;
+use plotters::{coord::Shift, prelude::*};
 
 use crate::{api::Outcome, stats::Stats, stock::StockPoint};
 
 const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 900;
 
 /// A line of the stock panel: label, colour, and the figure it plots.
 type StockSeries = (&'static str, RGBAColor, fn(&StockPoint) -> i64);
-const HEIGHT: u32 = 900;
+/// One panel of the chart.
+type Panel<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// Draws the chart of a run into `path`.
 pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -21,8 +24,16 @@ pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> 
 
     let secs = stats.timeline.len().max(1) as f64;
     let x_max = stock.iter().map(|p| p.t_secs).fold(secs, f64::max).max(1.0);
+    draw_rates(&top, title, stats, x_max)?;
+    draw_stock(&bottom, stock, x_max)?;
 
-    // --- requests/s by outcome + p99 ---------------------------------------------
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Requests/s by outcome, and p99 latency on the right axis.
+fn draw_rates(panel: &Panel<'_>, title: &str, stats: &Stats, x_max: f64) -> anyhow::Result<()> {
     // Per-second rates; the last bucket is usually partial, so divide by its width.
     let rate = |n: u64, width: f64| n as f64 / width;
     let rps_max = stats
@@ -38,7 +49,7 @@ pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> 
         .fold(0.0, f64::max)
         .max(0.1)
         * 1.1;
-    let mut chart = ChartBuilder::on(&top)
+    let mut chart = ChartBuilder::on(panel)
         .caption(
             format!("{title}: requests/s by outcome, p99 latency"),
             ("sans-serif", 22),
@@ -75,9 +86,7 @@ pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> 
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(legend_line(color));
         drawn += 1;
     }
     let p99 = stats
@@ -88,17 +97,15 @@ pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> 
     chart
         .draw_secondary_series(LineSeries::new(p99, BLACK.stroke_width(2)))?
         .label("p99 latency (ms, right axis)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        .legend(legend_line(BLACK.to_rgba()));
     if drawn > 0 {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        draw_legend(&mut chart)?;
     }
+    Ok(())
+}
 
-    // --- stock left and pending ---------------------------------------------------
+/// Stock left, units sold and orders pending, as polled.
+fn draw_stock(panel: &Panel<'_>, stock: &[StockPoint], x_max: f64) -> anyhow::Result<()> {
     let stock_max = stock
         .iter()
         .map(|p| p.stock_left.max(p.pending).max(p.sold))
@@ -106,7 +113,7 @@ pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> 
         .unwrap_or(1)
         .max(1) as f64
         * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
+    let mut chart = ChartBuilder::on(panel)
         .caption(
             "stock left, sold and orders pending (polled once a second)",
             ("sans-serif", 20),
@@ -133,18 +140,25 @@ pub fn render(path: &Path, title: &str, stats: &Stats, stock: &[StockPoint]) -> 
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(legend_line(color));
     }
+    draw_legend(&mut chart)
+}
+
+/// The legend's sample of a line series.
+fn legend_line(color: RGBAColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
+/// The legend box, top right.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
-
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
 }

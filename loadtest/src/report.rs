@@ -15,6 +15,7 @@ use crate::{
     verify::{Check, Verdict},
 };
 
+/// One run's report; serialised as `report-<scenario>.json`.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
@@ -55,7 +56,6 @@ impl Report {
     fn render_into(&self, o: &mut String) -> std::fmt::Result {
         let k = &self.plan.knobs;
         let st = &self.stats;
-        let ev = &self.drain.event;
         writeln!(o)?;
         writeln!(o, "=== seckill load test: {} ===", self.scenario)?;
         writeln!(
@@ -80,7 +80,17 @@ impl Report {
             "sent {} requests: {} single attempts, {} Idempotency-Key retries (x2), {} double clicks (x2)",
             st.requests, self.shapes.single, self.shapes.retry, self.shapes.duplicate
         )?;
+        self.render_throughput(o)?;
+        self.render_outcomes(o)?;
+        self.render_latency(o)?;
+        self.render_times(o)?;
+        self.render_checks(o)?;
+        Ok(())
+    }
 
+    /// Requests per second overall and by phase.
+    fn render_throughput(&self, o: &mut String) -> std::fmt::Result {
+        let st = &self.stats;
         writeln!(o, "\nthroughput")?;
         let phase = |o: &mut String, name: &str, p: &Phase| {
             writeln!(
@@ -95,7 +105,12 @@ impl Report {
             Some(p) => phase(o, "sold out", p)?,
             None => writeln!(o, "  {:<22} {:>10}", "sold out", "-")?,
         }
+        Ok(())
+    }
 
+    /// Answers by outcome, and the unexpected ones by status and code.
+    fn render_outcomes(&self, o: &mut String) -> std::fmt::Result {
+        let st = &self.stats;
         writeln!(o, "\noutcomes")?;
         for (label, n) in &st.outcomes {
             let share = if st.requests > 0 {
@@ -108,7 +123,12 @@ impl Report {
         for (what, n) in &self.unexpected {
             writeln!(o, "    unexpected: {what} x{n}")?;
         }
+        Ok(())
+    }
 
+    /// Latency percentiles by outcome and over all answers.
+    fn render_latency(&self, o: &mut String) -> std::fmt::Result {
+        let st = &self.stats;
         writeln!(
             o,
             "\nlatency (ms)          count      p50      p90      p99    p99.9      max"
@@ -126,7 +146,13 @@ impl Report {
         if let Some(all) = &st.latency_all {
             row(o, "all", all)?;
         }
+        Ok(())
+    }
 
+    /// Time to sell out, last 202, time to drain, final figures.
+    fn render_times(&self, o: &mut String) -> std::fmt::Result {
+        let st = &self.stats;
+        let ev = &self.drain.event;
         writeln!(o, "\ntimes")?;
         match st.sold_out_at_secs {
             Some(t) => writeln!(
@@ -153,7 +179,11 @@ impl Report {
             "  final figures         stock_left {}, sold {}, pending {}, failed {}, confirmed_amount {}",
             ev.stock_left, ev.sold, ev.pending, ev.failed, ev.confirmed_amount
         )?;
+        Ok(())
+    }
 
+    /// Every check with its detail, where the files went, and the result.
+    fn render_checks(&self, o: &mut String) -> std::fmt::Result {
         writeln!(o, "\nchecks")?;
         for c in &self.checks {
             let v = match c.verdict {

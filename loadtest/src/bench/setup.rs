@@ -7,13 +7,13 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
 
 use crate::{
-    api::{AdminEvent, Api, NewEvent, Outcome, Signer},
+    api::{AdminEvent, Api, NewEvent, Outcome, PurchaseResult, Signer},
     cli::BenchArgs,
     plan,
 };
@@ -188,25 +188,19 @@ async fn new_event(api: &Api, name: &str, stock: i64) -> anyhow::Result<AdminEve
 async fn sell_out(api: &Api, signer: &Signer, event_id: i64, buyer: i64) -> anyhow::Result<()> {
     let url = api.purchase_url(event_id)?;
     let body = Bytes::from_static(br#"{"quantity":1}"#);
-    let first_buy = api
-        .purchase(&url, signer.bearer(buyer), body.clone(), None)
-        .await;
-    if first_buy.outcome != Outcome::Accepted {
-        bail!(
-            "selling the sold-out event's only unit answered {} ({:?})",
-            first_buy.outcome.label(),
-            first_buy.unexpected
-        );
-    }
-    let second_buy = api
-        .purchase(&url, signer.bearer(buyer + 1), body, None)
-        .await;
-    if second_buy.outcome != Outcome::SoldOut {
-        bail!(
-            "a purchase after the sell-out answered {} ({:?})",
-            second_buy.outcome.label(),
-            second_buy.unexpected
-        );
-    }
+    let buy = |user| api.purchase(&url, signer.bearer(user), body.clone(), None);
+    let what = "selling the sold-out event's only unit";
+    expect_outcome(buy(buyer).await, Outcome::Accepted, what)?;
+    let what = "a purchase after the sell-out";
+    expect_outcome(buy(buyer + 1).await, Outcome::SoldOut, what)
+}
+
+fn expect_outcome(got: PurchaseResult, want: Outcome, what: &str) -> anyhow::Result<()> {
+    ensure!(
+        got.outcome == want,
+        "{what} answered {} ({:?})",
+        got.outcome.label(),
+        got.unexpected
+    );
     Ok(())
 }

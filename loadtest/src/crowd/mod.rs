@@ -21,8 +21,7 @@ use bytes::Bytes;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use reqwest::header::HeaderValue;
 
-use self::log::IdemPair;
-pub use self::log::{CrowdLog, Sample, Shapes};
+pub use self::log::{CrowdLog, IdemPair, Sample, Shapes};
 use crate::{
     api::{Api, Outcome, PurchaseResult, Signer},
     plan::{Knobs, Plan},
