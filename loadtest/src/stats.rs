@@ -74,6 +74,7 @@ pub struct Second {
     pub p99_ms: f64,
 }
 
+/// Every figure of a run, as reported.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub requests: u64,
@@ -98,6 +99,7 @@ pub fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig).expect("static histogram bounds")
 }
 
+/// The figures of a run from its samples.
 pub fn compute(samples: &[Sample]) -> Stats {
     let mut per_outcome: Vec<Option<Histogram<u64>>> = vec![None; Outcome::ALL.len()];
     let mut all = histogram(3);
@@ -105,14 +107,7 @@ pub fn compute(samples: &[Sample]) -> Stats {
     let mut end_us = 0u32;
     let mut sold_out_at: Option<u32> = None;
     let mut last_accept: Option<u32> = None;
-
-    let seconds = samples
-        .iter()
-        .map(|s| s.at_us / 1_000_000)
-        .max()
-        .map_or(0, |m| m + 1);
-    let mut sec_counts = vec![[0u64; Outcome::ALL.len()]; seconds as usize];
-    let mut sec_hist: Vec<Histogram<u64>> = (0..seconds).map(|_| histogram(2)).collect();
+    let mut timeline = Timeline::new(samples);
 
     for s in samples {
         let i = s.outcome.index();
@@ -130,12 +125,9 @@ pub fn compute(samples: &[Sample]) -> Stats {
             }
             _ => {}
         }
-        let sec = (s.at_us / 1_000_000) as usize;
-        sec_counts[sec][i] += 1;
-        sec_hist[sec].saturating_record(lat);
+        timeline.record(s, lat);
     }
 
-    let secs = |us: u32| f64::from(us) / 1e6;
     let requests = samples.len() as u64;
     let overall = Phase::new(requests, secs(end_us));
     let (selling, sold_out) = match sold_out_at {
@@ -151,31 +143,6 @@ pub fn compute(samples: &[Sample]) -> Stats {
         }
         None => (overall.clone(), None),
     };
-
-    let label_counts = |c: &[u64]| -> BTreeMap<&'static str, u64> {
-        Outcome::ALL
-            .iter()
-            .filter(|o| c[o.index()] > 0)
-            .map(|o| (o.label(), c[o.index()]))
-            .collect()
-    };
-
-    let timeline = sec_counts
-        .iter()
-        .zip(&sec_hist)
-        .enumerate()
-        .map(|(t, (c, h))| Second {
-            t: t as u32,
-            width_secs: (secs(end_us) - t as f64).clamp(0.001, 1.0),
-            by_outcome: label_counts(c),
-            total: c.iter().sum(),
-            p99_ms: if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(0.99) as f64 / 1_000.0
-            },
-        })
-        .collect();
 
     Stats {
         requests,
@@ -194,7 +161,67 @@ pub fn compute(samples: &[Sample]) -> Stats {
         sold_out,
         sold_out_at_secs: sold_out_at.map(secs),
         last_accept_secs: last_accept.map(secs),
-        timeline,
+        timeline: timeline.seconds(end_us),
+    }
+}
+
+fn secs(us: u32) -> f64 {
+    f64::from(us) / 1e6
+}
+
+/// Counts by outcome label, leaving out the outcomes that never happened.
+fn label_counts(c: &[u64]) -> BTreeMap<&'static str, u64> {
+    Outcome::ALL
+        .iter()
+        .filter(|o| c[o.index()] > 0)
+        .map(|o| (o.label(), c[o.index()]))
+        .collect()
+}
+
+/// Counts by outcome and a latency histogram for every second of the run.
+struct Timeline {
+    counts: Vec<[u64; Outcome::ALL.len()]>,
+    hists: Vec<Histogram<u64>>,
+}
+
+impl Timeline {
+    /// Empty buckets up to the second of the last sample.
+    fn new(samples: &[Sample]) -> Self {
+        let seconds = samples
+            .iter()
+            .map(|s| s.at_us / 1_000_000)
+            .max()
+            .map_or(0, |m| m + 1);
+        Self {
+            counts: vec![[0u64; Outcome::ALL.len()]; seconds as usize],
+            hists: (0..seconds).map(|_| histogram(2)).collect(),
+        }
+    }
+
+    fn record(&mut self, s: &Sample, latency_us: u64) {
+        let sec = (s.at_us / 1_000_000) as usize;
+        self.counts[sec][s.outcome.index()] += 1;
+        self.hists[sec].saturating_record(latency_us);
+    }
+
+    /// The buckets as reported; the last one ends at `end_us`.
+    fn seconds(&self, end_us: u32) -> Vec<Second> {
+        self.counts
+            .iter()
+            .zip(&self.hists)
+            .enumerate()
+            .map(|(t, (c, h))| Second {
+                t: t as u32,
+                width_secs: (secs(end_us) - t as f64).clamp(0.001, 1.0),
+                by_outcome: label_counts(c),
+                total: c.iter().sum(),
+                p99_ms: if h.is_empty() {
+                    0.0
+                } else {
+                    h.value_at_quantile(0.99) as f64 / 1_000.0
+                },
+            })
+            .collect()
     }
 }
 

@@ -34,7 +34,7 @@ use http::{Method, StatusCode};
 use self::{
     client::{Call, Conn, Target},
     phase::{Expect, Phases},
-    report::{BenchReport, Persisted},
+    report::{BenchReport, Head, Persisted},
     setup::MAX_BENCH_USERS,
 };
 use crate::{
@@ -55,14 +55,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
 
-    let started_at = Utc::now();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = args.connections;
+    let head = Head {
+        started_at: Utc::now(),
+        base_url,
+        client: args.client,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        connections: args.connections,
+        phase_secs: args.phase_secs,
+    };
     println!(
-        "bench: {base_url}, {n} connections ({:?} client), {}s per phase, {cpus} CPUs shared with the engine",
-        args.client, args.phase_secs
+        "bench: {}, {} connections ({:?} client), {}s per phase, {} CPUs shared with the engine",
+        head.base_url, head.connections, head.client, head.phase_secs, head.cpus
     );
-    let conns = Conn::open(args.client, &target, n).await?;
+    let conns = Conn::open(args.client, &target, args.connections).await?;
     let mut phases = Phases::new(conns, args.phase_secs, args.engine_pid);
     let healthz = Call {
         method: Method::GET,
@@ -78,8 +83,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let health = phases.measure("healthz", &healthz, None, ok).await?;
 
     // 3. Set-up for the purchase phases: tokens, wallets, events.
-    let prepared = setup::prepare(&api, &args, started_at, health.rps).await?;
-    let (users, selling, sold_out) = (prepared.users, &prepared.selling, &prepared.sold_out);
+    let prepared = setup::prepare(&api, &args, head.started_at, health.rps).await?;
+    let (selling, sold_out) = (&prepared.selling, &prepared.sold_out);
     let tokens = Arc::new(prepared.tokens);
     let mut warnings = prepared.warnings;
 
@@ -89,13 +94,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let sell = phases
         .measure("purchase_selling", &call, Some(&tokens), accepted)
         .await?;
-    let used = tokens.used();
-    if used > users {
-        warnings.push(format!(
-            "the selling phase used {used} shoppers, {} beyond the {users} pre-signed and funded ones",
-            used - users
-        ));
-    }
+    warnings.extend(tokens.overrun_warning());
     let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     let drain = drain_selling(&api, selling.id, drain_timeout, &mut warnings).await?;
 
@@ -116,44 +115,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     warnings.extend(disturbed);
     warnings.extend(report::uncounted_warnings(&[&health, &sell, &gone]));
 
-    let ratio_selling = report::ratio(sell.rps, health.rps);
-    let ratio_sold_out = report::ratio(gone.rps, health.rps);
-    let p99 = sell.p99_ms.max(gone.p99_ms);
-    let targets = report::targets(ratio_selling, ratio_sold_out, p99, n);
-    let all_met = targets.iter().all(|t| t.met);
-    let report = BenchReport {
-        started_at,
-        base_url,
-        client: args.client,
-        cpus,
-        connections: n,
-        phase_secs: args.phase_secs,
-        healthz_rps: health.rps,
-        healthz_p50_ms: health.p50_ms,
-        healthz_p99_ms: health.p99_ms,
-        selling_rps: sell.rps,
-        selling_p50_ms: sell.p50_ms,
-        selling_p99_ms: sell.p99_ms,
-        sold_out_rps: gone.rps,
-        sold_out_p50_ms: gone.p50_ms,
-        sold_out_p99_ms: gone.p99_ms,
-        ratio_selling,
-        ratio_sold_out,
-        targets,
-        all_met,
-        setup: report::Setup {
-            users,
-            sign_secs: prepared.sign_secs,
-            sign_us_per_token: prepared.sign_us_per_token,
-            signed_inline: tokens.signed_inline(),
-            seed_secs: prepared.seed_secs,
-            selling_event_id: selling.id,
-            sold_out_event_id: sold_out.id,
-        },
-        persisted,
-        phases: vec![health, sell, gone],
-        warnings,
+    let setup = report::Setup {
+        users: prepared.users,
+        sign_secs: prepared.sign_secs,
+        sign_us_per_token: prepared.sign_us_per_token,
+        signed_inline: tokens.signed_inline(),
+        seed_secs: prepared.seed_secs,
+        selling_event_id: selling.id,
+        sold_out_event_id: sold_out.id,
     };
+    let report = BenchReport::new(head, [health, sell, gone], setup, persisted, warnings);
     let path = args.out_dir.join("bench.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;

@@ -80,8 +80,60 @@ pub struct BenchReport {
     pub warnings: Vec<String>,
 }
 
+/// The run's circumstances, at the head of `bench.json`.
+pub struct Head {
+    pub started_at: chrono::DateTime<Utc>,
+    pub base_url: String,
+    pub client: ClientKind,
+    pub cpus: usize,
+    pub connections: usize,
+    pub phase_secs: u64,
+}
+
+impl BenchReport {
+    /// The report of the `healthz`, selling and sold-out phases: their
+    /// headline figures, ratios to the ceiling, and the targets.
+    pub fn new(
+        head: Head,
+        [health, sell, gone]: [PhaseReport; 3],
+        setup: Setup,
+        persisted: Persisted,
+        warnings: Vec<String>,
+    ) -> Self {
+        let ratio_selling = ratio(sell.rps, health.rps);
+        let ratio_sold_out = ratio(gone.rps, health.rps);
+        let p99 = sell.p99_ms.max(gone.p99_ms);
+        let targets = targets(ratio_selling, ratio_sold_out, p99, head.connections);
+        Self {
+            started_at: head.started_at,
+            base_url: head.base_url,
+            client: head.client,
+            cpus: head.cpus,
+            connections: head.connections,
+            phase_secs: head.phase_secs,
+            healthz_rps: health.rps,
+            healthz_p50_ms: health.p50_ms,
+            healthz_p99_ms: health.p99_ms,
+            selling_rps: sell.rps,
+            selling_p50_ms: sell.p50_ms,
+            selling_p99_ms: sell.p99_ms,
+            sold_out_rps: gone.rps,
+            sold_out_p50_ms: gone.p50_ms,
+            sold_out_p99_ms: gone.p99_ms,
+            ratio_selling,
+            ratio_sold_out,
+            all_met: targets.iter().all(|t| t.met),
+            targets,
+            setup,
+            persisted,
+            phases: vec![health, sell, gone],
+            warnings,
+        }
+    }
+}
+
 /// `rps` as a share of the `/healthz` ceiling; 0 without a ceiling.
-pub fn ratio(rps: f64, healthz_rps: f64) -> f64 {
+fn ratio(rps: f64, healthz_rps: f64) -> f64 {
     if healthz_rps > 0.0 {
         rps / healthz_rps
     } else {
@@ -91,7 +143,7 @@ pub fn ratio(rps: f64, healthz_rps: f64) -> f64 {
 
 /// The SPEC §7 targets for the purchase phases' ratios and p99 at
 /// `connections` connections.
-pub fn targets(
+fn targets(
     ratio_selling: f64,
     ratio_sold_out: f64,
     p99: f64,

@@ -45,9 +45,16 @@ impl Tokens {
         self.signer.bearer(self.first_user_id + i as i64)
     }
 
-    /// Shoppers handed out so far.
-    pub fn used(&self) -> u64 {
-        self.next.load(Ordering::Relaxed)
+    /// Says when more shoppers were handed out than were pre-signed and
+    /// funded: those could not pay, so the phase's figures are off.
+    pub fn overrun_warning(&self) -> Option<String> {
+        let (used, users) = (self.next.load(Ordering::Relaxed), self.presigned);
+        (used > users).then(|| {
+            format!(
+                "the selling phase used {used} shoppers, {} beyond the {users} pre-signed and funded ones",
+                used - users
+            )
+        })
     }
 
     /// Tokens signed inside the loop because the pre-signed range ran out.
@@ -93,34 +100,13 @@ pub async fn prepare(
         first_user_id >= 1 && first_user_id.checked_add(users as i64 + 2).is_some(),
         "--first-user-id out of range"
     );
-    let secret = args.engine.jwt_secret.clone();
-    let (signer, sign_secs) =
-        tokio::task::spawn_blocking(move || presign(&secret, first_user_id, users)).await?;
+    let (tokens, sign_secs) = sign(&args.engine.jwt_secret, first_user_id, users).await?;
     let sign_us_per_token = sign_secs * 1e6 / users as f64;
     println!(
         "bench: signed {users} shopper tokens in {sign_secs:.2}s ({sign_us_per_token:.1} µs each, all cores) before the purchase phases"
     );
-    let tokens = Tokens {
-        signer,
-        first_user_id,
-        presigned: users,
-        next: AtomicU64::new(0),
-        inline: AtomicU64::new(0),
-    };
-
-    let mut warnings = Vec::new();
-    let seeded = Instant::now();
     // Shoppers first..first+users pay 1 each; two more for selling out event B.
-    let chunk = SEED_CHUNK.min(SEED_MAX_PER_CALL);
-    let created = api.seed_wallets(first_user_id, users + 2, 1, chunk).await?;
-    let seed_secs = seeded.elapsed().as_secs_f64();
-    if created != users + 2 {
-        warnings.push(format!(
-            "only {created} of {} wallets were new (earlier run with the same ids?)",
-            users + 2
-        ));
-    }
-    println!("bench: funded {} wallets in {seed_secs:.2}s", users + 2);
+    let (seed_secs, warnings) = fund(api, first_user_id, users + 2).await?;
 
     let stamp = started_at.format("%Y-%m-%dT%H:%M:%SZ");
     let selling = new_event(api, &format!("bench selling {stamp}"), args.stock).await?;
@@ -146,6 +132,39 @@ pub async fn prepare(
         sold_out,
         warnings,
     })
+}
+
+/// Pre-signs the tokens of shoppers `first_user_id..+users`; returns them
+/// and the seconds it took.
+async fn sign(secret: &str, first_user_id: i64, users: u64) -> anyhow::Result<(Tokens, f64)> {
+    let secret = secret.to_owned();
+    let (signer, sign_secs) =
+        tokio::task::spawn_blocking(move || presign(&secret, first_user_id, users)).await?;
+    let tokens = Tokens {
+        signer,
+        first_user_id,
+        presigned: users,
+        next: AtomicU64::new(0),
+        inline: AtomicU64::new(0),
+    };
+    Ok((tokens, sign_secs))
+}
+
+/// Funds `wallets` wallets from `first_user_id` with 1 each; returns the
+/// seconds it took and a warning when some already existed.
+async fn fund(api: &Api, first_user_id: i64, wallets: u64) -> anyhow::Result<(f64, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let seeded = Instant::now();
+    let chunk = SEED_CHUNK.min(SEED_MAX_PER_CALL);
+    let created = api.seed_wallets(first_user_id, wallets, 1, chunk).await?;
+    let seed_secs = seeded.elapsed().as_secs_f64();
+    if created != wallets {
+        warnings.push(format!(
+            "only {created} of {wallets} wallets were new (earlier run with the same ids?)"
+        ));
+    }
+    println!("bench: funded {wallets} wallets in {seed_secs:.2}s");
+    Ok((seed_secs, warnings))
 }
 
 /// Signs `users` tokens on every core; returns the signer holding them.

@@ -18,7 +18,6 @@ pub(super) async fn money_check(
     rows: &HashMap<Uuid, Row>,
 ) -> anyhow::Result<Check> {
     const NAME: &str = "I4 payments = confirmed amounts = wallet debits";
-    let plan = setup.plan;
     let confirmed: i64 = rows.values().filter(|r| !r.failed).map(|r| r.amount).sum();
     let (paid, payments): (i64, i64) = sqlx::query_as(
         "SELECT COALESCE(SUM(amount), 0)::bigint, COUNT(*) FROM payments WHERE event_id = $1",
@@ -34,42 +33,9 @@ pub(super) async fn money_check(
     );
 
     if setup.fresh_wallets {
-        let last = setup.first_user_id + plan.knobs.users as i64;
-        let wallets: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT user_id, balance FROM wallets WHERE user_id >= $1 AND user_id < $2",
-        )
-        .bind(setup.first_user_id)
-        .bind(last)
-        .fetch_all(pool)
-        .await
-        .context("SELECT ... FROM wallets")?;
-        let mut spent: HashMap<i64, i64> = HashMap::new();
-        for r in rows.values().filter(|r| !r.failed) {
-            *spent.entry(r.user_id).or_default() += r.amount;
-        }
-        let payers_end = setup.first_user_id + plan.payers() as i64;
-        let mut off = Vec::new();
-        let mut debited = 0i64;
-        for (user, balance) in &wallets {
-            let initial = if *user < payers_end {
-                plan.funded_balance()
-            } else {
-                0
-            };
-            let s = spent.get(user).copied().unwrap_or(0);
-            debited += initial - balance;
-            if initial - balance != s || *balance < 0 {
-                off.push(format!("user {user}: {initial} - {balance} != {s}"));
-            }
-        }
-        ok &= off.is_empty() && debited == confirmed;
-        let _ = write!(
-            detail,
-            "; {} wallets debited {debited} in total, {} shoppers where initial - final != their confirmed amounts{}",
-            wallets.len(),
-            off.len(),
-            sample_list(&off)
-        );
+        let (wallets_ok, wallets) = wallet_debits(pool, setup, rows, confirmed).await?;
+        ok &= wallets_ok;
+        detail.push_str(&wallets);
     } else {
         let _ = write!(
             detail,
@@ -77,4 +43,50 @@ pub(super) async fn money_check(
         );
     }
     Ok(Check::client(NAME, ok, detail))
+}
+
+/// Every wallet of the run lost exactly its shopper's confirmed amounts, and
+/// all of them together `confirmed`; only when the run created the wallets,
+/// so that their initial balances are known.
+async fn wallet_debits(
+    pool: &PgPool,
+    setup: &Setup<'_>,
+    rows: &HashMap<Uuid, Row>,
+    confirmed: i64,
+) -> anyhow::Result<(bool, String)> {
+    let plan = setup.plan;
+    let last = setup.first_user_id + plan.knobs.users as i64;
+    let wallets: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT user_id, balance FROM wallets WHERE user_id >= $1 AND user_id < $2")
+            .bind(setup.first_user_id)
+            .bind(last)
+            .fetch_all(pool)
+            .await
+            .context("SELECT ... FROM wallets")?;
+    let mut spent: HashMap<i64, i64> = HashMap::new();
+    for r in rows.values().filter(|r| !r.failed) {
+        *spent.entry(r.user_id).or_default() += r.amount;
+    }
+    let payers_end = setup.first_user_id + plan.payers() as i64;
+    let mut off = Vec::new();
+    let mut debited = 0i64;
+    for (user, balance) in &wallets {
+        let initial = if *user < payers_end {
+            plan.funded_balance()
+        } else {
+            0
+        };
+        let s = spent.get(user).copied().unwrap_or(0);
+        debited += initial - balance;
+        if initial - balance != s || *balance < 0 {
+            off.push(format!("user {user}: {initial} - {balance} != {s}"));
+        }
+    }
+    let detail = format!(
+        "; {} wallets debited {debited} in total, {} shoppers where initial - final != their confirmed amounts{}",
+        wallets.len(),
+        off.len(),
+        sample_list(&off)
+    );
+    Ok((off.is_empty() && debited == confirmed, detail))
 }
