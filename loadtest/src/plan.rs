@@ -171,6 +171,7 @@ pub fn first_user_id(given: Option<i64>, started_at: DateTime<Utc>) -> i64 {
 }
 
 impl Plan {
+    /// Applies the flags to the scenario's knobs and checks the result.
     pub fn from_args(args: RunArgs) -> anyhow::Result<Self> {
         let knobs = Knobs::from_args(&args);
         knobs.check()?;

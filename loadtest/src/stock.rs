@@ -22,6 +22,7 @@ pub struct StockPoint {
 }
 
 impl StockPoint {
+    /// The figures of `ev`, `t_secs` after the start.
     pub fn of(ev: &AdminEvent, t_secs: f64) -> Self {
         Self {
             t_secs,

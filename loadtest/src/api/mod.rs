@@ -31,6 +31,8 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client keeping up to `pool` idle connections; `timeout` bounds each
+    /// shopper request (operator calls get longer).
     pub fn new(
         base_url: &str,
         admin_token: &str,
@@ -199,6 +201,7 @@ impl Api {
         Ok(())
     }
 
+    /// `GET /admin/events/{id}`.
     pub async fn event(&self, event_id: i64) -> anyhow::Result<AdminEvent> {
         let req = self
             .http

@@ -25,6 +25,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in report order.
     pub const ALL: [Outcome; 11] = [
         Outcome::Accepted,
         Outcome::SoldOut,
@@ -39,6 +40,7 @@ impl Outcome {
         Outcome::TransportError,
     ];
 
+    /// The name in the report and its JSON.
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -55,6 +57,7 @@ impl Outcome {
         }
     }
 
+    /// Position in [`Outcome::ALL`], for counting in arrays.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -109,8 +112,10 @@ pub fn error_code(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// An answer's outcome, its order number, and why it was unexpected.
 pub(super) type Classified = (Outcome, Option<Uuid>, Option<String>);
 
+/// A request that got no answer.
 pub(super) fn transport(err: &reqwest::Error) -> Classified {
     if err.is_timeout() {
         (Outcome::Timeout, None, None)
@@ -123,6 +128,7 @@ pub(super) fn transport(err: &reqwest::Error) -> Classified {
     }
 }
 
+/// An answer by its status and error code.
 pub(super) fn classify(status: StatusCode, body: &[u8]) -> Classified {
     let code = || error_code(body);
     match status {

@@ -29,6 +29,7 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parses `http://host[:port]`; port 80 when none is given.
     pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let Some(rest) = base_url.strip_prefix("http://") else {
             bail!("--base-url must be an http:// URL");

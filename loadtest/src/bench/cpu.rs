@@ -7,6 +7,7 @@ use serde::Serialize;
 /// Kernel clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// CPU ticks of the watched processes and of the box, at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     at: std::time::Instant,
@@ -35,6 +36,7 @@ pub struct CpuUse {
 }
 
 impl CpuSample {
+    /// Reads /proc now; what cannot be read stays absent.
     pub fn take(engine_pid: Option<u32>) -> Self {
         let (redis, postgres) = services_ticks();
         Self {
@@ -49,6 +51,7 @@ impl CpuSample {
 }
 
 impl CpuUse {
+    /// The use between two samples, `requests` requests apart.
     pub fn between(a: &CpuSample, b: &CpuSample, requests: u64) -> Self {
         let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         let secs =

@@ -164,6 +164,7 @@ pub struct Phases {
 }
 
 impl Phases {
+    /// Takes over the open connections.
     pub fn new(conns: Vec<Conn>, phase_secs: u64, engine_pid: Option<u32>) -> Self {
         Self {
             conns,

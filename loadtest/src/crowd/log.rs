@@ -61,6 +61,7 @@ pub struct CrowdLog {
 }
 
 impl CrowdLog {
+    /// Adds another worker's log to this one.
     pub(super) fn merge(&mut self, other: CrowdLog) {
         self.samples.extend(other.samples);
         self.accepted.extend(other.accepted);
@@ -75,6 +76,8 @@ impl CrowdLog {
         self.shapes.duplicate += other.shapes.duplicate;
     }
 
+    /// Records one answer to shopper `user_id`, sent at `sent`; `t0` is the
+    /// sale's start.
     pub(super) fn record(
         &mut self,
         t0: Instant,

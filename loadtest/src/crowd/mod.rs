@@ -51,6 +51,7 @@ pub struct Crowd {
 }
 
 impl Crowd {
+    /// The crowd of `plan` for event `event_id`, shoppers from `first_user_id`.
     pub fn new(
         api: Arc<Api>,
         signer: Arc<Signer>,

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::plan::Plan;
 
+/// What a check concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
@@ -24,6 +25,7 @@ pub struct Check {
 }
 
 impl Check {
+    /// A check that passed when `ok`.
     pub(super) fn new(name: &str, source: &'static str, ok: bool, detail: String) -> Self {
         Self {
             name: name.to_owned(),
@@ -38,6 +40,7 @@ impl Check {
         Self::new(name, "client", ok, detail)
     }
 
+    /// A check that could not be judged in this run, and why.
     pub(super) fn skip(name: &str, source: &'static str, detail: String) -> Self {
         Self {
             name: name.to_owned(),

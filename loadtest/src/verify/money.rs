@@ -12,6 +12,7 @@ use super::{
     orders::Row,
 };
 
+/// I4: payments, confirmed amounts and, for fresh wallets, every debit agree.
 pub(super) async fn money_check(
     pool: &PgPool,
     setup: &Setup<'_>,

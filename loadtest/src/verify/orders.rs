@@ -60,6 +60,7 @@ pub(super) struct Acked {
 }
 
 impl Acked {
+    /// Holds each distinct 202 against the row of its order number.
     pub(super) fn new(log: &CrowdLog, rows: &HashMap<Uuid, Row>) -> Self {
         let mut orders: HashMap<Uuid, (i64, i64)> = HashMap::new();
         for a in &log.accepted {
