@@ -55,12 +55,8 @@ pub struct Persisted {
 /// `bench.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    pub started_at: chrono::DateTime<Utc>,
-    pub base_url: String,
-    pub client: ClientKind,
-    pub cpus: usize,
-    pub connections: usize,
-    pub phase_secs: u64,
+    #[serde(flatten)]
+    pub head: Head,
     pub healthz_rps: f64,
     pub healthz_p50_ms: f64,
     pub healthz_p99_ms: f64,
@@ -81,6 +77,7 @@ pub struct BenchReport {
 }
 
 /// The run's circumstances, at the head of `bench.json`.
+#[derive(Debug, Clone, Serialize)]
 pub struct Head {
     pub started_at: chrono::DateTime<Utc>,
     pub base_url: String,
@@ -105,12 +102,7 @@ impl BenchReport {
         let p99 = sell.p99_ms.max(gone.p99_ms);
         let targets = targets(ratio_selling, ratio_sold_out, p99, head.connections);
         Self {
-            started_at: head.started_at,
-            base_url: head.base_url,
-            client: head.client,
-            cpus: head.cpus,
-            connections: head.connections,
-            phase_secs: head.phase_secs,
+            head,
             healthz_rps: health.rps,
             healthz_p50_ms: health.p50_ms,
             healthz_p99_ms: health.p99_ms,
@@ -235,13 +227,13 @@ pub fn render(r: &BenchReport) -> String {
     let _ = writeln!(
         s,
         "== seckill bench: {} connections, {}s per phase, {} client, {} CPUs ==",
-        r.connections,
-        r.phase_secs,
-        match r.client {
+        r.head.connections,
+        r.head.phase_secs,
+        match r.head.client {
             ClientKind::Hyper => "hyper",
             ClientKind::Reqwest => "reqwest",
         },
-        r.cpus
+        r.head.cpus
     );
     render_phases(&mut s, r);
     let _ = writeln!(
