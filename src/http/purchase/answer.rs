@@ -1,0 +1,197 @@
+//! Every way a purchase request ends, as a type: the 202 receipt, a
+//! business refusal (409), an idempotent replay, or an error. Each answer
+//! names its metric label and renders itself (`IntoResponse`).
+
+use std::{
+    collections::HashMap,
+    sync::{OnceLock, RwLock},
+};
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{error::ApiError, idempotency::StoredResponse, intent::Intent};
+
+/// What the shopper is told (a 202 body).
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    pub order_no: Uuid,
+    pub event_id: i64,
+    pub quantity: i32,
+    pub amount: i64,
+    /// `pending` (acknowledged from the Redis ledger), or under durable
+    /// acknowledgement `confirmed` / `failed`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// A business refusal: 409.
+#[derive(Debug)]
+pub enum Refusal {
+    SoldOut,
+    /// The shopper's non-failed orders for the sale.
+    LimitExceeded {
+        limit: i32,
+        held: Vec<Uuid>,
+    },
+    NotActive(&'static str),
+    /// The same Idempotency-Key is being answered right now.
+    InProgress,
+}
+
+impl Refusal {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::SoldOut => "sold_out",
+            Self::LimitExceeded { .. } => "limit_exceeded",
+            Self::NotActive(_) => "not_active",
+            Self::InProgress => "in_progress",
+        }
+    }
+
+    fn to_error(&self) -> ApiError {
+        match self {
+            Self::SoldOut => ApiError::conflict("sold_out", "sold out"),
+            Self::LimitExceeded { limit, held } => {
+                let mut err = ApiError::conflict(
+                    "limit_exceeded",
+                    format!("at most {limit} per shopper for this sale"),
+                );
+                if let ApiError::Conflict { extra, .. } = &mut err {
+                    extra.insert("order_nos".into(), serde_json::json!(held));
+                }
+                err
+            }
+            Self::NotActive(why) => ApiError::conflict("not_active", *why),
+            Self::InProgress => ApiError::conflict(
+                "in_progress",
+                "a request with this Idempotency-Key is still in progress",
+            ),
+        }
+    }
+}
+
+/// Every way a purchase request ends; names its own metric label.
+#[derive(Debug)]
+pub enum Answer {
+    /// 202; with `replay` when this order_no had been accepted before (a
+    /// re-sent or resumed attempt) and nothing was taken twice.
+    Accepted {
+        receipt: Receipt,
+        replay: bool,
+    },
+    /// An idempotent replay of an earlier answer, byte for byte.
+    Replayed(StoredResponse),
+    Refused(Refusal),
+    Failed(ApiError),
+}
+
+impl Answer {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { replay: false, .. } => "accepted",
+            Self::Accepted { replay: true, .. } => "accepted_replay",
+            Self::Replayed(_) => "replayed",
+            Self::Refused(refusal) => refusal.label(),
+            Self::Failed(err) => match err {
+                ApiError::RateLimited { .. } => "rate_limited",
+                ApiError::NotFound(_) => "not_found",
+                ApiError::Invalid { .. }
+                | ApiError::PayloadTooLarge
+                | ApiError::UnsupportedMediaType => "invalid",
+                ApiError::Unauthorized | ApiError::Forbidden => "unauthorized",
+                ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+                ApiError::Unavailable(_) => "unavailable",
+                _ => "error",
+            },
+        }
+    }
+
+    /// What an Idempotency-Key replays later.
+    pub(super) fn stored(&self) -> Option<StoredResponse> {
+        match self {
+            Self::Accepted { receipt, .. } => Some(StoredResponse {
+                status: StatusCode::ACCEPTED.as_u16(),
+                body: serde_json::to_string(receipt).expect("a receipt serializes"),
+            }),
+            Self::Refused(refusal) => Some(StoredResponse {
+                status: StatusCode::CONFLICT.as_u16(),
+                body: refusal.to_error().body().to_string(),
+            }),
+            Self::Replayed(_) | Self::Failed(_) => None,
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Accepted { receipt, .. } => (StatusCode::ACCEPTED, Json(receipt)).into_response(),
+            Self::Replayed(stored) => (
+                StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED),
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                stored.body,
+            )
+                .into_response(),
+            Self::Refused(refusal) => refusal.to_error().into_response(),
+            Self::Failed(err) => err.into_response(),
+        }
+    }
+}
+
+/// Metric handles registered once per label: the hot path then only adds to
+/// atomics instead of looking the series up in the registry per request.
+pub(super) struct PurchaseMetrics {
+    outcomes: RwLock<HashMap<&'static str, metrics::Counter>>,
+    latency: metrics::Histogram,
+}
+
+impl PurchaseMetrics {
+    pub(super) fn get() -> &'static Self {
+        static METRICS: OnceLock<PurchaseMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| Self {
+            outcomes: RwLock::default(),
+            latency: metrics::histogram!("seckill_purchase_seconds"),
+        })
+    }
+
+    pub(super) fn record(&self, outcome: &'static str, took: std::time::Duration) {
+        let known = self
+            .outcomes
+            .read()
+            .expect("metrics lock")
+            .get(outcome)
+            .cloned();
+        let counter = known.unwrap_or_else(|| {
+            let counter = metrics::counter!("seckill_purchases_total", "outcome" => outcome);
+            self.outcomes
+                .write()
+                .expect("metrics lock")
+                .insert(outcome, counter.clone());
+            counter
+        });
+        counter.increment(1);
+        self.latency.record(took.as_secs_f64());
+    }
+}
+
+/// The receipt of an accepted intent, as acknowledged from the ledger.
+pub(super) fn receipt_of(intent: &Intent) -> Receipt {
+    Receipt {
+        order_no: intent.order_no,
+        event_id: intent.event_id,
+        quantity: intent.quantity,
+        amount: intent.amount,
+        status: "pending",
+        failure_reason: None,
+    }
+}

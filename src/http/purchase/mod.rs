@@ -1,0 +1,217 @@
+//! `POST /api/events/{id}/purchase`: the hot path.
+//!
+//! Gates, cheapest first: global limit → per-IP limit → path → token →
+//! per-shopper limit → event (cached) → body → idempotency claim → local
+//! sold-out flag → `purchase.lua` → hand-off to the writers → 202.
+//!
+//! A 202 is only ever sent after Redis recorded the intent (and, under
+//! `SECKILL_ACK=durable`, after Postgres committed the order). A keyed retry
+//! that resumes an unanswered attempt skips the local flag and asks Redis,
+//! so it gets the answer that matches what will be persisted.
+
+mod answer;
+mod keyed;
+
+use std::{net::IpAddr, time::Instant};
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request, State},
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use answer::{receipt_of, PurchaseMetrics};
+pub use answer::{Answer, Receipt, Refusal};
+
+use super::extract::{AppJson, ClientIp, Id, Shopper};
+use crate::{
+    catalog::EventSlot,
+    config::AckMode,
+    db,
+    error::ApiError,
+    idempotency,
+    intent::{from_millis, Intent},
+    redis::PurchaseOutcome,
+    state::AppState,
+    writer::Settled,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseBody {
+    quantity: i64,
+}
+
+pub async fn purchase(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let answer = match gate_and_buy(&app, ip, request).await {
+        Ok(answer) => answer,
+        Err(err) => Answer::Failed(err),
+    };
+    PurchaseMetrics::get().record(answer.label(), started.elapsed());
+    answer.into_response()
+}
+
+async fn gate_and_buy(app: &AppState, ip: IpAddr, request: Request) -> Result<Answer, ApiError> {
+    let limited = |l: crate::ratelimit::Limited| ApiError::RateLimited {
+        retry_after: l.retry_after,
+    };
+    app.limits.check_global().map_err(limited)?;
+    app.limits.check_ip(ip).map_err(limited)?;
+    let (mut parts, body) = request.into_parts();
+    let Id(event_id) = Id::from_request_parts(&mut parts, app).await?;
+    tracing::Span::current().record("event_id", event_id);
+    let Shopper(user_id) = Shopper::from_request_parts(&mut parts, app).await?;
+    let slot = app
+        .catalog
+        .get(&app.db, event_id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    let key = idempotency_key(&parts.headers)?.map(str::to_owned);
+    let AppJson(body) =
+        AppJson::<PurchaseBody>::from_request(Request::from_parts(parts, body), app).await?;
+    let limit = slot.event.per_user_limit;
+    let quantity = match i32::try_from(body.quantity) {
+        Ok(q) if (1..=limit).contains(&q) => q,
+        _ => {
+            return Err(ApiError::unprocessable(format!(
+                "quantity must be an integer in 1..={limit}"
+            )))
+        }
+    };
+    match key {
+        None => match take_stock(app, &slot, user_id, quantity, Uuid::now_v7(), false).await? {
+            Taken::Bought { intent, replay } => Ok(Answer::Accepted {
+                receipt: hand_off(app, intent).await?,
+                replay,
+            }),
+            Taken::Refused(refusal) => Ok(Answer::Refused(refusal)),
+        },
+        Some(key) => keyed::buy(app, &slot, user_id, quantity, &key).await,
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(raw) if idempotency::valid_key(raw.as_bytes()) => Ok(raw.to_str().ok()),
+        Some(_) => Err(ApiError::invalid(
+            "Idempotency-Key must be 1..=255 printable ASCII characters",
+        )),
+    }
+}
+
+/// What `purchase.lua` decided for one attempt.
+pub(super) enum Taken {
+    /// Stock taken (or taken before under this order_no): the intent to persist.
+    Bought {
+        intent: Intent,
+        replay: bool,
+    },
+    Refused(Refusal),
+}
+
+/// One attempt at the stock under `order_no`. `resumed`: an earlier attempt
+/// with this order_no may have bought, so local shortcuts are not trusted.
+pub(super) async fn take_stock(
+    app: &AppState,
+    slot: &EventSlot,
+    user_id: i64,
+    quantity: i32,
+    order_no: Uuid,
+    resumed: bool,
+) -> Result<Taken, ApiError> {
+    // The local flag spares Redis the crowd that arrives after sell-out.
+    if !resumed && slot.is_sold_out() {
+        return Ok(Taken::Refused(if slot.has_ended() {
+            Refusal::NotActive("the sale has ended")
+        } else {
+            Refusal::SoldOut
+        }));
+    }
+    let event_id = slot.event.id;
+    let outcome = app
+        .redis
+        .purchase(event_id, user_id, quantity, order_no)
+        .await?;
+    Ok(Taken::Refused(match outcome {
+        PurchaseOutcome::Accepted {
+            amount,
+            accepted_ms,
+            replay,
+        } => {
+            let accepted_at = from_millis(accepted_ms);
+            let intent = Intent {
+                order_no,
+                event_id,
+                user_id,
+                quantity,
+                amount,
+                accepted_at,
+            };
+            return Ok(Taken::Bought { intent, replay });
+        }
+        PurchaseOutcome::SoldOut { stock_left } => {
+            if stock_left <= 0 {
+                slot.mark_sold_out();
+            }
+            Refusal::SoldOut
+        }
+        PurchaseOutcome::LimitExceeded { held } => Refusal::LimitExceeded {
+            limit: slot.event.per_user_limit,
+            held,
+        },
+        PurchaseOutcome::NotStarted => Refusal::NotActive("the sale has not started"),
+        PurchaseOutcome::Ended => Refusal::NotActive("the sale has ended"),
+        PurchaseOutcome::NotPreheated if resumed && ever_loaded(app, event_id).await? => {
+            // Redis lost the event and the reconciler has not rebuilt it yet:
+            // whether the earlier attempt bought is not known here. Retry later.
+            return Err(ApiError::Unavailable(
+                "the sale is being restored after a Redis loss".into(),
+            ));
+        }
+        PurchaseOutcome::NotPreheated => Refusal::NotActive("the sale is not open yet"),
+    }))
+}
+
+/// Whether the event was ever loaded into Redis (read fresh: the cached copy
+/// may predate the preheat).
+async fn ever_loaded(app: &AppState, event_id: i64) -> Result<bool, ApiError> {
+    Ok(db::events::get(&app.db, event_id)
+        .await?
+        .is_some_and(|e| e.preheated_at.is_some()))
+}
+
+/// Gives an accepted intent to the writers and says what to answer.
+pub(super) async fn hand_off(app: &AppState, intent: Intent) -> Result<Receipt, ApiError> {
+    let mut receipt = receipt_of(&intent);
+    match app.settings.ack {
+        AckMode::Ledger => {
+            // Durable in the ledger already; a full channel only delays persistence.
+            app.writers.offer(intent);
+        }
+        AckMode::Durable => match app
+            .writers
+            .persist_and_wait(intent, app.settings.ack_timeout)
+            .await
+        {
+            Some(Settled::Confirmed) => receipt.status = "confirmed",
+            Some(Settled::Failed(reason)) => {
+                receipt.status = "failed";
+                receipt.failure_reason = Some(reason);
+            }
+            None => {
+                return Err(ApiError::Unavailable(
+                    "accepted but not yet committed; retry with the same Idempotency-Key".into(),
+                ))
+            }
+        },
+    }
+    Ok(receipt)
+}
