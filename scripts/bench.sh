@@ -48,7 +48,9 @@ PHASE_SECS="${BENCH_PHASE_SECS:-5}"
 READY_SECS=30
 REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
-RB_PREFIX='{benchredis}'
+# The Redis ceiling part's keys, from the engine's own key builder (set once built).
+RB_PREFIX="bench-ceiling-$$"
+RB_KEYS=()
 
 say() { echo "bench: $*"; }
 section() { printf '\n==== %s ====\n' "$*"; }
@@ -57,8 +59,9 @@ section() { printf '\n==== %s ====\n' "$*"; }
 source scripts/engine.sh
 stop_engine() { engine_stop bench; }
 redis_cleanup() {
-    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" DEL "$RB_PREFIX:meta" "$RB_PREFIX:stock" \
-        "$RB_PREFIX:bought" "$RB_PREFIX:orders" "$RB_PREFIX:ledger" >/dev/null 2>&1 || true
+    if ((${#RB_KEYS[@]})); then
+        redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" DEL "${RB_KEYS[@]}" >/dev/null 2>&1 || true
+    fi
 }
 drop_bench_database() {
     if [[ -n "$BENCH_DB_CREATED" ]]; then
@@ -182,20 +185,21 @@ redis_rps=""
 if ! part redis; then
     say "redis part not selected"
 elif command -v redis-benchmark >/dev/null 2>&1; then
-    sha="$(rcli SCRIPT LOAD "$(cat lua/purchase.lua)")"
+    # The script and the keys exactly as the engine runs them (prelude included).
+    sha="$(rcli SCRIPT LOAD "$(target/release/seckill lua purchase)")"
+    mapfile -t RB_KEYS < <(target/release/seckill redis-keys --event 1 --prefix "$RB_PREFIX")
     redis_cleanup
     # A preheated sale that never runs out, never ends and never hits the
     # per-user limit: every call is an acceptance (the full write path).
-    rcli HSET "$RB_PREFIX:meta" price 1 limit 1000000 starts_ms 0 ends_ms 99999999999999 \
+    rcli HSET "${RB_KEYS[0]}" price 1 limit 1000000 starts_ms 0 ends_ms 99999999999999 \
         total 1000000000 >/dev/null
-    rcli SET "$RB_PREFIX:stock" 1000000000 >/dev/null
+    rcli SET "${RB_KEYS[1]}" 1000000000 >/dev/null
     # __rand_int__ is drawn per occurrence: a random shopper and a fresh order_no per call.
     rb_out="$(redis-benchmark -h "$REDIS_HOST" -p "$REDIS_PORT" -c 64 -n 200000 -r 100000000 --csv \
-        EVALSHA "$sha" 5 "$RB_PREFIX:meta" "$RB_PREFIX:stock" "$RB_PREFIX:bought" \
-        "$RB_PREFIX:orders" "$RB_PREFIX:ledger" __rand_int__ 1 __rand_int__)"
+        EVALSHA "$sha" "${#RB_KEYS[@]}" "${RB_KEYS[@]}" __rand_int__ 1 __rand_int__)"
     echo "$rb_out"
     redis_rps="$(awk -F'","' 'NR==2 {print $2+0}' <<<"$rb_out")"
-    left="$(rcli GET "$RB_PREFIX:stock")"
+    left="$(rcli GET "${RB_KEYS[1]}")"
     accepted=$((1000000000 - left))
     say "EVALSHA purchase.lua: ${redis_rps} calls/s, ${accepted} of 200000 calls accepted"
     redis_cleanup

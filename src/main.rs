@@ -4,7 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use seckill::{auth::Auth, config::Settings, db, startup::Application, telemetry};
+use seckill::{
+    auth::Auth,
+    config::Settings,
+    db,
+    redis::{Keys, Scripts},
+    startup::Application,
+    telemetry,
+};
 use sqlx::{migrate::MigrateDatabase, Postgres};
 
 #[derive(Parser)]
@@ -26,6 +33,22 @@ enum Command {
         user: i64,
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+    },
+    /// Print an event's Redis keys, one a line, in the order the sale
+    /// scripts take them (for tools such as redis-benchmark).
+    #[command(hide = true)]
+    RedisKeys {
+        #[arg(long)]
+        event: i64,
+        #[arg(long, env = "SECKILL_REDIS_PREFIX", default_value = "sk")]
+        prefix: String,
+    },
+    /// Print a Lua script exactly as the engine loads it (with its prelude).
+    #[command(hide = true)]
+    Lua {
+        /// Script name: purchase, release, preheat, admit, missing, snapshot,
+        /// repair, cap, idempotency, renew, unlock.
+        name: String,
     },
 }
 
@@ -62,6 +85,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "{}",
                 Auth::new(secret.as_bytes(), "unused-admin-token").issue(user, ttl_secs)
             );
+            Ok(())
+        }
+        Command::RedisKeys { event, prefix } => {
+            for key in Keys::new(prefix).event(event).all() {
+                println!("{key}");
+            }
+            Ok(())
+        }
+        Command::Lua { name } => {
+            let scripts = Scripts::default();
+            let script = scripts
+                .all()
+                .into_iter()
+                .find(|s| s.name() == name)
+                .with_context(|| format!("no script named {name:?}"))?;
+            print!("{}", script.body());
             Ok(())
         }
     }

@@ -138,8 +138,11 @@ pub async fn insert_confirmed(
     batch: &[Intent],
 ) -> Result<HashSet<Uuid>, DbError> {
     let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "INSERT INTO orders (order_no, event_id, user_id, quantity, amount, status, created_at)
-         SELECT o, e, u, q, a, 'confirmed', c FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[]) AS t(o, e, u, q, a, c)
+        // persisted_at is the statement's clock, not now() (the transaction's
+        // start, before the admission round trips and any lock wait): the
+        // reconciler tells a batch its writer is still acking by it.
+        "INSERT INTO orders (order_no, event_id, user_id, quantity, amount, status, created_at, persisted_at)
+         SELECT o, e, u, q, a, 'confirmed', c, clock_timestamp() FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[]) AS t(o, e, u, q, a, c)
          ON CONFLICT (order_no) DO NOTHING
          RETURNING order_no",
     )

@@ -92,6 +92,7 @@ impl Reconciler {
             .into_iter()
             .filter(|i| !settling.contains(&i.order_no))
             .partition(|i| persisted.contains_key(&i.order_no));
+        let done = self.still_pending(event.id, done).await?;
 
         if !done.is_empty() {
             let settlements: Vec<Settlement> = done
@@ -235,5 +236,31 @@ impl Reconciler {
             last = now;
         }
         Ok(())
+    }
+
+    /// Of intents persisted a while ago but still in the ledger, those still
+    /// there after a second look: a writer slowed down (a long transaction,
+    /// a busy machine) acks its own in the meantime, and is no leftover.
+    async fn still_pending(
+        &self,
+        event_id: i64,
+        intents: Vec<Intent>,
+    ) -> Result<Vec<Intent>, ReconcileError> {
+        if intents.is_empty() {
+            return Ok(intents);
+        }
+        tokio::time::sleep(CONFIRM_AFTER).await;
+        let order_nos: Vec<Uuid> = intents.iter().map(|i| i.order_no).collect();
+        let pending: HashSet<Uuid> = self
+            .redis
+            .ledger_entries(event_id, &order_nos)
+            .await?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        Ok(intents
+            .into_iter()
+            .filter(|i| pending.contains(&i.order_no))
+            .collect())
     }
 }

@@ -37,7 +37,17 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
+    shopper: Buyer,
     db_name: String,
+}
+
+/// The app buys like any shopper: `app.purchase(...)` is `Buyer::purchase`.
+impl std::ops::Deref for TestApp {
+    type Target = Buyer;
+
+    fn deref(&self) -> &Buyer {
+        &self.shopper
+    }
 }
 
 /// Overrides on top of the test defaults (rate limits off).
@@ -118,18 +128,25 @@ pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
+    let auth = Arc::new(Auth::new(JWT_SECRET.as_bytes(), ADMIN_TOKEN));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     TestApp {
+        shopper: Buyer {
+            http: http.clone(),
+            base: base.clone(),
+            auth: auth.clone(),
+        },
         base,
         db,
         redis,
         raw,
         prefix,
-        auth: Arc::new(Auth::new(JWT_SECRET.as_bytes(), ADMIN_TOKEN)),
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        auth,
+        http,
         shutdown,
         server: Some(server),
         db_name,
@@ -238,27 +255,10 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::OK, "seed wallets");
     }
 
-    pub async fn purchase(&self, event: i64, user: i64, quantity: Value) -> (StatusCode, Value) {
-        self.buyer().purchase(event, user, quantity).await
-    }
-
-    pub async fn purchase_with(
-        &self,
-        event: i64,
-        user: i64,
-        body: Value,
-        key: Option<&str>,
-    ) -> (StatusCode, Value) {
-        self.buyer().purchase_with(event, user, body, key).await
-    }
-
-    /// A cheap, cloneable client for concurrent shoppers.
+    /// A cheap, cloneable client for concurrent shoppers (the app itself
+    /// buys through one: `app.purchase(...)`).
     pub fn buyer(&self) -> Buyer {
-        Buyer {
-            http: self.http.clone(),
-            base: self.base.clone(),
-            auth: self.auth.clone(),
-        }
+        self.shopper.clone()
     }
 
     /// Waits until no intent of the event is pending (writers done).

@@ -15,10 +15,11 @@ use tokio::io::AsyncWriteExt;
 use crate::{
     harness::{Persistence, Rig, ADMIN_TOKEN, JWT_SECRET},
     ledger_len,
-    load::{self, shopper_key, Load, LoadPlan, Outcome},
+    load::{self, shopper_key, Outcome},
     log_contains,
+    scenario::Setup,
     verdict::{Allow, Verdict},
-    FINISH_WITHIN, REACH_WITHIN, STOCK, USERS,
+    STOCK, USERS,
 };
 
 /// The largest price × quantity the API accepts, acknowledged from the
@@ -207,30 +208,24 @@ async fn sigterm_with_a_trickling_client_ends_within_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "fault suite: make faults"]
 async fn redis_back_from_an_older_snapshot_with_keyed_retries() {
-    let scenario = "redis_back_from_an_older_snapshot_with_keyed_retries";
-    let mut rig = Rig::new(scenario, Persistence::None).await;
-    rig.start_engine(&[("SECKILL_RECONCILE_INTERVAL_MS", "300")])
+    let mut s = Setup::new("redis_back_from_an_older_snapshot_with_keyed_retries")
+        .keyed()
+        .start()
         .await;
-    let api = rig.api(0);
-    let sale = api.open_sale(STOCK, USERS).await;
-    let url = rig.engines[0].url();
-    let mut plan = LoadPlan::new(vec![url.clone()]);
-    plan.keyed = true;
-    let load = Load::start(plan, &sale);
-
-    load.wait_accepted(STOCK as usize / 4, REACH_WITHIN).await;
-    rig.redis.snapshot().await;
-    let snapshot_at = load.elapsed();
-    let at_snapshot = load.accepted();
-    load.wait_accepted(STOCK as usize / 2, REACH_WITHIN).await;
+    s.sold(4).await;
+    s.rig.redis.snapshot().await;
+    let snapshot_at = s.load.elapsed();
+    let at_snapshot = s.load.accepted();
+    s.sold(2).await;
     // Let the writers persist what was sold after the snapshot.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    rig.redis.restart().await;
-    let healed = load.elapsed();
-    let at_restart = load.accepted();
+    s.rig.redis.restart().await;
+    let healed = s.load.elapsed();
+    let at_restart = s.load.accepted();
 
     // The shoppers who bought after the snapshot retry under their keys.
-    let bought_after: Vec<(i64, uuid::Uuid)> = load
+    let bought_after: Vec<(i64, uuid::Uuid)> = s
+        .load
         .attempts_so_far()
         .into_iter()
         .filter(|a| a.sent > snapshot_at && a.answered < healed)
@@ -239,38 +234,17 @@ async fn redis_back_from_an_older_snapshot_with_keyed_retries() {
             _ => None,
         })
         .collect();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let auth = Auth::new(JWT_SECRET.as_bytes(), ADMIN_TOKEN);
-    let mut same = 0;
+    let url = s.rig.engines[0].url();
     let mut other = Vec::new();
     for (user, order_no) in &bought_after {
-        let mut answer = Outcome::NotSent;
-        for _ in 0..20 {
-            answer = load::purchase(
-                &client,
-                &url,
-                sale.event_id,
-                &auth.issue(*user, 3600),
-                Some(&shopper_key(*user)),
-            )
-            .await;
-            if !matches!(answer, Outcome::Unknown(_) | Outcome::NotSent) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if answer == Outcome::Accepted(*order_no) {
-            same += 1;
-        } else {
+        let answer = keyed_retry(&url, s.sale.event_id, *user).await;
+        if answer != Outcome::Accepted(*order_no) {
             other.push((*user, answer));
         }
     }
-    let attempts = load.join(FINISH_WITHIN).await;
+    let attempts = s.finish_load().await;
 
-    let mut v = Verdict::new(scenario);
+    let v = &mut s.verdict;
     v.info(
         "fault",
         format!(
@@ -282,53 +256,52 @@ async fn redis_back_from_an_older_snapshot_with_keyed_retries() {
         "every keyed retry gets its own order back",
         other.is_empty() && !bought_after.is_empty(),
         format!(
-            "{same} of {} retries answered with their order_no{}",
+            "{} of {} retries answered with their order_no{}",
+            bought_after.len() - other.len(),
             bought_after.len(),
             other
                 .first()
                 .map_or(String::new(), |(u, a)| format!("; e.g. user {u}: {a:?}"))
         ),
     );
-    let (keys_with_two,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM (SELECT user_id FROM orders WHERE event_id = $1 AND status = 'confirmed'
-                               GROUP BY user_id HAVING count(*) > 1) t",
-    )
-    .bind(sale.event_id)
-    .fetch_one(&rig.db.pool)
-    .await
-    .expect("double orders");
+    let (charged_twice, stock_lost) = s.rig.db.charged_twice_and_stock_lost(s.sale.event_id).await;
+    let v = &mut s.verdict;
     v.check(
         "no shopper charged twice (one key each)",
-        keys_with_two == 0,
-        format!("{keys_with_two} shoppers with two confirmed orders"),
+        charged_twice == 0,
+        format!("{charged_twice} shoppers with two confirmed orders"),
     );
-    let (stock_lost,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM orders WHERE event_id = $1 AND failure_reason = 'stock_lost'",
-    )
-    .bind(sale.event_id)
-    .fetch_one(&rig.db.pool)
-    .await
-    .expect("stock_lost");
     let phantom = (at_restart - at_snapshot) as i64;
     v.check(
         "units the old state counted twice are sold at most once more",
         stock_lost <= phantom,
         format!("{stock_lost} 202s failed stock_lost ≤ {phantom} units sold after the snapshot"),
     );
-    v.judge(
-        &rig,
-        &api,
-        &sale,
-        &attempts,
-        Allow {
-            lost_state_before: Some(healed),
-            repair_kinds: &["stock_drift", "buyer_drift", "oversold", "redis_state_lost"],
-            ..Allow::default()
-        },
-    )
-    .await;
-    v.conclude();
-    rig.finish().await;
+    let allow = Allow {
+        lost_state_before: Some(healed),
+        repair_kinds: &["stock_drift", "buyer_drift", "oversold", "redis_state_lost"],
+        ..Allow::default()
+    };
+    let api = s.api.clone();
+    s.conclude(&api, &attempts, allow).await;
+}
+
+/// A shopper's retry under their key, until it gets a definite answer.
+async fn keyed_retry(url: &str, event_id: i64, user: i64) -> Outcome {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let token = Auth::new(JWT_SECRET.as_bytes(), ADMIN_TOKEN).issue(user, 3600);
+    let mut answer = Outcome::NotSent;
+    for _ in 0..20 {
+        answer = load::purchase(&client, url, event_id, &token, Some(&shopper_key(user))).await;
+        if !matches!(answer, Outcome::Unknown(_) | Outcome::NotSent) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answer
 }
 
 /// `SECKILL_ACK=durable`: the engine is killed mid-sale with intents only in
@@ -338,49 +311,30 @@ async fn redis_back_from_an_older_snapshot_with_keyed_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "fault suite: make faults"]
 async fn durable_ack_loses_nothing_when_the_engine_dies_and_redis_empties() {
-    let scenario = "durable_ack_engine_killed_then_redis_emptied";
-    let mut rig = Rig::new(scenario, Persistence::None).await;
-    rig.start_engine(&[
-        ("SECKILL_ACK", "durable"),
-        ("SECKILL_RECONCILE_INTERVAL_MS", "300"),
-    ])
-    .await;
-    let api = rig.api(0);
-    let sale = api.open_sale(STOCK, USERS * 5).await;
-    let load = Load::start(LoadPlan::new(vec![rig.engines[0].url()]), &sale);
+    let mut s = Setup::new("durable_ack_engine_killed_then_redis_emptied")
+        .settings(&[("SECKILL_ACK", "durable")])
+        .sale(STOCK, USERS * 5)
+        .start()
+        .await;
+    s.sold(3).await;
+    s.rig.engines[0].kill9();
+    let pending = ledger_len(&s.rig, s.sale.event_id).await;
+    s.rig.redis.restart().await;
+    s.rig.engines[0].restart().await;
+    let attempts = s.finish_load().await;
 
-    load.wait_accepted(STOCK as usize / 3, REACH_WITHIN).await;
-    rig.engines[0].kill9();
-    let pending = ledger_len(&rig, sale.event_id).await;
-    rig.redis.restart().await;
-    let healed = load.elapsed();
-    rig.engines[0].restart().await;
-    let attempts = load.join(FINISH_WITHIN).await;
-
-    let mut v = Verdict::new(scenario);
-    v.info(
+    s.verdict.info(
         "fault",
         format!(
             "SIGKILL engine with {pending} intents only in the ledger, then Redis restarted empty"
         ),
     );
     // Strict: every 202, whenever it was sent, is a row.
-    v.judge(
-        &rig,
-        &api,
-        &sale,
-        &attempts,
-        Allow {
-            lost_state_before: Some(Duration::ZERO),
-            repair_kinds: &["redis_state_lost", "stock_drift", "buyer_drift"],
-            ..Allow::default()
-        },
-    )
-    .await;
-    v.info(
-        "healed at",
-        format!("{:.2} s into the load", healed.as_secs_f64()),
-    );
-    v.conclude();
-    rig.finish().await;
+    let allow = Allow {
+        lost_state_before: Some(Duration::ZERO),
+        repair_kinds: &["redis_state_lost", "stock_drift", "buyer_drift"],
+        ..Allow::default()
+    };
+    let api = s.api.clone();
+    s.conclude(&api, &attempts, allow).await;
 }

@@ -259,6 +259,70 @@ impl Database {
         }
     }
 
+    /// Reconciler passes recorded so far.
+    pub async fn reconcile_runs(&self) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM reconcile_runs")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count reconcile runs");
+        n
+    }
+
+    /// The pid of the engine that ran the last reconciler pass, if any.
+    pub async fn last_reconciler_pid(&self) -> Option<String> {
+        let holder: Option<(String,)> =
+            sqlx::query_as("SELECT holder FROM reconcile_runs ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .expect("last run");
+        holder.map(|(h,)| h.split('-').next().unwrap_or("").to_string())
+    }
+
+    /// Reconciler passes by the engine with this pid since `since`.
+    pub async fn passes_by(&self, pid: &str, since: chrono::DateTime<chrono::Utc>) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM reconcile_runs WHERE started_at > $1 AND split_part(holder, '-', 1) = $2",
+        )
+        .bind(since)
+        .bind(pid)
+        .fetch_one(&self.pool)
+        .await
+        .expect("runs");
+        n
+    }
+
+    /// Postgres's clock.
+    pub async fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let (now,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .expect("now");
+        now
+    }
+
+    /// Shoppers with two confirmed orders in the event, and its `stock_lost` orders.
+    pub async fn charged_twice_and_stock_lost(&self, event_id: i64) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (SELECT user_id FROM orders WHERE event_id = $1 AND status = 'confirmed'
+                                           GROUP BY user_id HAVING count(*) > 1) t),
+                    (SELECT count(*) FROM orders WHERE event_id = $1 AND failure_reason = 'stock_lost')",
+        )
+        .bind(event_id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("double orders and stock_lost")
+    }
+
+    /// How many of these order_nos are orders.
+    pub async fn orders_among(&self, order_nos: &[Uuid]) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE order_no = ANY($1)")
+            .bind(order_nos)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count orders");
+        n
+    }
+
     /// Terminates every backend the engines hold; returns how many.
     pub async fn terminate_engine_backends(&self) -> i64 {
         let rows: Vec<(bool,)> = sqlx::query_as(
@@ -478,6 +542,11 @@ impl Rig {
         engine.spawn().await;
         self.engines.push(engine);
         index
+    }
+
+    /// The key names of this rig's deployment (the engine's own builder).
+    pub fn keys(&self) -> seckill::redis::Keys {
+        seckill::redis::Keys::new(self.prefix.clone())
     }
 
     pub fn api(&self, engine: usize) -> Api {

@@ -92,17 +92,32 @@ pub struct Load {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Load {
-    pub fn start(plan: LoadPlan, sale: &Sale) -> Self {
-        let shared = Arc::new(Shared {
-            next_user: AtomicI64::new(sale.first_user),
-            last_user: sale.first_user + sale.users - 1,
+impl Shared {
+    fn new(first_user: i64, last_user: i64) -> Arc<Self> {
+        Arc::new(Self {
+            next_user: AtomicI64::new(first_user),
+            last_user,
             stop: AtomicBool::new(false),
             finish_on_sold_out: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             unknown: AtomicUsize::new(0),
             attempts: Mutex::new(Vec::new()),
-        });
+        })
+    }
+}
+
+impl Load {
+    /// A load with no shoppers (what is left once a load was joined).
+    pub fn idle() -> Self {
+        Self {
+            shared: Shared::new(1, 0),
+            started: Instant::now(),
+            tasks: Vec::new(),
+        }
+    }
+
+    pub fn start(plan: LoadPlan, sale: &Sale) -> Self {
+        let shared = Shared::new(sale.first_user, sale.first_user + sale.users - 1);
         let client = reqwest::Client::builder()
             .timeout(plan.timeout)
             .pool_max_idle_per_host(plan.tasks * 2)
