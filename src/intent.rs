@@ -4,7 +4,8 @@
 //! that takes the stock, as `"user_id:quantity:amount:accepted_ms"`
 //! ([`LedgerEntry`], the one place that format is read in Rust); the HTTP
 //! handler hands it to the writers; the reconciler replays it from the ledger
-//! when no writer persisted it. Every layer speaks of it with these types.
+//! when no writer persisted it; once persisted it is [`Settled`]. Every layer
+//! speaks of it with these types.
 
 use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
@@ -18,6 +19,25 @@ pub struct Intent {
     pub quantity: i32,
     pub amount: i64,
     pub accepted_at: DateTime<Utc>,
+}
+
+/// Why an order failed; stored in `orders.failure_reason`.
+pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
+pub const NO_WALLET: &str = "no_wallet";
+/// Its units do not exist: accepted by a Redis that then lost it with no
+/// stock left to take again, or by a Redis back from an older state beyond
+/// what Postgres had left unsold.
+pub const STOCK_LOST: &str = "stock_lost";
+/// A keyed retry resumed an attempt that had no answer, and Redis refused it:
+/// the order is void, so a copy of it still in flight can never confirm it.
+pub const NOT_ACCEPTED: &str = "not_accepted";
+
+/// How a persisted order ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Confirmed,
+    /// Failed, with the reason stored in `orders.failure_reason`.
+    Failed(String),
 }
 
 /// One pending intent as the ledger holds it (the event and order_no are

@@ -4,7 +4,8 @@
 //! # Data flow
 //!
 //! ```text
-//! shopper ─HTTP─> axum router ─ rate limit (governor) ─ auth (JWT) ─ validate
+//! shopper ─HTTP─> axum router ─ rate limits (global, per IP) ─ JWT ─ per-shopper limit
+//!                    │            ─ event (cached) ─ body ─ Idempotency-Key claim
 //!                    │
 //!                    │ local "sold out" flag per event: once sold out, answer 409 here
 //!                    ▼
@@ -12,13 +13,14 @@
 //!                    │               window, per-user limit, stock, decrement, buyer
 //!                    │               record, order intent in the event's ledger
 //!                    ▼
-//!       202 Accepted {order_no, status: pending}
+//!       202 Accepted {order_no, status: pending}       (SECKILL_ACK=durable: after the commit)
 //!                    │
 //!                    ▼
 //!             async-channel (bounded) ──> N writer workers (batches)
 //!                                             │ one Postgres transaction per batch:
-//!                                             │ orders (ON CONFLICT order_no), versioned
-//!                                             │ wallet debits, payments, events.sold;
+//!                                             │ admission against the ledger, orders
+//!                                             │ (ON CONFLICT order_no), versioned wallet
+//!                                             │ debits, payments, events.sold;
 //!                                             │ cannot pay → order failed
 //!                                             ▼
 //!                                  ack the ledger (confirmed) / release.lua (failed)
@@ -34,20 +36,30 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: typed settings from `SECKILL_*` variables, validated at start.
-//! - [`telemetry`]: tracing subscriber and the Prometheus recorder.
-//! - [`startup`]: build → bind → serve → ordered graceful shutdown.
-//! - [`state`]: the shared `AppState`.
-//! - [`http`]: routes, one module per resource, extractors; [`error`] maps
-//!   every failure to the JSON error body.
-//! - [`auth`], [`ratelimit`], [`idempotency`]: the gates in front of a purchase.
-//! - [`catalog`]: cached events and the local sold-out flags.
-//! - [`redis`]: keys (the only place key strings are built) and one wrapper per
-//!   `lua/` script.
-//! - [`db`]: Postgres queries and the embedded migrations.
-//! - [`writer`]: the channel and the batching workers ([`writer::persist`]).
-//! - [`reconciler`]: leader-locked repair and replay.
-//! - [`invariants`]: the SPEC §5 checker used by the admin API, tests and load tests.
+//! Each module imports only modules listed below it (no cycles).
+//!
+//! - `main.rs`: the thin binary (`serve`, `migrate`, `token`).
+//! - [`startup`]: build → bind → serve → bounded graceful shutdown; the
+//!   background tasks (stock-back watcher, housekeeping).
+//! - [`http`]: the router, one module per resource ([`http::purchase`] is the
+//!   hot path: gates, typed answers, the keyed flow), extractors that answer
+//!   with the JSON error body, and the accept loop with its timeouts.
+//! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
+//!   type at the HTTP edge, which every layer's error maps into.
+//! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
+//!   explicit dependencies; [`invariants`]: the SPEC §5 checker.
+//! - [`catalog`]: cached events and the local sold-out flags;
+//!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
+//!   that bought); [`drift`]: what Redis should hold and how far it is;
+//!   [`loading`]: fenced preheat and rebuild of a sale in Redis;
+//!   [`writer`]: the channel, the batching workers, one batch's algorithm
+//!   ([`writer::persist`]), its admission and its settlement in Redis.
+//! - [`db`]: every Postgres query, one module per table, executor-generic;
+//!   [`redis`]: a small handle, one typed wrapper per `lua/` script, the key
+//!   builder (the only place key strings are built); no raw Redis command
+//!   leaves it. [`ratelimit`] and [`telemetry`].
+//! - [`intent`]: the order intent, its ledger format and how an order ended;
+//!   [`config`]: typed settings; [`auth`]: tokens. The bottom floor.
 
 pub mod auth;
 pub mod catalog;

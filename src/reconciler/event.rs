@@ -12,10 +12,10 @@ use super::{Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER};
 use crate::{
     db::{self, events::Event, DbError},
     drift::{drift, expected_state, Drift},
-    intent::Intent,
+    intent::{Intent, Settled},
     loading,
     redis::Snapshot,
-    writer::{self, settle, Settled, Settlement},
+    writer::{self, settle, Settlement},
 };
 
 /// How long to wait before confirming a drift with a second look.

@@ -24,10 +24,14 @@ use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinSet};
 use uuid::Uuid;
 
-pub use persist::{BatchResult, Settled};
+pub use persist::BatchResult;
 pub use settle::{settle, Settlement};
 
-use crate::{config::WriterSettings, intent::Intent, redis::Redis};
+use crate::{
+    config::WriterSettings,
+    intent::{Intent, Settled},
+    redis::Redis,
+};
 
 /// One accepted intent on its way to a writer, and who waits for its commit.
 struct Job {

@@ -19,28 +19,9 @@ use uuid::Uuid;
 use super::{admission, settle::Settlement};
 use crate::{
     db::{self, money::Debit, wallets::PlannedDebit, DbError},
-    intent::Intent,
+    intent::{Intent, Settled, INSUFFICIENT_FUNDS, NO_WALLET, STOCK_LOST},
     redis::{Redis, RedisError},
 };
-
-/// Why an order failed; stored in `orders.failure_reason`.
-pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
-pub const NO_WALLET: &str = "no_wallet";
-/// Its units do not exist: accepted by a Redis that then lost it with no
-/// stock left to take again, or by a Redis back from an older state beyond
-/// what Postgres had left unsold.
-pub const STOCK_LOST: &str = "stock_lost";
-/// A keyed retry resumed an attempt that had no answer, and Redis refused it:
-/// the order is void, so a copy of it still in flight can never confirm it.
-pub const NOT_ACCEPTED: &str = "not_accepted";
-
-/// How a persisted order ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Settled {
-    Confirmed,
-    /// Failed, with the reason stored in `orders.failure_reason`.
-    Failed(String),
-}
 
 /// How a batch ended, per order.
 #[derive(Debug, Default)]

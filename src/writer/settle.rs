@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::persist::{Settled, STOCK_LOST};
-use crate::redis::{Redis, RedisError};
+use crate::{
+    intent::{Settled, STOCK_LOST},
+    redis::{Redis, RedisError},
+};
 
 /// One persisted order and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

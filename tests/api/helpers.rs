@@ -330,6 +330,15 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// `GET path` with this bearer token (none: no Authorization header).
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
     /// A shopper's `GET /api/orders/{order_no}`.
     pub async fn order(&self, user: i64, order_no: &str) -> (StatusCode, Value) {
         let r = self

@@ -103,15 +103,7 @@ async fn health_ready_metrics_and_operator_routes() {
     let wallet = app.admin_get("/admin/wallets/1").await;
     assert_eq!(wallet, json!({"user_id": 1, "balance": 900, "version": 1}));
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_as("/metrics", None).await.text().await.unwrap();
     for name in [
         "seckill_purchases_total",
         "seckill_purchase_seconds",
@@ -122,11 +114,8 @@ async fn health_ready_metrics_and_operator_routes() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     let page = app
-        .http
-        .get(app.url("/admin/dashboard"))
-        .send()
+        .get_as("/admin/dashboard", None)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -15,9 +15,8 @@ use crate::{
     db,
     error::ApiError,
     idempotency::{self, Claim, IdempotencyStore, StoreError},
-    intent::Intent,
+    intent::{Intent, NOT_ACCEPTED, STOCK_LOST},
     state::AppState,
-    writer::persist,
 };
 
 /// Buys once per (shopper, key, request).
@@ -44,8 +43,15 @@ pub(super) async fn buy(
         Claim::InProgress => return Ok(Answer::Refused(Refusal::InProgress)),
         Claim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
     };
-    let answer = match keyed_attempt(app, slot, &store, user_id, quantity, order_no, resumed).await
-    {
+    let attempt = Attempt {
+        app,
+        slot,
+        store: &store,
+        user_id,
+        quantity,
+        order_no,
+    };
+    let answer = match attempt.run(resumed).await {
         Ok(answer) => answer,
         Err(err) => {
             // No answer was given: a retry resumes this attempt with the same order_no.
@@ -63,106 +69,106 @@ pub(super) async fn buy(
     Ok(answer)
 }
 
-async fn keyed_attempt(
-    app: &AppState,
-    slot: &EventSlot,
-    store: &IdempotencyStore<'_>,
+/// One attempt under a claimed key and its order_no.
+struct Attempt<'a> {
+    app: &'a AppState,
+    slot: &'a EventSlot,
+    store: &'a IdempotencyStore<'a>,
     user_id: i64,
     quantity: i32,
     order_no: Uuid,
-    resumed: bool,
-) -> Result<Answer, ApiError> {
-    match take_stock(app, slot, user_id, quantity, order_no, resumed).await? {
-        Taken::Bought { intent, replay } => {
-            match store.record_accepted(order_no).await {
-                Ok(()) => {}
-                Err(StoreError::Taken(winner)) => {
-                    // Across a Redis loss two attempts under one key both
-                    // bought: the first recorded keeps it, ours is undone.
-                    app.redis.release(slot.event.id, &[order_no]).await?;
-                    return Ok(Answer::Accepted {
-                        receipt: Receipt {
-                            order_no: winner,
-                            ..receipt_of(&intent)
-                        },
-                        replay: true,
-                    });
-                }
-                Err(err) => {
-                    // Accepted in Redis but the key is not durable yet: persist
-                    // the order anyway; the client retries and resumes it.
-                    app.writers.offer(intent);
-                    return Err(err.into());
-                }
-            }
-            Ok(Answer::Accepted {
-                receipt: hand_off(app, intent).await?,
-                replay,
-            })
-        }
-        Taken::Refused(refusal) if resumed => {
-            settle_unanswered(app, slot, store, user_id, quantity, order_no, refusal).await
-        }
-        Taken::Refused(refusal) => Ok(Answer::Refused(refusal)),
-    }
 }
 
-/// A resumed attempt that Redis now refuses. Either the earlier attempt never
-/// bought, or a Redis that since lost its state accepted it (and a copy may
-/// still be queued in some engine). Postgres decides, once: the order is
-/// written as failed unless it is there already, so no later copy can
-/// confirm it, and the answer matches what is persisted.
-async fn settle_unanswered(
-    app: &AppState,
-    slot: &EventSlot,
-    store: &IdempotencyStore<'_>,
-    user_id: i64,
-    quantity: i32,
-    order_no: Uuid,
-    refusal: Refusal,
-) -> Result<Answer, ApiError> {
-    let accepted = store.was_accepted(order_no).await?;
-    let amount = slot.event.price * quantity as i64;
-    let order = db::orders::FailedOrder {
-        order_no,
-        event_id: slot.event.id,
-        user_id,
-        quantity,
-        amount,
-        // Acknowledged once (the key is durable): its stock went with Redis.
-        reason: if accepted {
-            persist::STOCK_LOST
-        } else {
-            persist::NOT_ACCEPTED
-        },
-    };
-    let voided = db::orders::insert_failed_unless_present(&app.db, &order).await?;
-    if voided && !accepted {
-        return Ok(Answer::Refused(refusal));
-    }
-    // It was accepted once: the same 202 as then.
-    let intent = Intent {
-        order_no,
-        event_id: slot.event.id,
-        user_id,
-        quantity,
-        amount,
-        accepted_at: Utc::now(),
-    };
-    let mut receipt = receipt_of(&intent);
-    if app.settings.ack == AckMode::Durable {
-        let persisted = db::orders::get(&app.db, order_no).await?;
-        if let Some(order) = persisted {
-            receipt.status = if order.status == "confirmed" {
-                "confirmed"
-            } else {
-                "failed"
-            };
-            receipt.failure_reason = order.failure_reason;
+impl Attempt<'_> {
+    /// `resumed`: an earlier attempt with this order_no ended unanswered.
+    async fn run(&self, resumed: bool) -> Result<Answer, ApiError> {
+        let (app, order_no) = (self.app, self.order_no);
+        let taken = take_stock(
+            app,
+            self.slot,
+            self.user_id,
+            self.quantity,
+            order_no,
+            resumed,
+        );
+        match taken.await? {
+            Taken::Bought { intent, replay } => {
+                match self.store.record_accepted(order_no).await {
+                    Ok(()) => {}
+                    Err(StoreError::Taken(winner)) => {
+                        // Across a Redis loss two attempts under one key both
+                        // bought: the first recorded keeps it, ours is undone.
+                        app.redis.release(self.slot.event.id, &[order_no]).await?;
+                        return Ok(Answer::Accepted {
+                            receipt: Receipt {
+                                order_no: winner,
+                                ..receipt_of(&intent)
+                            },
+                            replay: true,
+                        });
+                    }
+                    Err(err) => {
+                        // Accepted in Redis but the key is not durable yet:
+                        // persist the order anyway; the client retries and
+                        // resumes it.
+                        app.writers.offer(intent);
+                        return Err(err.into());
+                    }
+                }
+                Ok(Answer::Accepted {
+                    receipt: hand_off(app, intent).await?,
+                    replay,
+                })
+            }
+            Taken::Refused(refusal) if resumed => self.settle_unanswered(refusal).await,
+            Taken::Refused(refusal) => Ok(Answer::Refused(refusal)),
         }
     }
-    Ok(Answer::Accepted {
-        receipt,
-        replay: true,
-    })
+
+    /// A resumed attempt that Redis now refuses. Either the earlier attempt
+    /// never bought, or a Redis that since lost its state accepted it (and a
+    /// copy may still be queued in some engine). Postgres decides, once: the
+    /// order is written as failed unless it is there already, so no later
+    /// copy can confirm it, and the answer matches what is persisted.
+    async fn settle_unanswered(&self, refusal: Refusal) -> Result<Answer, ApiError> {
+        let (app, order_no) = (self.app, self.order_no);
+        let accepted = self.store.was_accepted(order_no).await?;
+        let intent = Intent {
+            order_no,
+            event_id: self.slot.event.id,
+            user_id: self.user_id,
+            quantity: self.quantity,
+            amount: self.slot.event.price * self.quantity as i64,
+            accepted_at: Utc::now(),
+        };
+        let order = db::orders::FailedOrder {
+            order_no,
+            event_id: intent.event_id,
+            user_id: intent.user_id,
+            quantity: intent.quantity,
+            amount: intent.amount,
+            // Acknowledged once (the key is durable): its stock went with Redis.
+            reason: if accepted { STOCK_LOST } else { NOT_ACCEPTED },
+        };
+        let voided = db::orders::insert_failed_unless_present(&app.db, &order).await?;
+        if voided && !accepted {
+            return Ok(Answer::Refused(refusal));
+        }
+        // It was accepted once: the same 202 as then.
+        let mut receipt = receipt_of(&intent);
+        if app.settings.ack == AckMode::Durable {
+            if let Some(order) = db::orders::get(&app.db, order_no).await? {
+                receipt.status = if order.status == "confirmed" {
+                    "confirmed"
+                } else {
+                    "failed"
+                };
+                receipt.failure_reason = order.failure_reason;
+            }
+        }
+        Ok(Answer::Accepted {
+            receipt,
+            replay: true,
+        })
+    }
 }

@@ -32,10 +32,9 @@ use crate::{
     db,
     error::ApiError,
     idempotency,
-    intent::{from_millis, Intent},
+    intent::{from_millis, Intent, Settled},
     redis::PurchaseOutcome,
     state::AppState,
-    writer::Settled,
 };
 
 #[derive(Debug, Deserialize)]
