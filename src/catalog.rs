@@ -1,15 +1,23 @@
-//! The process-local view of events: their immutable sale parameters, cached
-//! after the first read, and a per-event "sold out" flag so that once Redis
-//! has said sold out, the purchase path answers 409 without a Redis trip.
+//! The process-local view of events, so that the crowd's requests touch
+//! neither Postgres nor, mostly, Redis:
 //!
-//! The flag is cleared when stock comes back: by a `stock-back` message on
-//! Redis pub/sub (published by whichever process released stock or preheated),
-//! and, in case a message is missed, by a periodic re-check of flagged events.
+//! - each event's sale parameters, read from Postgres once;
+//! - a per-event "sold out" flag: once Redis has said sold out, the purchase
+//!   path answers 409 without a Redis trip. It is cleared when stock comes
+//!   back (a `stock-back` message on Redis pub/sub, and a periodic re-check
+//!   of flagged events in case a message is missed);
+//! - the stock left as Redis last said, refreshed every
+//!   [`STOCK_REFRESH`] for the events someone looked at lately, for the
+//!   public event page;
+//! - unknown ids: remembered briefly, ids above the highest event id are
+//!   unknown without asking, and at most [`LOOKUPS_AT_ONCE`] lookups reach
+//!   Postgres at a time, so a flood of random ids cannot starve the writers
+//!   of connections.
 
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, RwLock,
     },
     time::{Duration, Instant},
@@ -17,16 +25,46 @@ use std::{
 
 use chrono::Utc;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::db::{self, events::Event, DbError};
 
-/// One cached event and its local sold-out flag.
+/// How often the stock of recently viewed events is read from Redis.
+pub const STOCK_REFRESH: Duration = Duration::from_millis(100);
+/// An event not viewed for this long is no longer refreshed.
+const VIEWED_WITHIN: Duration = Duration::from_secs(10);
+/// Postgres lookups of events not in the cache, at most this many at once.
+pub const LOOKUPS_AT_ONCE: usize = 2;
+/// How long an unknown id is remembered as unknown.
+const MISSING_TTL: Duration = Duration::from_secs(1);
+
+/// No stock read yet (`stock` field).
+const UNREAD: i64 = i64::MIN;
+/// Not loaded into Redis (`stock` field).
+const NOT_LOADED: i64 = i64::MIN + 1;
+
+/// One cached event, its local sold-out flag and its last-read stock.
 pub struct EventSlot {
     pub event: Event,
     sold_out: AtomicBool,
+    stock: AtomicI64,
+    /// Milliseconds since the catalog's start: when `stock` was read, and
+    /// when the event was last viewed.
+    stock_read_ms: AtomicU64,
+    viewed_ms: AtomicU64,
 }
 
 impl EventSlot {
+    fn new(event: Event) -> Self {
+        Self {
+            event,
+            sold_out: AtomicBool::new(false),
+            stock: AtomicI64::new(UNREAD),
+            stock_read_ms: AtomicU64::new(0),
+            viewed_ms: AtomicU64::new(0),
+        }
+    }
+
     pub fn is_sold_out(&self) -> bool {
         self.sold_out.load(Ordering::Acquire)
     }
@@ -55,15 +93,40 @@ enum Entry {
     Missing(Instant),
 }
 
-/// Event cache shared by every request of the process.
-#[derive(Default)]
-pub struct Catalog {
-    entries: RwLock<HashMap<i64, Entry>>,
+/// The stock of an event as the catalog last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenStock {
+    /// Units left in Redis; `None` when the event is not loaded there.
+    pub left: Option<i64>,
+    /// How long ago Redis said so.
+    pub age: Duration,
 }
 
-const MISSING_TTL: Duration = Duration::from_secs(1);
+/// Event cache shared by every request of the process.
+pub struct Catalog {
+    entries: RwLock<HashMap<i64, Entry>>,
+    /// The highest event id in Postgres, as of the last refresh.
+    max_id: AtomicI64,
+    lookups: Semaphore,
+    started: Instant,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            max_id: AtomicI64::new(i64::MAX),
+            lookups: Semaphore::new(LOOKUPS_AT_ONCE),
+            started: Instant::now(),
+        }
+    }
+}
 
 impl Catalog {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// The event, from cache or Postgres; `None` when it does not exist.
     pub async fn get(&self, db: &PgPool, id: i64) -> Result<Option<Arc<EventSlot>>, DbError> {
         {
@@ -74,16 +137,21 @@ impl Catalog {
                 _ => {}
             }
         }
+        // Events get ids in order: one above the highest is no event (yet).
+        if id > self.max_id.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let _permit = self.lookups.acquire().await.expect("never closed");
+        if let Some(Entry::Known(slot)) = self.entries.read().expect("catalog lock").get(&id) {
+            return Ok(Some(slot.clone()));
+        }
         let found = db::events::get(db, id).await?;
         let mut entries = self.entries.write().expect("catalog lock poisoned");
         Ok(match found {
             Some(event) => {
                 let slot = match entries.get(&id) {
                     Some(Entry::Known(slot)) => slot.clone(),
-                    _ => Arc::new(EventSlot {
-                        event,
-                        sold_out: AtomicBool::new(false),
-                    }),
+                    _ => Arc::new(EventSlot::new(event)),
                 };
                 entries.insert(id, Entry::Known(slot.clone()));
                 Some(slot)
@@ -95,12 +163,70 @@ impl Catalog {
         })
     }
 
-    /// Forget a negative entry (the event was just created).
-    pub fn forget(&self, id: i64) {
+    /// An event was created (maybe with an id above the highest one known).
+    pub fn created(&self, id: i64) {
+        self.max_id.fetch_max(id, Ordering::AcqRel);
         let mut entries = self.entries.write().expect("catalog lock poisoned");
         if matches!(entries.get(&id), Some(Entry::Missing(_))) {
             entries.remove(&id);
         }
+    }
+
+    /// The highest event id in Postgres (refreshed by the background task).
+    pub fn set_max_id(&self, id: i64) {
+        self.max_id.store(id, Ordering::Release);
+    }
+
+    /// The stock to show for an event: the last read, when it is fresh; the
+    /// caller reads Redis when it is not (`None`). Marks the event viewed,
+    /// so the refresher keeps it fresh. A local sold-out flag shows 0 at once.
+    pub fn seen_stock(&self, slot: &EventSlot) -> Option<SeenStock> {
+        let now = self.now_ms();
+        slot.viewed_ms.store(now, Ordering::Relaxed);
+        let stock = slot.stock.load(Ordering::Acquire);
+        if stock == UNREAD {
+            return None;
+        }
+        let read = slot.stock_read_ms.load(Ordering::Acquire);
+        let age = Duration::from_millis(now.saturating_sub(read));
+        if age > STOCK_REFRESH * 5 {
+            return None;
+        }
+        let left = (stock != NOT_LOADED).then_some(stock);
+        Some(SeenStock {
+            left: if slot.is_sold_out() {
+                left.map(|l| l.min(0))
+            } else {
+                left
+            },
+            age,
+        })
+    }
+
+    /// Records the stock Redis just reported for an event.
+    pub fn saw_stock(&self, slot: &EventSlot, left: Option<i64>) {
+        slot.stock
+            .store(left.unwrap_or(NOT_LOADED), Ordering::Release);
+        slot.stock_read_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Cached events viewed within the last few seconds: those to refresh.
+    pub fn recently_viewed(&self) -> Vec<Arc<EventSlot>> {
+        let now = self.now_ms();
+        let within = VIEWED_WITHIN.as_millis() as u64;
+        self.entries
+            .read()
+            .expect("catalog lock poisoned")
+            .values()
+            .filter_map(|e| match e {
+                Entry::Known(slot)
+                    if now.saturating_sub(slot.viewed_ms.load(Ordering::Relaxed)) < within =>
+                {
+                    Some(slot.clone())
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Stock came back for this event: let purchases reach Redis again.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Auth,
-    catalog::Catalog,
+    catalog::{self, Catalog},
     config::Settings,
     db,
     ratelimit::RateLimits,
@@ -90,6 +90,7 @@ impl Application {
         background.spawn(state.reconciler.clone().run_loop(stop_background.clone()));
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
+        background.spawn(refresh_catalog(state.clone(), stop_background.clone()));
 
         let listener = TcpListener::bind(state.settings.bind)
             .await
@@ -239,6 +240,32 @@ async fn poll_sold_out(app: AppState, stop: CancellationToken) {
                 if left > 0 {
                     app.catalog.clear_sold_out(id);
                 }
+            }
+        }
+    }
+}
+
+/// Keeps the catalog fresh for the event page: the stock of the events
+/// viewed lately, every [`catalog::STOCK_REFRESH`]; the highest event id,
+/// every second.
+async fn refresh_catalog(app: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(catalog::STOCK_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_max_id = tokio::time::Instant::now() - Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for slot in app.catalog.recently_viewed() {
+            if let Ok(left) = app.redis.stock_left(slot.event.id).await {
+                app.catalog.saw_stock(&slot, left);
+            }
+        }
+        if last_max_id.elapsed() >= Duration::from_secs(1) {
+            last_max_id = tokio::time::Instant::now();
+            if let Ok(max) = db::events::max_id(&app.db).await {
+                app.catalog.set_max_id(max);
             }
         }
     }

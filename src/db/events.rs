@@ -123,3 +123,11 @@ pub async fn preheated_ids(
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
+
+/// The highest event id (0 when there is none).
+pub async fn max_id(db: impl PgExecutor<'_>) -> Result<i64, DbError> {
+    let (max,): (Option<i64>,) = sqlx::query_as("SELECT max(id) FROM events")
+        .fetch_one(db)
+        .await?;
+    Ok(max.unwrap_or(0))
+}

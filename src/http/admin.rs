@@ -120,7 +120,7 @@ pub async fn create_event(
         ends_at: body.ends_at,
     };
     let event = db::events::insert(&app.db, &new).await?;
-    app.catalog.forget(event.id);
+    app.catalog.created(event.id);
     Ok((StatusCode::CREATED, Json(event_view(&app, &event).await?)))
 }
 

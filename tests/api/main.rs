@@ -7,6 +7,7 @@ mod bench_script;
 mod cluster;
 mod connections;
 mod durable_ack;
+mod event_page;
 mod exactness;
 mod helpers;
 mod idempotency;

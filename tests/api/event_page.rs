@@ -1,0 +1,103 @@
+//! `GET /api/events/{id}`: the page every shopper refreshes is answered from
+//! the catalog, with no Postgres query and no Redis round trip per call.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{all, spawn_app_env, LocalRedis};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_event_page_asks_neither_postgres_nor_redis_per_call() {
+    let redis = LocalRedis::start().await;
+    let app = spawn_app_env(vec![("SECKILL_REDIS_URL".into(), redis.url())]).await;
+    let sale = app.open_sale(7, 100, 1).await;
+    let page = format!("/api/events/{}", sale.id);
+    let first = app.get_as(&page, None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(
+        (body["stock_left"].as_i64(), body["status"].as_str()),
+        (Some(7), Some("active"))
+    );
+    // Let the catalog learn the highest event id.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+
+    // Postgres is unusable for the events table from now on: any query on it waits.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let gets_before = redis.calls("get");
+    let started = Instant::now();
+    let answers = all(0..400, |_| {
+        let (http, url) = (app.http.clone(), app.url(&page));
+        async move {
+            let r = http.get(url).timeout(Duration::from_secs(2)).send().await;
+            r.map(|r| r.status()).ok()
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let gets = redis.calls("get") - gets_before;
+    assert!(
+        answers.iter().all(|s| *s == Some(StatusCode::OK)),
+        "every view answered without Postgres: {answers:?}"
+    );
+    // The refresher reads the stock every 100 ms, whatever the crowd does.
+    let refreshes = took.as_millis() as u64 / 100 + 3;
+    assert!(
+        gets <= refreshes,
+        "{gets} Redis GETs for 400 views in {took:?}"
+    );
+
+    // Unknown ids never reach Postgres (locked: they would hang) either.
+    let unknown = all(0..50i64, |i| {
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/api/events/{}", 1_000 + i)),
+        );
+        async move {
+            http.get(url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .map(|r| r.status())
+                .ok()
+        }
+    })
+    .await;
+    assert!(
+        unknown.iter().all(|s| *s == Some(StatusCode::NOT_FOUND)),
+        "{unknown:?}"
+    );
+    lock.rollback().await.unwrap();
+
+    // Revalidation: an unchanged page is a 304.
+    let r = app
+        .http
+        .get(app.url(&page))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age=0"));
+
+    // A purchase shows within the refresh interval.
+    app.fund(1, 1, 1_000).await;
+    assert_eq!(
+        app.purchase(sale.id, 1, serde_json::json!(1)).await.0,
+        StatusCode::ACCEPTED
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let body: Value = app.get_as(&page, None).await.json().await.unwrap();
+    assert_eq!(body["stock_left"], 6);
+    app.cleanup().await;
+}
