@@ -14,7 +14,6 @@ use std::{any::Any, time::Duration};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{header, HeaderName, HeaderValue, StatusCode},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
     Json, Router,
@@ -24,7 +23,7 @@ use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -41,13 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{id}", get(events::show))
         .route("/events/{id}/purchase", post(purchase::purchase))
         .route("/orders/{order_no}", get(orders::show))
-        .route("/me/orders", get(orders::mine))
-        // A shopper's request never needs longer (the idempotency module
-        // presumes an attempt older than its STALE_AFTER dead).
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ));
+        .route("/me/orders", get(orders::mine));
     let operator = Router::new()
         .route("/events", post(admin::create_event))
         .route("/events/{id}", get(admin::show_event))
@@ -86,10 +79,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(middleware::from_fn(json_errors))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(RequestBodyTimeoutLayer::new(body_timeout))
-                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+                .layer(DefaultBodyLimit::max(BODY_LIMIT))
+                .map_response(json_errors),
         )
         .with_state(state)
 }
@@ -97,8 +90,7 @@ pub fn router(state: AppState) -> Router {
 /// Every error leaves as the JSON error body, also those made outside the
 /// handlers (the framework's own rejections, timeouts): an error response
 /// that is not JSON gets the body for its status.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -138,5 +130,6 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("panic".into()).into_response()
 }
 
-/// The longest a shopper's request may take before it is answered 408.
+/// The longest a keyed purchase may take before it is answered 408 (the
+/// idempotency module presumes an attempt older than its STALE_AFTER dead).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -318,3 +318,62 @@ async fn purchases_survive_a_flushed_script_cache() {
     app.assert_invariants(sale.id).await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_sold_out_here_an_unkeyed_purchase_is_answered_before_its_token_and_body() {
+    let app = spawn_app().await;
+    let sale = app.open_sale(1, 100, 1).await;
+    app.fund(1, 2, 1_000).await;
+    assert_eq!(
+        app.purchase(sale.id, 1, json!(1)).await.0,
+        StatusCode::ACCEPTED
+    );
+    // Redis says sold out once; this process remembers it.
+    assert_eq!(
+        app.purchase(sale.id, 2, json!(1)).await.1["error"],
+        "sold_out"
+    );
+
+    let url = app.url(&format!("/api/events/{}/purchase", sale.id));
+    let r = app
+        .http
+        .post(&url)
+        .bearer_auth("not-a-token")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "the same answer for everyone"
+    );
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "sold_out"
+    );
+    // A keyed request is still checked in full (its key may hold a 202).
+    let r = app
+        .http
+        .post(&url)
+        .bearer_auth("not-a-token")
+        .header("idempotency-key", "k")
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // And before sell-out a bad token is a 401 as ever.
+    let other = app.open_sale(5, 100, 1).await;
+    let r = app
+        .http
+        .post(app.url(&format!("/api/events/{}/purchase", other.id)))
+        .bearer_auth("not-a-token")
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.cleanup().await;
+}

@@ -6,6 +6,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{
+    super::REQUEST_TIMEOUT,
     answer::{receipt_of, Answer, Receipt, Refusal},
     hand_off, take_stock, Taken,
 };
@@ -19,8 +20,21 @@ use crate::{
     state::AppState,
 };
 
-/// Buys once per (shopper, key, request).
+/// Buys once per (shopper, key, request), within [`REQUEST_TIMEOUT`]: an
+/// attempt can then be presumed dead after [`idempotency::STALE_AFTER`].
 pub(super) async fn buy(
+    app: &AppState,
+    slot: &EventSlot,
+    user_id: i64,
+    quantity: i32,
+    key: &str,
+) -> Result<Answer, ApiError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, buy_once(app, slot, user_id, quantity, key))
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+async fn buy_once(
     app: &AppState,
     slot: &EventSlot,
     user_id: i64,

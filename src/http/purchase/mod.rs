@@ -1,8 +1,9 @@
 //! `POST /api/events/{id}/purchase`: the hot path.
 //!
-//! Gates, cheapest first: global limit → per-IP limit → path → token →
-//! per-shopper limit → event (cached) → body → idempotency claim → local
-//! sold-out flag → `purchase.lua` → hand-off to the writers → 202.
+//! Gates, cheapest first: global limit → per-IP limit → path → event
+//! (cached; once this process knows it is sold out, an unkeyed request is
+//! answered 409 here) → token → per-shopper limit → body → idempotency
+//! claim → local sold-out flag → `purchase.lua` → hand-off to the writers → 202.
 //!
 //! A 202 is only ever sent after Redis recorded the intent (and, under
 //! `SECKILL_ACK=durable`, after Postgres committed the order). A keyed retry
@@ -66,12 +67,18 @@ async fn gate_and_buy(app: &AppState, ip: IpAddr, request: Request) -> Result<An
     let (mut parts, body) = request.into_parts();
     let Id(event_id) = Id::from_request_parts(&mut parts, app).await?;
     tracing::Span::current().record("event_id", event_id);
-    let Shopper(user_id) = Shopper::from_request_parts(&mut parts, app).await?;
     let slot = app
         .catalog
         .get(&app.db, event_id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
+    // Sold out here: every caller gets the same answer, so the crowd that
+    // keeps clicking costs neither a token check nor a body parse. A keyed
+    // request goes on: its key may hold an earlier 202 to replay.
+    if slot.is_sold_out() && !parts.headers.contains_key(IDEMPOTENCY_KEY) {
+        return Ok(Answer::Refused(sold_out_refusal(&slot)));
+    }
+    let Shopper(user_id) = Shopper::from_request_parts(&mut parts, app).await?;
     let key = idempotency_key(&parts.headers)?.map(str::to_owned);
     let AppJson(body) =
         AppJson::<PurchaseBody>::from_request(Request::from_parts(parts, body), app).await?;
@@ -96,8 +103,10 @@ async fn gate_and_buy(app: &AppState, ip: IpAddr, request: Request) -> Result<An
     }
 }
 
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    match headers.get("idempotency-key") {
+    match headers.get(IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(raw) if idempotency::valid_key(raw.as_bytes()) => Ok(raw.to_str().ok()),
         Some(_) => Err(ApiError::invalid(
@@ -128,11 +137,7 @@ pub(super) async fn take_stock(
 ) -> Result<Taken, ApiError> {
     // The local flag spares Redis the crowd that arrives after sell-out.
     if !resumed && slot.is_sold_out() {
-        return Ok(Taken::Refused(if slot.has_ended() {
-            Refusal::NotActive("the sale has ended")
-        } else {
-            Refusal::SoldOut
-        }));
+        return Ok(Taken::Refused(sold_out_refusal(slot)));
     }
     let event_id = slot.event.id;
     let outcome = app
@@ -177,6 +182,15 @@ pub(super) async fn take_stock(
         }
         PurchaseOutcome::NotPreheated => Refusal::NotActive("the sale is not open yet"),
     }))
+}
+
+/// What the local sold-out flag answers.
+fn sold_out_refusal(slot: &EventSlot) -> Refusal {
+    if slot.has_ended() {
+        Refusal::NotActive("the sale has ended")
+    } else {
+        Refusal::SoldOut
+    }
 }
 
 /// Whether the event was ever loaded into Redis (read fresh: the cached copy
