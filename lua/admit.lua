@@ -39,7 +39,7 @@ for i = 1, #ARGV, 5 do
     if not listed(mine, order_no) then
       local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
       if stock >= quantity and held_by(KEYS[3], user) + quantity <= limit then
-        take(KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, quantity, order_no, mine,
+        take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, quantity, order_no, mine,
           ledger_entry(user, quantity, tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])))
         state = 2
       else

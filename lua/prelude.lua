@@ -5,6 +5,11 @@
 
   Ledger entries are "user_id:quantity:amount:accepted_ms"; a shopper's order
   list is comma-separated order_nos, a failed one ending in "!".
+
+  The event's meta hash keeps two counters every script that moves units
+  maintains in the same atomic step, so the state of a sale of any size can
+  be read in O(1) (state.lua): `held` (the sum of the `bought` hash: units of
+  non-failed orders) and `pending` (the sum of the ledger's quantities).
 ]]
 
 -- Redis server time, in milliseconds.
@@ -43,9 +48,9 @@ local function held_by(bought_key, user)
 end
 
 -- Takes `quantity` units for `order_no`: the stock, the shopper's count and
--- list (`mine` is the list before), and the ledger entry. The caller has
--- checked the limit and the stock.
-local function take(stock_key, bought_key, orders_key, ledger_key, user, quantity, order_no, mine, entry)
+-- list (`mine` is the list before), the ledger entry and the counters. The
+-- caller has checked the limit and the stock.
+local function take(meta_key, stock_key, bought_key, orders_key, ledger_key, user, quantity, order_no, mine, entry)
   redis.call('DECRBY', stock_key, quantity)
   redis.call('HINCRBY', bought_key, user, quantity)
   if mine and mine ~= '' then
@@ -54,4 +59,33 @@ local function take(stock_key, bought_key, orders_key, ledger_key, user, quantit
     redis.call('HSET', orders_key, user, order_no)
   end
   redis.call('HSET', ledger_key, order_no, entry)
+  redis.call('HINCRBY', meta_key, 'held', quantity)
+  redis.call('HINCRBY', meta_key, 'pending', quantity)
+end
+
+-- Removes a pending intent from the ledger (and its units from the `pending`
+-- counter); returns its user id and quantity, or nil when it was not pending.
+local function unpend(meta_key, ledger_key, order_no)
+  local entry = redis.call('HGET', ledger_key, order_no)
+  if not entry then
+    return nil
+  end
+  local user, quantity = entry_user_quantity(entry)
+  redis.call('HDEL', ledger_key, order_no)
+  redis.call('HINCRBY', meta_key, 'pending', -quantity)
+  return user, quantity
+end
+
+-- Adds `delta` to a shopper's held units (a field at 0 or below is removed,
+-- as a non-buyer has none) and the `held` counter by what the hash's sum moved.
+local function add_held(meta_key, bought_key, user, delta)
+  local before = tonumber(redis.call('HGET', bought_key, user) or '0')
+  local after = before + delta
+  if after > 0 then
+    redis.call('HSET', bought_key, user, after)
+  else
+    redis.call('HDEL', bought_key, user)
+    after = 0
+  end
+  redis.call('HINCRBY', meta_key, 'held', after - before)
 end

@@ -68,6 +68,6 @@ if stock < quantity then
 end
 
 local amount = quantity * price
-take(KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, quantity, order_no, mine,
+take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, quantity, order_no, mine,
   ledger_entry(user, quantity, amount, now))
 return {1, amount, now}

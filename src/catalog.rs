@@ -37,6 +37,10 @@ const VIEWED_WITHIN: Duration = Duration::from_secs(10);
 pub const LOOKUPS_AT_ONCE: usize = 2;
 /// How long an unknown id is remembered as unknown.
 const MISSING_TTL: Duration = Duration::from_secs(1);
+/// `max_id_checked_ms` before the first read.
+const NEVER: u64 = u64::MAX;
+/// Shortest time between two reads of the highest event id on a miss.
+const MAX_ID_RECHECK: Duration = Duration::from_millis(50);
 
 /// No stock read yet (`stock` field).
 const UNREAD: i64 = i64::MIN;
@@ -105,8 +109,10 @@ pub struct SeenStock {
 /// Event cache shared by every request of the process.
 pub struct Catalog {
     entries: RwLock<HashMap<i64, Entry>>,
-    /// The highest event id in Postgres, as of the last refresh.
+    /// The highest event id in Postgres, as of the last refresh, and when
+    /// it was read (ms since `started`).
     max_id: AtomicI64,
+    max_id_checked_ms: AtomicU64,
     lookups: Semaphore,
     started: Instant,
 }
@@ -115,7 +121,8 @@ impl Default for Catalog {
     fn default() -> Self {
         Self {
             entries: RwLock::default(),
-            max_id: AtomicI64::new(i64::MAX),
+            max_id: AtomicI64::new(0),
+            max_id_checked_ms: AtomicU64::new(NEVER),
             lookups: Semaphore::new(LOOKUPS_AT_ONCE),
             started: Instant::now(),
         }
@@ -137,11 +144,22 @@ impl Catalog {
                 _ => {}
             }
         }
-        // Events get ids in order: one above the highest is no event (yet).
-        if id > self.max_id.load(Ordering::Acquire) {
-            return Ok(None);
-        }
         let _permit = self.lookups.acquire().await.expect("never closed");
+        // Events get ids in order: one above the highest is no event, unless
+        // it was created since the highest was read: read it again, at most
+        // every MAX_ID_RECHECK (a flood of unknown ids costs that, no more).
+        if id > self.max_id.load(Ordering::Acquire) {
+            let now = self.now_ms();
+            let checked = self.max_id_checked_ms.load(Ordering::Acquire);
+            if checked != NEVER && now.saturating_sub(checked) < MAX_ID_RECHECK.as_millis() as u64 {
+                return Ok(None);
+            }
+            self.max_id_checked_ms.store(now, Ordering::Release);
+            self.set_max_id(db::events::max_id(db).await?);
+            if id > self.max_id.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+        }
         if let Some(Entry::Known(slot)) = self.entries.read().expect("catalog lock").get(&id) {
             return Ok(Some(slot.clone()));
         }
@@ -163,7 +181,8 @@ impl Catalog {
         })
     }
 
-    /// An event was created (maybe with an id above the highest one known).
+    /// An event exists (created here, or announced by another process when
+    /// it was preheated), maybe with an id above the highest one known.
     pub fn created(&self, id: i64) {
         self.max_id.fetch_max(id, Ordering::AcqRel);
         let mut entries = self.entries.write().expect("catalog lock poisoned");
@@ -174,7 +193,9 @@ impl Catalog {
 
     /// The highest event id in Postgres (refreshed by the background task).
     pub fn set_max_id(&self, id: i64) {
-        self.max_id.store(id, Ordering::Release);
+        self.max_id.fetch_max(id, Ordering::AcqRel);
+        self.max_id_checked_ms
+            .store(self.now_ms(), Ordering::Release);
     }
 
     /// The stock to show for an event: the last read, when it is fresh; the

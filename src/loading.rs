@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::{
     db::{self, events::Event, DbError},
-    redis::{PersistedOrder, Redis, RedisError, SaleParams},
+    redis::{state::PAGE, PersistedOrder, RebuiltBuyer, Redis, RedisError, SaleParams},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,23 +62,49 @@ pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, 
 }
 
 /// Replaces an event's Redis state with Postgres truth plus the intents
-/// Redis still holds. Returns (stock_left, intents kept).
+/// Redis still holds, in bounded steps: the buyers a Postgres page at a time,
+/// then the ledger a page at a time. The sale is unloaded meanwhile
+/// (purchases answer `not_active`). Returns (stock_left, intents kept).
 pub async fn rebuild(db: &PgPool, redis: &Redis, event: &Event) -> Result<(i64, i64), LoadError> {
     let mut tx = db.begin().await?;
     db::events::lock_for_loading(&mut *tx, event.id).await?;
-    let persisted: Vec<PersistedOrder> = db::orders::of_event(&mut *tx, event.id, None)
-        .await?
-        .into_iter()
-        .map(|row| PersistedOrder {
-            order_no: row.order_no,
-            user_id: row.user_id,
-            quantity: row.quantity,
-            failed: row.failed,
+    redis.rebuild_begin(event.id).await?;
+    let (mut settled, mut after) = (0, 0);
+    loop {
+        let users = db::orders::buyers_after(&mut *tx, event.id, after, PAGE as i64).await?;
+        let Some(&last) = users.last() else {
+            break;
+        };
+        let orders: Vec<PersistedOrder> = db::orders::of_buyers(&mut *tx, event.id, &users, None)
+            .await?
+            .into_iter()
+            .map(|row| PersistedOrder {
+                order_no: row.order_no,
+                user_id: row.user_id,
+                quantity: row.quantity,
+                failed: row.failed,
+            })
+            .collect();
+        let buyers = RebuiltBuyer::from_orders(&orders);
+        settled += buyers.iter().map(|b| b.held).sum::<i64>();
+        redis.rebuild_buyers(event.id, &buyers).await?;
+        after = last;
+    }
+    // No order of this event commits while the row is held: the pool sees
+    // what the transaction sees.
+    let (kept, pending_units) = redis
+        .rebuild_whole_ledger(event.id, |page| async move {
+            let known = db::orders::failure_reasons(db, &page).await?;
+            Ok::<_, LoadError>(
+                page.into_iter()
+                    .map(|o| (o, known.contains_key(&o)))
+                    .collect(),
+            )
         })
-        .collect();
-    let result = redis
-        .rebuild(event.id, sale_params(event), &persisted)
+        .await?;
+    let left = redis
+        .rebuild_finish(event.id, sale_params(event), settled, pending_units)
         .await?;
     tx.commit().await?;
-    Ok(result)
+    Ok((left, kept))
 }

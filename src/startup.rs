@@ -213,7 +213,11 @@ async fn watch_stock_back(app: AppState, stop: CancellationToken) {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     event = stock_back.next() => match event {
-                        Some(id) => app.catalog.clear_sold_out(id),
+                        Some(id) => {
+                            // Preheats announce here too: the event exists.
+                            app.catalog.created(id);
+                            app.catalog.clear_sold_out(id);
+                        }
                         None => break,
                     },
                 }

@@ -191,29 +191,51 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// An order of an event as the reconciler and a rebuild see it.
+/// An order of a buyer as the reconciler and a rebuild see it.
 #[derive(Clone, Copy, Debug, FromRow)]
-pub struct PersistedRow {
+pub struct BuyerRow {
     pub order_no: Uuid,
     pub user_id: i64,
     pub quantity: i32,
     pub failed: bool,
 }
 
-/// Every order of an event, oldest first; with `accepted_until`, only those
-/// Redis accepted no later than that.
-pub async fn of_event(
+/// The orders of some buyers of an event, each buyer's oldest first; with
+/// `accepted_until`, only those Redis accepted no later than that (index
+/// `orders_event_user_idx`).
+pub async fn of_buyers(
     db: impl PgExecutor<'_>,
     event_id: i64,
+    users: &[i64],
     accepted_until: Option<DateTime<Utc>>,
-) -> Result<Vec<PersistedRow>, DbError> {
+) -> Result<Vec<BuyerRow>, DbError> {
     Ok(sqlx::query_as(
         "SELECT order_no, user_id, quantity, status = 'failed' AS failed FROM orders
-         WHERE event_id = $1 AND ($2::timestamptz IS NULL OR created_at <= $2)
-         ORDER BY created_at, order_no",
+         WHERE event_id = $1 AND user_id = ANY($2) AND ($3::timestamptz IS NULL OR created_at <= $3)
+         ORDER BY user_id, created_at, order_no",
     )
     .bind(event_id)
+    .bind(users)
     .bind(accepted_until)
     .fetch_all(db)
     .await?)
+}
+
+/// A page of an event's buyers in Postgres, by user id after `after`.
+pub async fn buyers_after(
+    db: impl PgExecutor<'_>,
+    event_id: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<i64>, DbError> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT DISTINCT user_id FROM orders WHERE event_id = $1 AND user_id > $2
+         ORDER BY user_id LIMIT $3",
+    )
+    .bind(event_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(u,)| u).collect())
 }

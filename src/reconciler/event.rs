@@ -1,4 +1,7 @@
-//! One event's reconciliation: close-out, rebuild, stale intents, drift.
+//! One event's reconciliation, the intents half: close-out of an ended
+//! sale, rebuild of a sale Redis lost, and intents left in the ledger
+//! (persisted but not acked, or never persisted). The state half is in
+//! [`super::drift`].
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,18 +11,14 @@ use std::{
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER};
+use super::{Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER, CONFIRM_AFTER};
 use crate::{
     db::{self, events::Event, DbError},
-    drift::{drift, expected_state, Drift},
+    drift::Observation,
     intent::{Intent, Settled},
     loading,
-    redis::Snapshot,
     writer::{self, settle, Settlement},
 };
-
-/// How long to wait before confirming a drift with a second look.
-const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 
 impl Reconciler {
     pub(super) async fn reconcile_event(
@@ -27,18 +26,24 @@ impl Reconciler {
         event: &Event,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
-        let snapshot = self.redis.snapshot(event.id).await?;
-        if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && snapshot.ledger.is_empty() {
+        let seen = Observation::take(&self.db, &self.redis, event).await?;
+        let state = seen.state;
+        if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && state.pending == 0 {
             // Over, every order persisted, idempotency records expired: Redis
             // need not hold the sale any more.
             self.redis.close_out(event.id).await?;
             report.events_closed_out += 1;
             return Ok(());
         }
-        if !snapshot.loaded {
+        if !state.loaded || state.held.is_none() {
             if event.preheated_at.is_none() || Utc::now() >= event.ends_at {
                 return Ok(());
             }
+            let why = if state.loaded {
+                "loaded without the held/pending counters"
+            } else {
+                "event missing from redis"
+            };
             self.wait_for_quiet_writers(event.id).await?;
             let (stock_left, kept) = loading::rebuild(&self.db, &self.redis, event).await?;
             self.redis.publish_stock_back(event.id).await?;
@@ -47,7 +52,7 @@ impl Reconciler {
                 event_id: event.id,
                 kind: "redis_state_lost",
                 subject: None,
-                before: "event missing from redis".into(),
+                before: why.into(),
                 after: format!(
                     "rebuilt from postgres: stock_left={stock_left}, surviving intents={kept}"
                 ),
@@ -56,23 +61,25 @@ impl Reconciler {
             return Ok(());
         }
 
-        self.settle_stale_intents(event, &snapshot, report).await?;
-        self.repair_drift(event, report).await
+        self.settle_stale_intents(event, &seen, report).await?;
+        self.repair_drift(event, seen, report).await?;
+        self.sweep_some_buyers(event, report).await
     }
 
-    /// Step 2: intents past the grace period are either persisted already (ack or
+    /// Intents past the grace period are either persisted already (ack or
     /// release them) or were never persisted (replay them).
     async fn settle_stale_intents(
         &self,
         event: &Event,
-        snapshot: &Snapshot,
+        seen: &Observation,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
         let grace_ms = self.settings.grace.as_millis() as i64;
-        let stale: Vec<Intent> = snapshot
+        let at_ms = seen.state.at_ms;
+        let stale: Vec<Intent> = seen
             .ledger
             .iter()
-            .filter(|(_, e)| snapshot.at_ms - e.accepted_ms >= grace_ms)
+            .filter(|(_, e)| at_ms - e.accepted_ms >= grace_ms)
             .map(|(order_no, e)| e.intent(*order_no, event.id))
             .collect();
         if stale.is_empty() {
@@ -129,7 +136,7 @@ impl Reconciler {
             let patient_ms = 10 * self.settings.grace.as_millis() as i64;
             missing
                 .into_iter()
-                .filter(|i| snapshot.at_ms - i.accepted_at.timestamp_millis() >= patient_ms)
+                .filter(|i| at_ms - i.accepted_at.timestamp_millis() >= patient_ms)
                 .collect()
         } else {
             missing
@@ -148,68 +155,6 @@ impl Reconciler {
                     repaired: true,
                 });
             }
-        }
-        Ok(())
-    }
-
-    /// Step 3: repair drift seen twice in a row, with a compare-then-write script.
-    async fn repair_drift(&self, event: &Event, report: &mut Report) -> Result<(), ReconcileError> {
-        let first = self.redis.snapshot(event.id).await?;
-        let seen = drift(&first, &expected_state(&self.db, event, &first).await?);
-        if seen.is_none() {
-            return Ok(());
-        }
-        tokio::time::sleep(CONFIRM_AFTER).await;
-        let second = self.redis.snapshot(event.id).await?;
-        let expected = expected_state(&self.db, event, &second).await?;
-        let confirmed = drift(&second, &expected);
-        if confirmed != seen || !second.loaded {
-            // Moving state (a sale in full swing): look again next pass.
-            return Ok(());
-        }
-        let Drift {
-            stock: stock_drift,
-            buyers,
-        } = confirmed;
-        // More sold than stocked can only be stopped, not undone here: sell no more.
-        let target = expected.stock_left.max(0);
-        let repaired = self
-            .redis
-            .repair(event.id, &second, target, &buyers)
-            .await?;
-        if repaired {
-            report.repairs += 1;
-            if target > second.stock_left.unwrap_or(0) {
-                self.redis.publish_stock_back(event.id).await?;
-            }
-        }
-        if let Some((before, _)) = stock_drift {
-            report.discrepancies.push(Discrepancy {
-                event_id: event.id,
-                kind: if expected.stock_left < 0 {
-                    "oversold"
-                } else {
-                    "stock_drift"
-                },
-                subject: None,
-                before: before.to_string(),
-                after: if expected.stock_left < 0 {
-                    format!("0 (oversold by {})", -expected.stock_left)
-                } else {
-                    target.to_string()
-                },
-                repaired,
-            });
-        }
-        for (user, before, after) in buyers {
-            report.discrepancies.push(Discrepancy {
-                event_id: event.id,
-                kind: "buyer_drift",
-                subject: Some(user.to_string()),
-                before: before.to_string(),
-                after: after.to_string(),
-                repaired,
-            });
         }
         Ok(())
     }

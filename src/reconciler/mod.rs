@@ -19,6 +19,7 @@
 //! Every finding is written to `reconcile_discrepancies`, every pass to
 //! `reconcile_runs`, and counted in `/metrics`.
 
+mod drift;
 mod event;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -66,6 +67,15 @@ pub enum ReconcileError {
     Load(#[from] LoadError),
 }
 
+impl From<crate::drift::DriftError> for ReconcileError {
+    fn from(err: crate::drift::DriftError) -> Self {
+        match err {
+            crate::drift::DriftError::Redis(err) => Self::Redis(err),
+            crate::drift::DriftError::Db(err) => Self::Db(err),
+        }
+    }
+}
+
 /// How the reconciler paces itself.
 #[derive(Clone, Copy, Debug)]
 pub struct ReconcileSettings {
@@ -81,6 +91,9 @@ pub struct ReconcileSettings {
 /// shoppers' idempotency records, and until its ledger is empty.
 const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
 
+/// How long to wait before confirming a difference with a second look.
+const CONFIRM_AFTER: Duration = Duration::from_millis(150);
+
 /// The reconciler of one engine process, and what it works with.
 pub struct Reconciler {
     db: PgPool,
@@ -93,6 +106,8 @@ pub struct Reconciler {
     gate: tokio::sync::Mutex<()>,
     /// Who ran a pass (the process instance), in `reconcile_runs`.
     holder: String,
+    /// Where the background sweep of each event's buyers stands.
+    sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
 }
 
 impl Reconciler {
@@ -113,6 +128,7 @@ impl Reconciler {
             lock,
             gate: tokio::sync::Mutex::new(()),
             holder,
+            sweeps: Default::default(),
         }
     }
 

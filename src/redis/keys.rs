@@ -69,20 +69,10 @@ impl Keys {
 }
 
 impl EventKeys {
-    /// meta, stock, bought, orders, ledger: purchase.lua and preheat.lua.
+    /// meta, stock, bought, orders, ledger: the order every sale script takes.
     pub fn all(&self) -> Vec<String> {
         vec![
             self.meta.clone(),
-            self.stock.clone(),
-            self.bought.clone(),
-            self.orders.clone(),
-            self.ledger.clone(),
-        ]
-    }
-
-    /// stock, bought, orders, ledger: release.lua.
-    pub fn for_release(&self) -> Vec<String> {
-        vec![
             self.stock.clone(),
             self.bought.clone(),
             self.orders.clone(),

@@ -21,7 +21,8 @@ impl Redis {
         Ok(n == 1)
     }
 
-    /// Every pending intent of an event.
+    /// Every pending intent of an event, in one read: for tests and small
+    /// events (the engine walks the ledger with [`Redis::ledger_page`]).
     pub async fn ledger(&self, event_id: i64) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
         let raw: HashMap<String, String> = self
             .client()
@@ -69,7 +70,8 @@ impl Redis {
         Ok(parse_order_list(raw.as_deref().unwrap_or("")))
     }
 
-    /// Units held per buyer (user_id -> units), as Redis counts them.
+    /// Units held per buyer (user_id -> units), in one read: for tests and
+    /// small events (the engine walks buyers with [`Redis::buyers_page`]).
     pub async fn buyers(&self, event_id: i64) -> Result<HashMap<i64, i64>, RedisError> {
         let raw: HashMap<String, i64> = self
             .client()
@@ -81,9 +83,13 @@ impl Redis {
             .collect())
     }
 
-    /// Removes an ended event's keys and its place in the live set.
+    /// Removes an ended event's keys (UNLINK: a hash of millions of buyers
+    /// is freed in the background, not while Redis serves) and its place in
+    /// the live set.
     pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
-        let _: i64 = self.client().del(self.keys.event(event_id).all()).await?;
+        for key in self.keys.event(event_id).all() {
+            let _: i64 = self.client().unlink(key).await?;
+        }
         let _: i64 = self
             .client()
             .srem(self.keys.live_events(), event_id)

@@ -6,10 +6,13 @@
 //! script's KEYS order, its arguments and the decoding of its reply:
 //!
 //! - [`purchase`]: `purchase.lua`, the whole purchase decision.
-//! - [`settle`]: `release.lua` (failed orders, restocked or discarded) and acks.
-//! - [`preheat`]: `preheat.lua`, loading a sale or rebuilding it.
+//! - [`settle`]: `ack.lua` and `release.lua` (failed orders, restocked or discarded).
+//! - [`preheat`]: `preheat.lua`, loading a sale.
+//! - [`rebuild`]: `rebuild.lua`, a sale rebuilt from Postgres in bounded steps.
 //! - [`admit`]: `missing.lua` and `admit.lua`, a writer's check of its batch.
-//! - [`snapshot`]: `snapshot.lua`, one consistent read of an event.
+//! - [`state`]: `state.lua` (an event's counters in O(1)), `buyers.lua` (a
+//!   batch of shoppers at one instant), and paged walks of the ledger and
+//!   the buyers: bounded steps whatever the size of the sale.
 //! - [`repair`]: `repair.lua` and `cap.lua`, corrections of drifted state.
 //! - [`idempotency`]: `idempotency.lua`, Idempotency-Key records.
 //! - [`lock`]: `renew.lua` and `unlock.lua`, the leader lock.
@@ -27,10 +30,11 @@ pub mod lock;
 pub mod preheat;
 pub mod pubsub;
 pub mod purchase;
+pub mod rebuild;
 pub mod repair;
 pub mod scripts;
 pub mod settle;
-pub mod snapshot;
+pub mod state;
 
 use std::{sync::Arc, time::Duration};
 
@@ -44,11 +48,12 @@ pub use idempotency::{KeyClaim, KeyState};
 pub use keys::{EventKeys, Keys};
 pub use live::parse_order_list;
 pub use lock::LeaderLock;
-pub use preheat::{PersistedOrder, SaleParams};
+pub use preheat::SaleParams;
 pub use purchase::PurchaseOutcome;
+pub use rebuild::{PersistedOrder, RebuiltBuyer};
 pub use scripts::{LuaScript, Scripts};
 pub use settle::FAILED_KEPT_PER_SHOPPER;
-pub use snapshot::Snapshot;
+pub use state::{BuyerState, SaleState};
 
 /// A Redis failure; every variant answers 503 at the HTTP edge.
 #[derive(Debug, thiserror::Error)]

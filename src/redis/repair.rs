@@ -4,24 +4,58 @@
 
 use fred::types::Value;
 
-use super::{Redis, RedisError, Snapshot};
+use super::{Redis, RedisError};
 
 impl Redis {
-    /// Runs `repair.lua`; true when the state was still as `observed` and got
-    /// corrected. `buyers`: (user, units observed, units corrected).
-    pub async fn repair(
+    /// Runs `repair.lua` on some buyers: (user, units observed, units
+    /// corrected). True when every one still held what was observed and got
+    /// corrected (the `held` counter follows); false when any moved.
+    pub async fn repair_buyers(
         &self,
         event_id: i64,
-        observed: &Snapshot,
-        stock_left: i64,
+        buyers: &[(i64, i64, i64)],
+    ) -> Result<bool, RedisError> {
+        self.repair(event_id, None, None, buyers).await
+    }
+
+    /// Runs `repair.lua` on the stock and the `held` counter: set to
+    /// `corrected` and `held` only if the stock is still `observed` and the
+    /// ledger's `pending` counter still `observed_pending` (a purchase,
+    /// release or ack in between moves one of them).
+    pub async fn repair_stock(
+        &self,
+        event_id: i64,
+        observed: Option<i64>,
+        observed_pending: i64,
+        corrected: i64,
+        held: i64,
+    ) -> Result<bool, RedisError> {
+        self.repair(
+            event_id,
+            Some((observed.unwrap_or(-1), corrected)),
+            Some((observed_pending, held)),
+            &[],
+        )
+        .await
+    }
+
+    async fn repair(
+        &self,
+        event_id: i64,
+        stock: Option<(i64, i64)>,
+        counters: Option<(i64, i64)>,
         buyers: &[(i64, i64, i64)],
     ) -> Result<bool, RedisError> {
         let k = self.keys.event(event_id);
-        let mut args = vec![
-            Value::from(observed.stock_left.unwrap_or(-1)),
-            Value::from(stock_left),
-            Value::from(observed.ledger.len() as i64),
-        ];
+        let (observed, corrected) = match stock {
+            Some((observed, corrected)) => (Value::from(observed), Value::from(corrected)),
+            None => (Value::from("-"), Value::from("-")),
+        };
+        let (pending, held) = match counters {
+            Some((pending, held)) => (Value::from(pending), Value::from(held)),
+            None => (Value::from("-"), Value::from("-")),
+        };
+        let mut args = vec![observed, corrected, pending, held];
         for (user, before, after) in buyers {
             args.extend([
                 Value::from(*user),
@@ -30,11 +64,7 @@ impl Redis {
             ]);
         }
         let repaired = self
-            .run_for_int(
-                &self.scripts.repair,
-                vec![k.stock, k.bought, k.ledger],
-                args,
-            )
+            .run_for_int(&self.scripts.repair, vec![k.meta, k.stock, k.bought], args)
             .await?;
         Ok(repaired == 1)
     }

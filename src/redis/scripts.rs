@@ -51,9 +51,12 @@ pub struct Scripts {
     pub purchase: LuaScript,
     pub release: LuaScript,
     pub preheat: LuaScript,
+    pub rebuild: LuaScript,
     pub admit: LuaScript,
     pub missing: LuaScript,
-    pub snapshot: LuaScript,
+    pub ack: LuaScript,
+    pub state: LuaScript,
+    pub buyers: LuaScript,
     pub repair: LuaScript,
     pub cap: LuaScript,
     pub idempotency: LuaScript,
@@ -66,10 +69,13 @@ impl Default for Scripts {
         Self {
             purchase: LuaScript::with_prelude("purchase", include_str!("../../lua/purchase.lua")),
             release: LuaScript::with_prelude("release", include_str!("../../lua/release.lua")),
-            preheat: LuaScript::with_prelude("preheat", include_str!("../../lua/preheat.lua")),
+            preheat: LuaScript::new("preheat", include_str!("../../lua/preheat.lua")),
+            rebuild: LuaScript::with_prelude("rebuild", include_str!("../../lua/rebuild.lua")),
             admit: LuaScript::with_prelude("admit", include_str!("../../lua/admit.lua")),
             missing: LuaScript::new("missing", include_str!("../../lua/missing.lua")),
-            snapshot: LuaScript::with_prelude("snapshot", include_str!("../../lua/snapshot.lua")),
+            ack: LuaScript::with_prelude("ack", include_str!("../../lua/ack.lua")),
+            state: LuaScript::with_prelude("state", include_str!("../../lua/state.lua")),
+            buyers: LuaScript::with_prelude("buyers", include_str!("../../lua/buyers.lua")),
             repair: LuaScript::new("repair", include_str!("../../lua/repair.lua")),
             cap: LuaScript::new("cap", include_str!("../../lua/cap.lua")),
             idempotency: LuaScript::with_prelude(
@@ -83,14 +89,17 @@ impl Default for Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 11] {
+    pub fn all(&self) -> [&LuaScript; 14] {
         [
             &self.purchase,
             &self.release,
             &self.preheat,
+            &self.rebuild,
             &self.admit,
             &self.missing,
-            &self.snapshot,
+            &self.ack,
+            &self.state,
+            &self.buyers,
             &self.repair,
             &self.cap,
             &self.idempotency,

@@ -1,8 +1,8 @@
-//! Settling persisted orders in Redis: confirmed ones are acked (they leave
-//! the ledger), failed ones go through `release.lua`, which restocks their
-//! units or, for units that never existed, discards them.
+//! Settling persisted orders in Redis: confirmed ones are acked by
+//! `ack.lua` (they leave the ledger), failed ones go through `release.lua`,
+//! which restocks their units or, for units that never existed, discards them.
 
-use fred::{prelude::*, types::Value};
+use fred::types::Value;
 use uuid::Uuid;
 
 use super::{Redis, RedisError};
@@ -14,17 +14,22 @@ use super::{Redis, RedisError};
 pub const FAILED_KEPT_PER_SHOPPER: usize = 8;
 
 impl Redis {
-    /// Acks persisted intents: they leave the ledger.
-    pub async fn ack(&self, event_id: i64, order_nos: &[Uuid]) -> Result<(), RedisError> {
+    /// Runs `ack.lua`: persisted intents leave the ledger; returns how many
+    /// were still there.
+    pub async fn ack(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
         if order_nos.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let fields: Vec<String> = order_nos.iter().map(Uuid::to_string).collect();
-        let _: i64 = self
-            .client()
-            .hdel(self.keys.event(event_id).ledger, fields)
-            .await?;
-        Ok(())
+        let k = self.keys.event(event_id);
+        self.run_for_int(
+            &self.scripts.ack,
+            vec![k.meta, k.ledger],
+            order_nos
+                .iter()
+                .map(|o| Value::from(o.to_string()))
+                .collect(),
+        )
+        .await
     }
 
     /// `release.lua` restock: the units of failed orders back on sale, once;
@@ -52,11 +57,7 @@ impl Redis {
         args.push(Value::from(FAILED_KEPT_PER_SHOPPER as i64));
         args.push(Value::from(mode));
         args.extend(order_nos.iter().map(|o| Value::from(o.to_string())));
-        self.run_for_int(
-            &self.scripts.release,
-            self.keys.event(event_id).for_release(),
-            args,
-        )
-        .await
+        self.run_for_int(&self.scripts.release, self.keys.event(event_id).all(), args)
+            .await
     }
 }

@@ -10,7 +10,7 @@
 //! `SECKILL_MODEL_SEEDS` how many, `SECKILL_MODEL_STEPS` the steps per seed
 //! (`make model` runs a long one). A failure prints the seed and step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{TimeZone, Utc};
 use seckill::{
@@ -92,6 +92,10 @@ struct Model {
 }
 
 impl Model {
+    fn pending_units(&self) -> i64 {
+        self.ledger.values().map(|p| p.quantity).sum()
+    }
+
     fn held(&self, user: i64) -> i64 {
         self.bought.get(&user).copied().unwrap_or(0)
     }
@@ -128,6 +132,10 @@ impl Model {
 
     /// release.lua (restock) and discard: settle failed orders once each.
     fn settle_failed(&mut self, order_nos: &[Uuid], restock: bool) -> i64 {
+        if !self.loaded {
+            // An unloaded sale (being rebuilt) is left alone.
+            return 0;
+        }
         let mut settled = 0;
         for order_no in order_nos {
             let Some(p) = self.ledger.remove(order_no) else {
@@ -195,8 +203,9 @@ impl Model {
         Some(states)
     }
 
-    /// preheat.lua rebuild: Postgres truth plus the surviving ledger; `None`
-    /// (and nothing changed) when that holds more than the stock.
+    /// rebuild.lua's steps: Postgres truth plus the surviving ledger; `None`
+    /// when that holds more than the stock: the sale is then left unloaded,
+    /// its ledger settled (the next rebuild starts over).
     fn rebuild(&mut self, persisted: &[(Uuid, Known)]) -> Option<(i64, i64)> {
         let mut orders: BTreeMap<i64, Vec<(Uuid, bool)>> = BTreeMap::new();
         let mut bought: BTreeMap<i64, i64> = BTreeMap::new();
@@ -233,10 +242,11 @@ impl Model {
             *bought.entry(p.user).or_default() += p.quantity;
             taken += p.quantity;
         }
+        self.ledger = ledger;
         if taken > self.total {
+            self.loaded = false;
             return None;
         }
-        self.ledger = ledger;
         self.loaded = true;
         self.orders = orders;
         self.bought = bought;
@@ -375,12 +385,22 @@ impl Run<'_> {
                 self.op = ["ack", "release", "discard"][how as usize].into();
                 match how {
                     0 => {
+                        // The writer committed them; an unloaded sale (being
+                        // rebuilt) ignores the ack, and the rebuild settles them.
+                        let mut want = 0;
                         for o in &chosen {
-                            if self.model.ledger.remove(o).is_some() {
+                            if self.model.ledger.contains_key(o) {
                                 self.known.get_mut(o).unwrap().persisted = Some(false);
+                                if self.model.loaded {
+                                    self.model.ledger.remove(o);
+                                    want += 1;
+                                }
                             }
                         }
-                        self.redis.ack(self.event, &chosen).await.unwrap();
+                        let got = self.redis.ack(self.event, &chosen).await.unwrap();
+                        if got != want {
+                            self.fail(format!("acked {got}, model {want}"));
+                        }
                     }
                     _ => {
                         let restock = how == 1;
@@ -452,28 +472,55 @@ impl Run<'_> {
             }
             67..=76 => {
                 self.op = "repair".into();
-                let observed = self.redis.snapshot(self.event).await.unwrap();
+                let observed = self.redis.sale_state(self.event).await.unwrap();
                 if !observed.loaded {
                     return;
                 }
+                let ledger = self.redis.ledger(self.event).await.unwrap();
+                let bought = self.redis.buyers(self.event).await.unwrap();
                 let before = self.model.clone();
                 // Sometimes the sale moves between the look and the write.
-                let moved = self.rng.chance(30);
-                if moved {
+                if self.rng.chance(30) {
                     let quantity = 1 + self.rng.below(2) as i64;
                     self.purchase(user, quantity, Uuid::now_v7()).await;
                 }
-                let new_stock =
-                    (observed.stock_left.unwrap_or(0) + self.rng.below(5) as i64 - 2).max(0);
+                if self.rng.chance(50) {
+                    self.op = "repair stock".into();
+                    let new_stock =
+                        (observed.stock_left.unwrap_or(0) + self.rng.below(5) as i64 - 2).max(0);
+                    // The reconciler sets the counter to what the buyers hold.
+                    let held: i64 = before.bought.values().sum();
+                    let repaired = self
+                        .redis
+                        .repair_stock(
+                            self.event,
+                            observed.stock_left,
+                            observed.pending_units,
+                            new_stock,
+                            held,
+                        )
+                        .await
+                        .unwrap();
+                    let still = self.model.stock == before.stock
+                        && self.model.pending_units() == before.pending_units();
+                    if repaired != still {
+                        self.fail(format!("stock repair wrote {repaired}, unchanged {still}"));
+                    }
+                    if repaired {
+                        self.model.destroyed += self.model.stock - new_stock;
+                        self.model.stock = new_stock;
+                    }
+                    return;
+                }
+                self.op = "repair buyers".into();
                 let mut corrections = Vec::new();
                 // As the reconciler does: a buyer's corrected count covers
                 // at least their confirmed orders and pending intents (what
                 // the reconciler computes as truth), within the limit.
                 for &u in &users {
                     if self.rng.chance(30) {
-                        let have = observed.bought.get(&u).copied().unwrap_or(0);
-                        let pending: i64 = observed
-                            .ledger
+                        let have = bought.get(&u).copied().unwrap_or(0);
+                        let pending: i64 = ledger
                             .iter()
                             .filter(|(_, e)| e.user_id == u)
                             .map(|(_, e)| e.quantity as i64)
@@ -484,7 +531,7 @@ impl Run<'_> {
                             .filter(|(o, k)| {
                                 k.user == u
                                     && k.persisted == Some(false)
-                                    && !observed.ledger.iter().any(|(p, _)| p == *o)
+                                    && !ledger.iter().any(|(p, _)| p == *o)
                             })
                             .map(|(_, k)| k.quantity)
                             .sum();
@@ -496,22 +543,18 @@ impl Run<'_> {
                 }
                 let repaired = self
                     .redis
-                    .repair(self.event, &observed, new_stock, &corrections)
+                    .repair_buyers(self.event, &corrections)
                     .await
                     .unwrap();
-                let still = self.model.stock == before.stock
-                    && self.model.ledger.len() == before.ledger.len()
-                    && corrections
-                        .iter()
-                        .all(|(u, have, _)| self.model.held(*u) == *have);
+                let still = corrections
+                    .iter()
+                    .all(|(u, have, _)| self.model.held(*u) == *have);
                 if repaired != still {
                     self.fail(format!(
-                        "repair wrote {repaired}, model says state unchanged {still}"
+                        "buyer repair wrote {repaired}, model says unchanged {still}"
                     ));
                 }
                 if repaired {
-                    self.model.destroyed += self.model.stock - new_stock;
-                    self.model.stock = new_stock;
                     for (u, have, want) in corrections {
                         self.model.destroyed += have - want;
                         if want > 0 {
@@ -603,22 +646,31 @@ impl Run<'_> {
 
     async fn compare(&self) {
         let m = &self.model;
-        let snap = self.redis.snapshot(self.event).await.unwrap();
-        if snap.loaded != m.loaded {
-            self.fail(format!("loaded {} vs model {}", snap.loaded, m.loaded));
+        let state = self.redis.sale_state(self.event).await.unwrap();
+        if state.loaded != m.loaded {
+            self.fail(format!("loaded {} vs model {}", state.loaded, m.loaded));
         }
         if !m.loaded {
             return;
         }
-        if snap.stock_left != Some(m.stock) {
-            self.fail(format!("stock {:?} vs model {}", snap.stock_left, m.stock));
+        if state.stock_left != Some(m.stock) {
+            self.fail(format!("stock {:?} vs model {}", state.stock_left, m.stock));
         }
-        let bought: BTreeMap<i64, i64> = snap.bought.into_iter().collect();
+        let bought: BTreeMap<i64, i64> = self
+            .redis
+            .buyers(self.event)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
         if bought != m.bought {
             self.fail(format!("bought {bought:?} vs model {:?}", m.bought));
         }
-        let ledger: HashMap<Uuid, Pending> = snap
-            .ledger
+        let ledger: HashMap<Uuid, Pending> = self
+            .redis
+            .ledger(self.event)
+            .await
+            .unwrap()
             .into_iter()
             .map(|(o, e): (Uuid, LedgerEntry)| {
                 (
@@ -635,6 +687,15 @@ impl Run<'_> {
         if ledger != m.ledger {
             self.fail(format!("ledger {ledger:?} vs model {:?}", m.ledger));
         }
+        // The counters the scripts keep in the same steps.
+        let held: i64 = m.bought.values().sum();
+        let counters = (state.held, state.pending_units, state.pending);
+        let want = (Some(held), m.pending_units(), m.ledger.len() as i64);
+        if counters != want {
+            self.fail(format!(
+                "counters (held, pending units, pending) {counters:?} vs {want:?}"
+            ));
+        }
         for &u in &self.users {
             let got = self.redis.buyer_orders(self.event, u).await.unwrap();
             let want = m.orders.get(&u).cloned().unwrap_or_default();
@@ -648,7 +709,50 @@ impl Run<'_> {
                 self.fail(format!("user {u} holds {} > limit {}", m.held(u), m.limit));
             }
         }
-        let held: i64 = m.bought.values().sum();
+        // The paged walks see every entry (HSCAN may repeat one: a set).
+        let (mut cursor, mut walked) = ("0".to_string(), HashSet::new());
+        loop {
+            let (next, page) = self.redis.ledger_page(self.event, &cursor).await.unwrap();
+            walked.extend(page.into_iter().map(|(o, _)| o));
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        if walked != m.ledger.keys().copied().collect::<HashSet<_>>() {
+            self.fail(format!("ledger walk {walked:?}"));
+        }
+        let (mut cursor, mut walked) = ("0".to_string(), HashSet::new());
+        loop {
+            let (next, page) = self.redis.buyers_page(self.event, &cursor).await.unwrap();
+            walked.extend(page);
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        if walked != m.bought.keys().copied().collect::<HashSet<_>>() {
+            self.fail(format!("buyers walk {walked:?}"));
+        }
+        // buyers.lua: every user's units and pending intents at one instant.
+        let (_, buyers) = self.redis.buyers_at(self.event, &self.users).await.unwrap();
+        for b in buyers {
+            let mut got = b.pending.clone();
+            got.sort();
+            let mut want: Vec<(Uuid, i64)> = m
+                .ledger
+                .iter()
+                .filter(|(_, p)| p.user == b.user_id)
+                .map(|(o, p)| (*o, p.quantity))
+                .collect();
+            want.sort();
+            if b.held != m.held(b.user_id) || got != want {
+                self.fail(format!(
+                    "buyers.lua {b:?} vs held {} pending {want:?}",
+                    m.held(b.user_id)
+                ));
+            }
+        }
         if m.stock < 0 || m.stock + held + m.destroyed != m.total {
             self.fail(format!(
                 "conservation: stock {} + held {held} + destroyed {} != total {}",

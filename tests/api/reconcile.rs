@@ -115,7 +115,8 @@ async fn drift_is_repaired_and_a_second_pass_finds_nothing() {
             && kinds.iter().filter(|k| **k == "buyer_drift").count() == 2,
         "{first:#}"
     );
-    assert_eq!(first["repairs"], 1);
+    // The buyers are repaired a page at a time, then the stock.
+    assert!(first["repairs"].as_i64().unwrap() >= 2, "{first:#}");
     assert_eq!(app.stock_left(sale.id).await, Some(15));
     let buyers = app.redis.buyers(sale.id).await.unwrap();
     assert_eq!((buyers.get(&3), buyers.get(&99)), (Some(&1), None));

@@ -1,0 +1,172 @@
+//! One event's reconciliation, the state half: Redis's stock and buyer
+//! counts against Postgres truth ([`crate::drift`]), in bounded steps.
+//!
+//! Every pass compares the aggregates (O(1) in Redis plus the ledger in
+//! flight). A difference seen twice, identical, 150 ms apart is no passing
+//! purchase: then every buyer of the event is compared, a page at a time,
+//! and corrected with `repair.lua` (which writes only if what it corrects is
+//! still as observed), then the stock. Besides, each pass compares one page
+//! of buyers, so a drift the aggregates cannot show (units moved between
+//! buyers) is found in time too.
+
+use super::{Discrepancy, ReconcileError, Reconciler, Report, CONFIRM_AFTER};
+use crate::{
+    db::{self, events::Event},
+    drift::{buyer_drift, Observation},
+    redis::state::PAGE,
+};
+
+/// Where the background sweep of an event's buyers stands.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SweepCursor {
+    /// HSCAN cursor over Redis's buyers ("0": start over).
+    redis: String,
+    /// Last user id of Postgres's buyers seen.
+    postgres: i64,
+}
+
+impl Reconciler {
+    /// Repairs drift seen twice in a row, with compare-then-write scripts.
+    pub(super) async fn repair_drift(
+        &self,
+        event: &Event,
+        first: Observation,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let seen = first.drift();
+        if seen.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(CONFIRM_AFTER).await;
+        let second = Observation::take(&self.db, &self.redis, event).await?;
+        if second.drift() != seen || second.state.stock_left != first.state.stock_left {
+            // Moving state (a sale in full swing): look again next pass.
+            return Ok(());
+        }
+        // A stable difference: find the buyers, then set the stock.
+        let mut cursor = SweepCursor::default();
+        while !self.sweep_page(event, &mut cursor, report).await? {}
+        let after = Observation::take(&self.db, &self.redis, event).await?;
+        let Some((before, _)) = after.drift().stock.or(after.drift().held) else {
+            return Ok(());
+        };
+        let expected = after.expected_stock();
+        // More sold than stocked can only be stopped, not undone here: sell no more.
+        let target = expected.max(0);
+        let repaired = self
+            .redis
+            .repair_stock(
+                event.id,
+                after.state.stock_left,
+                after.state.pending_units,
+                target,
+                after.expected_held(),
+            )
+            .await?;
+        if repaired {
+            report.repairs += 1;
+            if target > after.state.stock_left.unwrap_or(0) {
+                self.redis.publish_stock_back(event.id).await?;
+            }
+        }
+        report.discrepancies.push(Discrepancy {
+            event_id: event.id,
+            kind: if expected < 0 {
+                "oversold"
+            } else {
+                "stock_drift"
+            },
+            subject: None,
+            before: after.state.stock_left.unwrap_or(before).to_string(),
+            after: if expected < 0 {
+                format!("0 (oversold by {})", -expected)
+            } else {
+                target.to_string()
+            },
+            repaired,
+        });
+        Ok(())
+    }
+
+    /// Each pass, one page of buyers (Redis's and Postgres's) compared and
+    /// repaired, the cursor kept for the next pass.
+    pub(super) async fn sweep_some_buyers(
+        &self,
+        event: &Event,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let mut cursor = self
+            .sweeps
+            .lock()
+            .expect("sweep cursors")
+            .get(&event.id)
+            .cloned()
+            .unwrap_or_default();
+        let _ = self.sweep_page(event, &mut cursor, report).await?;
+        self.sweeps
+            .lock()
+            .expect("sweep cursors")
+            .insert(event.id, cursor);
+        Ok(())
+    }
+
+    /// Compares and repairs one page of Redis's buyers and one of Postgres's;
+    /// true once both walks are over (the cursor starts over).
+    async fn sweep_page(
+        &self,
+        event: &Event,
+        cursor: &mut SweepCursor,
+        report: &mut Report,
+    ) -> Result<bool, ReconcileError> {
+        let start = if cursor.redis.is_empty() {
+            "0"
+        } else {
+            cursor.redis.as_str()
+        };
+        let (next, from_redis) = self.redis.buyers_page(event.id, start).await?;
+        let from_postgres =
+            db::orders::buyers_after(&self.db, event.id, cursor.postgres, PAGE as i64).await?;
+        self.compare_buyers(event, &from_redis, report).await?;
+        self.compare_buyers(event, &from_postgres, report).await?;
+        let redis_done = next == "0";
+        let postgres_done = from_postgres.len() < PAGE as usize;
+        cursor.redis = if redis_done { String::new() } else { next };
+        cursor.postgres = from_postgres.last().copied().unwrap_or(cursor.postgres);
+        if redis_done && postgres_done {
+            *cursor = SweepCursor::default();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn compare_buyers(
+        &self,
+        event: &Event,
+        users: &[i64],
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let (at_ms, buyers) = self.redis.buyers_at(event.id, users).await?;
+        let drift = buyer_drift(&self.db, event.id, at_ms, &buyers).await?;
+        if drift.is_empty() {
+            return Ok(());
+        }
+        let repaired = self.redis.repair_buyers(event.id, &drift).await?;
+        if repaired {
+            report.repairs += 1;
+        }
+        for (user, before, after) in drift {
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "buyer_drift",
+                subject: Some(user.to_string()),
+                before: before.to_string(),
+                after: after.to_string(),
+                repaired,
+            });
+        }
+        Ok(())
+    }
+}
