@@ -253,10 +253,27 @@ echo "limiter memory bench: $([[ $limiter_rc == skipped ]] && echo "not present"
 echo "criterion purchase_script: $([[ $micro_rc == skipped ]] && echo "not selected" || echo "exit $micro_rc, figures above")"
 echo "total time: $(($(date +%s) - started))s"
 
-rc=0
-for c in "$http_rc" "$durable_rc" "$micro_rc" "$drain_rc" "$limiter_rc"; do
-    if [[ "$c" != skipped && "$c" -ne 0 ]]; then
-        rc=1
+# seckill-loadtest bench exits 3 when it ran but a SPEC §7 target was not met
+# (named from bench.json); the durable run is a comparison (SPEC §7 is for the
+# default ack), so only its other failures count.
+failures=()
+for part in "http $http_rc" "durable $durable_rc" "criterion $micro_rc" "drain $drain_rc" "limiter $limiter_rc"; do
+    read -r name c <<<"$part"
+    if [[ "$c" == skipped || "$c" == 0 || ("$name" == durable && "$c" == 3) ]]; then
+        continue
+    elif [[ "$name" == http && "$c" == 3 && -f "$json" ]]; then
+        failures+=("SPEC §7 targets not met: $(jq -r '[.targets[] | select(.met | not) | .name] | join(", ")' "$json")")
+    else
+        failures+=("$name part exited $c")
     fi
 done
-exit "$rc"
+if ((${#failures[@]})); then
+    printf -v why '%s; ' "${failures[@]}"
+    say "FAIL: ${why%; }"
+    exit 1
+fi
+if [[ "$http_rc" == skipped ]]; then
+    say "done; the HTTP part was not selected, so no SPEC §7 target was judged"
+else
+    say "PASS: every SPEC §7 target measured here was met"
+fi

@@ -1,12 +1,15 @@
 //! The command line, every flag of it: the scenario run (no subcommand) and
-//! `bench`, each with the engine arguments they share flattened in once.
-//! Plain clap types; what the values mean is for the modules that read them.
+//! `bench`, each with the engine arguments they share flattened in once, and
+//! the exit codes. Plain clap types; what the values mean is for the modules
+//! that read them.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use anyhow::ensure;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+
+use crate::{schedule::Schedule, threshold::Threshold};
 
 /// Drives a flash sale against a running seckill engine through its HTTP API,
 /// then verifies the outcome (engine invariants + client-side truths) and
@@ -18,20 +21,80 @@ use serde::Serialize;
     name = "seckill-loadtest",
     version,
     about,
+    after_long_help = EXIT_CODES,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
-pub struct Cli {
+struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    command: Option<Command>,
 
     #[command(flatten)]
-    pub run: RunArgs,
+    run: RunArgs,
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every check passed and every --threshold (bench: SPEC §7 target) was met
+  1  a verification check failed (bench: something other than speed was wrong)
+  2  the run could not happen (bad flags, engine unreachable, I/O error)
+  3  the checks passed but a --threshold (bench: a SPEC §7 target) was not met";
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Mode {
+    /// A flash-sale scenario.
+    Run(Box<RunArgs>),
+    /// The macro benchmark.
+    Bench(Box<BenchArgs>),
+}
+
+impl Mode {
+    /// The mode of this process's arguments; exits with usage on a bad one.
+    pub fn parse() -> Self {
+        Self::try_parse_from(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Reads the flags of the mode asked for only: the scenario's required
+    /// secrets are not demanded when a subcommand brings its own.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cmd = Cli::command();
+        let mut matches = cmd.try_get_matches_from_mut(args)?;
+        let mode = if matches.subcommand_name().is_some() {
+            Command::from_arg_matches_mut(&mut matches).map(|Command::Bench(b)| Mode::Bench(b))
+        } else {
+            RunArgs::from_arg_matches_mut(&mut matches).map(|r| Mode::Run(Box::new(r)))
+        };
+        mode.map_err(|err| err.format(&mut cmd))
+    }
+}
+
+/// How a run ended, as the process's exit code (listed in `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every check passed, every threshold or target was met.
+    Pass = 0,
+    /// A verification check failed.
+    CheckFailed = 1,
+    /// The run could not happen.
+    Error = 2,
+    /// The checks passed, a threshold or target was not met.
+    TargetMissed = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
 }
 
 /// Modes other than a flash-sale scenario.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Macro benchmark: `/healthz` ceiling, purchases while stock lasts and
     /// after sell-out, as ratios with p99 latencies; writes bench.json.
     Bench(Box<BenchArgs>),
@@ -99,12 +162,32 @@ pub struct RunArgs {
     /// Purchase HTTP requests to send in total (retries and duplicates count).
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Concurrent workers, each one keep-alive connection.
+    /// Concurrent workers, each one keep-alive connection; with --rate or
+    /// --stages, the most requests in flight at once.
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Target requests per second across all workers; 0 = as fast as possible.
+    /// Open model at a constant rate: requests due at fixed times, this many
+    /// per second across all workers, for --duration-secs; 0 = closed loop
+    /// (each worker sends as soon as its previous answer is in).
+    ///
+    /// Latency is measured from each request's due time, not from when a
+    /// connection became free (coordinated omission corrected, as wrk2 and
+    /// k6's arrival-rate executors do).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Open model in stages: comma-separated `DURATION:RATE` (hold) or
+    /// `DURATION:FROM->TO` (linear ramp), durations in ms, s or m, rates in
+    /// requests/s (`20k` = 20000).
+    ///
+    /// Example: `10s:0->20000,20s:20000,5s:20000->80000` ramps up over 10 s,
+    /// holds 20 s, then spikes. The stages set the run's length and its
+    /// request budget (--requests may only lower it). Latency as with --rate.
+    #[arg(long, value_parser = parse_stages, conflicts_with_all = ["rate", "duration_secs"])]
+    pub stages: Option<Schedule>,
+    /// Open model: a request not sent within this many ms of its due time
+    /// (every connection busy) is dropped, counted and reported as such.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_lag_ms: u64,
     /// Stop firing after this many seconds even if requests are left.
     #[arg(long)]
     pub duration_secs: Option<u64>,
@@ -141,6 +224,18 @@ pub struct RunArgs {
     /// Longest wait for the writers to drain (`pending` = 0) after firing.
     #[arg(long, default_value_t = 120)]
     pub drain_timeout_secs: u64,
+    /// Pass/fail criterion on the run's figures, repeatable:
+    /// `METRIC OP VALUE[UNIT]`, judged at the end; a miss exits with 3.
+    ///
+    /// Metrics: latency `p50`, `p90`, `p95`, `p99`, `p99.9` (any `pN` or
+    /// `p(N)`), `max`, `mean`, in ms unless `us`/`s` is written; `errors`
+    /// (5xx including 503, timeouts, transport errors; 409 and 429 are answers,
+    /// not errors) as a count or, with `%`, a share of the answers; `dropped`
+    /// as a count or a share of the scheduled requests; `rps` (answers/s).
+    /// OP: `<`, `<=`, `>`, `>=`, `==`. Example: `--threshold 'p99<5ms'
+    /// --threshold 'errors<0.1%'`.
+    #[arg(long = "threshold", value_name = "EXPR", value_parser = parse_threshold)]
+    pub thresholds: Vec<Threshold>,
 
     /// Postgres, read-only, for client-side verification.
     #[arg(
@@ -153,6 +248,14 @@ pub struct RunArgs {
     /// Where report-<scenario>.json and chart-<scenario>.svg go.
     #[arg(long, env = "SECKILL_LOADTEST_OUT_DIR", default_value = "loadtest/out")]
     pub out_dir: PathBuf,
+}
+
+fn parse_stages(text: &str) -> Result<Schedule, String> {
+    Schedule::parse(text).map_err(|err| format!("{err:#}"))
+}
+
+fn parse_threshold(text: &str) -> Result<Threshold, String> {
+    Threshold::parse(text).map_err(|err| format!("{err:#}"))
 }
 
 /// The named crowds of issue 4, plus a tiny one for quick checks.
@@ -238,12 +341,30 @@ pub enum ClientKind {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_takes_its_secrets_without_the_scenario_demanding_them() {
+        let mode = Mode::try_parse_from([
+            "seckill-loadtest",
+            "bench",
+            "--admin-token",
+            "0123456789abcdef",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+            "--connections",
+            "8",
+        ])
+        .unwrap_or_else(|err| panic!("{err}"));
+        let Mode::Bench(args) = mode else {
+            panic!("not bench: {mode:?}")
+        };
+        assert_eq!(args.engine.admin_token, "0123456789abcdef");
+        assert_eq!(args.connections, 8);
     }
 }

@@ -3,8 +3,10 @@
 //! Drives one flash sale through the engine's HTTP API, records every
 //! answer, waits for the writers to drain, verifies the sale (the engine's
 //! invariant checker plus client-side truths read from Postgres), prints a
-//! report and writes it as JSON with an SVG chart. Exit code 0 when every
-//! check passed, 1 when one failed, 2 when the run itself could not happen.
+//! report and writes it as JSON with an SVG chart. Exit codes: 0 when every
+//! check passed and every `--threshold` held, 1 when a check failed, 2 when
+//! the run itself could not happen, 3 when only a threshold was missed
+//! ([`cli::Exit`]).
 //!
 //! Layout, from the top down (a module uses only those below it):
 //! `sale` (one run from start to verdict) and `bench` (the `bench`
@@ -12,8 +14,9 @@
 //! `report` and `chart` (output); `stats` (histograms, phases, timeline);
 //! `crowd` (the workers and what they saw), `stock` (the stock poller),
 //! `drain` (waiting for the writers); `plan` (the validated scenario);
-//! `api` (the engine's HTTP API and outcome classification); `cli` (every
-//! flag).
+//! `api` (the engine's HTTP API and outcome classification) and `cli`
+//! (every flag and the exit codes); at the bottom `schedule` (the open
+//! model's stages) and `threshold` (pass/fail expressions).
 
 mod api;
 mod bench;
@@ -24,40 +27,32 @@ mod drain;
 mod plan;
 mod report;
 mod sale;
+mod schedule;
 mod stats;
 mod stock;
+mod threshold;
 mod verify;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use cli::{Exit, Mode};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut cli = cli::Cli::parse();
-    if let Some(cli::Command::Bench(args)) = cli.command.take() {
-        return match bench::run(*args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
+    let result = match Mode::parse() {
+        Mode::Bench(args) => bench::run(*args).await,
+        Mode::Run(args) => match plan::Plan::from_args(*args) {
+            Ok(plan) => sale::run(plan).await,
             Err(err) => {
-                eprintln!("seckill-loadtest bench: error: {err:#}");
-                ExitCode::from(2)
+                eprintln!("seckill-loadtest: {err:#}");
+                return Exit::Error.into();
             }
-        };
-    }
-    let plan = match plan::Plan::from_args(cli.run) {
-        Ok(plan) => plan,
-        Err(err) => {
-            eprintln!("seckill-loadtest: {err:#}");
-            return ExitCode::from(2);
-        }
+        },
     };
-    match sale::run(plan).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(err) => {
+    result
+        .unwrap_or_else(|err| {
             eprintln!("seckill-loadtest: error: {err:#}");
-            ExitCode::from(2)
-        }
-    }
+            Exit::Error
+        })
+        .into()
 }

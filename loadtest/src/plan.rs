@@ -1,5 +1,6 @@
 //! The validated scenario run: a named scenario gives every knob a default,
-//! flags override single knobs, and [`Plan`] is the result the rest of the
+//! flags override single knobs, `--rate` or `--stages` make the crowd an open
+//! model with a [`Schedule`], and [`Plan`] is the result the rest of the
 //! crate reads. Also where shopper id ranges come from.
 
 use std::path::PathBuf;
@@ -8,7 +9,11 @@ use anyhow::{bail, ensure};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::cli::{RunArgs, Scenario};
+use crate::{
+    cli::{RunArgs, Scenario},
+    schedule::Schedule,
+    threshold::Threshold,
+};
 
 /// Every knob of a crowd.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -149,6 +154,11 @@ pub struct Plan {
     #[serde(flatten)]
     pub knobs: Knobs,
     pub first_user_id: Option<i64>,
+    /// When each request is due (open model); `None`: a closed loop.
+    pub schedule: Option<Schedule>,
+    /// Open model: how late a request may be sent before it is dropped.
+    pub max_lag_ms: u64,
+    pub thresholds: Vec<Threshold>,
     pub timeout_ms: u64,
     pub drain_timeout_secs: u64,
     #[serde(skip)]
@@ -173,8 +183,24 @@ pub fn first_user_id(given: Option<i64>, started_at: DateTime<Utc>) -> i64 {
 impl Plan {
     /// Applies the flags to the scenario's knobs and checks the result.
     pub fn from_args(args: RunArgs) -> anyhow::Result<Self> {
-        let knobs = Knobs::from_args(&args);
+        let mut knobs = Knobs::from_args(&args);
+        let schedule = match (&args.stages, knobs.rate) {
+            (Some(stages), _) => Some(stages.clone()),
+            (None, 0) => None,
+            (None, rate) => Some(Schedule::constant(rate, knobs.duration_secs.max(1))?),
+        };
+        if let Some(s) = &schedule {
+            // The schedule bounds the budget; `--stages` also sets the length.
+            let budget = if args.stages.is_some() {
+                args.requests
+            } else {
+                Some(knobs.requests)
+            };
+            knobs.requests = budget.map_or(s.total(), |r| r.min(s.total()));
+            knobs.duration_secs = s.secs().ceil() as u64;
+        }
         knobs.check()?;
+        ensure!(args.max_lag_ms >= 1, "--max-lag-ms must be at least 1");
         if let Some(first) = args.first_user_id {
             ensure!(first >= 1, "--first-user-id must be at least 1");
             ensure!(
@@ -192,6 +218,9 @@ impl Plan {
             base_url: engine.base_url.trim_end_matches('/').to_owned(),
             knobs,
             first_user_id: args.first_user_id,
+            schedule,
+            max_lag_ms: args.max_lag_ms,
+            thresholds: args.thresholds,
             timeout_ms: args.timeout_ms.max(1),
             drain_timeout_secs: args.drain_timeout_secs,
             database_url: args.database_url,
@@ -216,10 +245,8 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cli::Cli;
+    use crate::cli::Mode;
 
     fn args(extra: &[&str]) -> RunArgs {
         let mut argv = vec![
@@ -230,7 +257,10 @@ mod tests {
             "0123456789abcdef0123456789abcdef",
         ];
         argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().run
+        match Mode::try_parse_from(argv).unwrap() {
+            Mode::Run(args) => *args,
+            Mode::Bench(_) => unreachable!("no subcommand given"),
+        }
     }
 
     #[test]
@@ -239,9 +269,52 @@ mod tests {
         assert_eq!(plan.knobs.users, 200_000);
         assert_eq!(plan.knobs.requests, 1_000_000);
         assert_eq!(plan.knobs.stock, 7);
+        assert!(plan.schedule.is_none());
 
         let plan = Plan::from_args(args(&["--scenario", "slow-payers", "--users", "10"])).unwrap();
         assert_eq!(plan.payers(), 7);
+    }
+
+    #[test]
+    fn rate_and_stages_set_the_budget() {
+        // --rate keeps the scenario's budget when it is the smaller.
+        let plan = Plan::from_args(args(&["--rate", "10000"])).unwrap();
+        assert_eq!(plan.knobs.requests, 100_000);
+        assert_eq!(plan.schedule.unwrap().total(), 200_000);
+        let plan = Plan::from_args(args(&["--rate", "100", "--duration-secs", "3"])).unwrap();
+        assert_eq!(plan.knobs.requests, 300);
+        // --stages set both; --requests may only lower the budget.
+        let plan = Plan::from_args(args(&["--stages", "2s:0->1000,1.5s:1000"])).unwrap();
+        assert_eq!(plan.knobs.requests, 2_500);
+        assert_eq!(plan.knobs.duration_secs, 4);
+        let plan = Plan::from_args(args(&["--stages", "2s:1000", "--requests", "50"])).unwrap();
+        assert_eq!(plan.knobs.requests, 50);
+    }
+
+    #[test]
+    fn stages_and_thresholds_are_checked_on_the_command_line() {
+        let plan = Plan::from_args(args(&[
+            "--stages=1s:0->100,1s:100",
+            "--threshold=p99<5ms",
+            "--threshold",
+            "errors<0.1%",
+        ]))
+        .unwrap();
+        assert_eq!(plan.knobs.requests, 150);
+        assert_eq!(plan.thresholds.len(), 2);
+        let parse = |extra: &[&str]| {
+            let argv = ["seckill-loadtest", "--admin-token=t", "--jwt-secret=s"];
+            Mode::try_parse_from(argv.iter().chain(extra)).unwrap_err()
+        };
+        let err = parse(&["--stages=1s:100", "--rate=5"]);
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = parse(&["--threshold=p99<5%"]);
+        assert!(
+            err.to_string().contains("a latency is in us, ms or s"),
+            "{err}"
+        );
+        let err = parse(&["--stages=10s"]);
+        assert!(err.to_string().contains("DURATION:RATE"), "{err}");
     }
 
     #[test]
@@ -251,5 +324,6 @@ mod tests {
             Plan::from_args(args(&["--retry-share", "0.7", "--duplicate-share", "0.5"])).is_err()
         );
         assert!(Plan::from_args(args(&["--base-url", "https://x"])).is_err());
+        assert!(Plan::from_args(args(&["--rate", "10", "--max-lag-ms", "0"])).is_err());
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     plan::Plan,
     stats::{Latency, Phase, Stats},
     stock::StockPoint,
+    threshold::Judged,
     verify::{Check, Verdict},
 };
 
@@ -28,11 +29,17 @@ pub struct Report {
     pub stats: Stats,
     /// Answers outside the contract's expected outcomes, by status and code.
     pub unexpected: BTreeMap<String, u64>,
-    /// The admin event polled once a second (stock left over time).
+    /// The admin event as polled (stock left over time).
     pub stock: Vec<StockPoint>,
     pub drain: Drain,
+    /// When the writers had persisted every 202, seconds after the start.
+    pub drained_at_secs: Option<f64>,
     pub checks: Vec<Check>,
+    /// Every check passed.
     pub passed: bool,
+    pub thresholds: Vec<Judged>,
+    /// The process's exit code (see `--help`).
+    pub exit_code: u8,
     pub report_path: PathBuf,
     pub chart_path: Option<PathBuf>,
 }
@@ -65,16 +72,27 @@ impl Report {
         )?;
         writeln!(
             o,
-            "crowd: {} shoppers (ids {}..{}, {} can pay), {} connections, rate {}, budget {} requests / {} s",
+            "crowd: {} shoppers (ids {}..{}, {} can pay), budget {} requests / {} s",
             k.users,
             self.first_user_id,
             self.first_user_id + k.users as i64 - 1,
             self.payers,
-            k.concurrency,
-            if k.rate == 0 { "unthrottled".to_owned() } else { format!("{}/s", k.rate) },
             k.requests,
             k.duration_secs
         )?;
+        match &self.plan.schedule {
+            None => writeln!(
+                o,
+                "pace: closed loop, {} connections each sending when its last answer is in",
+                k.concurrency
+            )?,
+            Some(s) => writeln!(
+                o,
+                "pace: open model, stages {s} (requests/s), at most {} in flight, \
+                 dropped when {} ms late",
+                k.concurrency, self.plan.max_lag_ms
+            )?,
+        }
         writeln!(
             o,
             "sent {} requests: {} single attempts, {} Idempotency-Key retries (x2), {} double clicks (x2)",
@@ -85,7 +103,7 @@ impl Report {
         self.render_latency(o)?;
         self.render_times(o)?;
         self.render_checks(o)?;
-        Ok(())
+        self.render_verdict(o)
     }
 
     /// Requests per second overall and by phase.
@@ -113,15 +131,30 @@ impl Report {
         let st = &self.stats;
         writeln!(o, "\noutcomes")?;
         for (label, n) in &st.outcomes {
-            let share = if st.requests > 0 {
-                *n as f64 * 100.0 / st.requests as f64
-            } else {
-                0.0
-            };
+            let share = share(*n, st.requests);
             writeln!(o, "  {label:<16} {n:>10}  {share:>6.2}%")?;
         }
         for (what, n) in &self.unexpected {
             writeln!(o, "    unexpected: {what} x{n}")?;
+        }
+        writeln!(
+            o,
+            "  {:<16} {:>10}  {:>6.2}%   (5xx, timeouts, transport errors; 409 and 429 are answers)",
+            "errors",
+            st.errors,
+            share(st.errors, st.requests)
+        )?;
+        if self.plan.schedule.is_some() {
+            let scheduled = st.requests + st.dropped;
+            writeln!(
+                o,
+                "  {:<16} {:>10}  {:>6.2}%   of {scheduled} scheduled: not sent, more than {} ms late \
+                 with every connection busy",
+                "dropped",
+                st.dropped,
+                share(st.dropped, scheduled),
+                self.plan.max_lag_ms
+            )?;
         }
         Ok(())
     }
@@ -129,6 +162,12 @@ impl Report {
     /// Latency percentiles by outcome and over all answers.
     fn render_latency(&self, o: &mut String) -> std::fmt::Result {
         let st = &self.stats;
+        if self.plan.schedule.is_some() {
+            writeln!(
+                o,
+                "\nlatency from each request's due time (coordinated omission corrected)"
+            )?;
+        }
         writeln!(
             o,
             "\nlatency (ms)          count      p50      p90      p99    p99.9      max"
@@ -145,6 +184,15 @@ impl Report {
         }
         if let Some(all) = &st.latency_all {
             row(o, "all", all)?;
+        }
+        if let (Some(from_send), Some(lag)) = (&st.latency_from_send, &st.send_lag) {
+            row(o, "all, from send", from_send)?;
+            row(o, "send lag", lag)?;
+            writeln!(
+                o,
+                "  (from send: what a tool ignoring coordinated omission reports; send lag: \
+                 due time to send, 0 for a request sent on time)"
+            )?;
         }
         Ok(())
     }
@@ -174,6 +222,12 @@ impl Report {
                 " (NOT drained)"
             }
         )?;
+        if let Some(t) = self.drained_at_secs {
+            writeln!(
+                o,
+                "  drained at            {t:.3} s (first stock poll after the last 202 with nothing pending)"
+            )?;
+        }
         writeln!(
             o,
             "  final figures         stock_left {}, sold {}, pending {}, failed {}, confirmed_amount {}",
@@ -197,35 +251,63 @@ impl Report {
             }
         }
 
-        let failed = self
-            .checks
-            .iter()
-            .filter(|c| c.verdict == Verdict::Fail)
-            .count();
-        let passed = self
-            .checks
-            .iter()
-            .filter(|c| c.verdict == Verdict::Pass)
-            .count();
         writeln!(o)?;
         writeln!(o, "report: {}", self.report_path.display())?;
         match &self.chart_path {
             Some(p) => writeln!(o, "chart:  {}", p.display())?,
             None => writeln!(o, "chart:  not written")?,
         }
-        if self.passed {
-            writeln!(
-                o,
-                "RESULT: PASS ({passed} checks passed, {} skipped)",
-                self.checks.len() - passed
-            )?;
-        } else {
-            writeln!(
-                o,
-                "RESULT: FAIL ({failed} of {} checks failed)",
-                self.checks.len()
-            )?;
-        }
         Ok(())
+    }
+
+    /// Every threshold with its measured value, then the result and its
+    /// exit code.
+    fn render_verdict(&self, o: &mut String) -> std::fmt::Result {
+        if !self.thresholds.is_empty() {
+            writeln!(o, "\nthresholds")?;
+            for t in &self.thresholds {
+                writeln!(o, "  {t}")?;
+            }
+        }
+        let count = |v: Verdict| self.checks.iter().filter(|c| c.verdict == v).count();
+        let missed: Vec<&str> = self
+            .thresholds
+            .iter()
+            .filter(|t| !t.passed)
+            .map(|t| t.threshold.as_str())
+            .collect();
+        let thresholds = if missed.is_empty() {
+            String::new()
+        } else {
+            format!("; thresholds missed: {}", missed.join(", "))
+        };
+        let verdict = if self.exit_code == 0 { "PASS" } else { "FAIL" };
+        let checks = if self.passed {
+            format!(
+                "{} checks passed, {} skipped",
+                count(Verdict::Pass),
+                count(Verdict::Skip)
+            )
+        } else {
+            format!(
+                "{} of {} checks failed",
+                count(Verdict::Fail),
+                self.checks.len()
+            )
+        };
+        writeln!(
+            o,
+            "RESULT: {verdict} ({checks}{thresholds}; exit code {})",
+            self.exit_code
+        )
+    }
+}
+
+/// `n` as a percentage of `of` (0 of nothing).
+fn share(n: u64, of: u64) -> f64 {
+    if of > 0 {
+        n as f64 * 100.0 / of as f64
+    } else {
+        0.0
     }
 }

@@ -1,6 +1,7 @@
 //! One flash sale from start to verdict: fund the crowd's wallets, create and
 //! preheat the event, wait for its start, let the crowd loose while polling
-//! the stock, wait for the writers to drain, verify, report.
+//! the stock, wait for the writers to drain, verify, judge the thresholds,
+//! report.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,21 +16,23 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     api::{AdminEvent, Api, NewEvent, Signer},
-    chart,
+    chart::Chart,
+    cli::Exit,
     crowd::{Crowd, CrowdLog},
     drain::wait_for_drain,
     plan::{self, Plan},
     report::Report,
-    stats::{self, Stats},
-    stock::{poll_stock, StockPoint},
+    stats,
+    stock::{drained_at, poll_stock, StockPoint, POLL_EVERY},
+    threshold::Judged,
     verify::{self, Setup, Verdict},
 };
 
 /// Wallets per seed call, so one call stays well inside its timeout.
 const SEED_CHUNK: u64 = 50_000;
 
-/// Runs the sale; `Ok(true)` when every check passed.
-pub async fn run(plan: Plan) -> anyhow::Result<bool> {
+/// Runs the sale; how it ended: a failed check before a missed threshold.
+pub async fn run(plan: Plan) -> anyhow::Result<Exit> {
     let k = plan.knobs;
     let api = Arc::new(Api::new(
         &plan.base_url,
@@ -54,16 +57,22 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
         first_user_id,
         event.id,
     )?);
-    let (log, poller) = fire(&api, &crowd, event.id, starts_at).await;
+    let (t0, log, poller) = fire(&api, &crowd, event.id, starts_at).await;
 
-    let stats = stats::compute(&log.samples);
+    let stats = stats::compute(&log.samples, &log.dropped, plan.schedule.is_some());
     println!(
         "loadtest: {} requests answered; waiting for the writers to drain",
         stats.requests
     );
     let drain =
         wait_for_drain(&api, event.id, Duration::from_secs(plan.drain_timeout_secs)).await?;
+    let waited_secs = drain.drained.then(|| t0.elapsed().as_secs_f64());
     let stock = poller.finish().await;
+    // The poller sees the drain as it happens, even while the crowd still
+    // fires at a sold-out event; the wait above only sees its end.
+    let drained_at_secs = stats
+        .last_accept_secs
+        .and_then(|t| drained_at(&stock, t).or(waited_secs));
 
     println!("loadtest: verifying");
     let setup = Setup {
@@ -74,9 +83,28 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
     };
     let checks = verify::verify(&api, &signer, &setup, &log, &drain).await;
     let passed = !checks.iter().any(|c| c.verdict == Verdict::Fail);
+    let thresholds: Vec<Judged> = plan
+        .thresholds
+        .iter()
+        .map(|t| t.judge(stats.measure(t.metric)))
+        .collect();
+    let exit = if !passed {
+        Exit::CheckFailed
+    } else if thresholds.iter().any(|t| !t.passed) {
+        Exit::TargetMissed
+    } else {
+        Exit::Pass
+    };
 
     let scenario = plan.scenario.name();
-    let chart_path = draw_chart(&plan.out_dir, scenario, &stats, &stock);
+    let chart = Chart {
+        title: &format!("seckill {scenario}"),
+        stats: &stats,
+        stock: &stock,
+        schedule: plan.schedule.as_ref(),
+        drained_at: drained_at_secs,
+    };
+    let chart_path = draw_chart(&plan.out_dir, scenario, &chart);
     let report = Report {
         scenario,
         started_at,
@@ -92,15 +120,18 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
         stats,
         stock,
         drain,
+        drained_at_secs,
         checks,
         passed,
+        thresholds,
+        exit_code: exit as u8,
         report_path: plan.out_dir.join(format!("report-{scenario}.json")),
         chart_path,
         plan,
     };
     report.write_json()?;
     print!("{}", report.render());
-    Ok(passed)
+    Ok(exit)
 }
 
 /// Funds the payers' wallets and gives the rest an empty one; `Ok(true)`
@@ -186,13 +217,14 @@ async fn create_event(
 }
 
 /// Waits for the sale's start with the connections open, then lets the crowd
-/// loose with the stock poller and a progress bar running beside it.
+/// loose with the stock poller and a progress bar running beside it; returns
+/// the instant it let them loose (t = 0 of the figures).
 async fn fire(
     api: &Arc<Api>,
     crowd: &Arc<Crowd>,
     event_id: i64,
     starts_at: DateTime<Utc>,
-) -> (CrowdLog, Poller) {
+) -> (Instant, CrowdLog, Poller) {
     // A small margin after the start: the engine judges the window by Redis' clock.
     let start = Instant::now()
         + (starts_at - Utc::now()).to_std().unwrap_or_default()
@@ -224,7 +256,7 @@ async fn fire(
     ticker.abort();
     show_progress(&bar, crowd);
     bar.finish();
-    (log, Poller { stop, task })
+    (t0, log, Poller { stop, task })
 }
 
 /// The running stock poller.
@@ -237,7 +269,7 @@ impl Poller {
     /// Stops the poller after one more poll, so the chart shows the final
     /// stock; returns every point.
     async fn finish(self) -> Vec<StockPoint> {
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        tokio::time::sleep(POLL_EVERY + Duration::from_millis(50)).await;
         let _ = self.stop.send(true);
         self.task.await.unwrap_or_default()
     }
@@ -264,22 +296,24 @@ fn progress_bar(len: u64) -> ProgressBar {
 }
 
 fn show_progress(bar: &ProgressBar, crowd: &Crowd) {
-    bar.set_position(crowd.progress.done.load(Ordering::Relaxed));
+    let p = &crowd.progress;
+    bar.set_position(p.done.load(Ordering::Relaxed) + p.dropped.load(Ordering::Relaxed));
+    let dropped = p.dropped.load(Ordering::Relaxed);
     bar.set_message(format!(
-        "accepted {}",
-        crowd.progress.accepted.load(Ordering::Relaxed)
+        "accepted {}{}",
+        p.accepted.load(Ordering::Relaxed),
+        if dropped > 0 {
+            format!(", dropped {dropped}")
+        } else {
+            String::new()
+        }
     ));
 }
 
 /// Draws `chart-<scenario>.svg`; a chart that fails is reported, not fatal.
-fn draw_chart(
-    out_dir: &Path,
-    scenario: &str,
-    stats: &Stats,
-    stock: &[StockPoint],
-) -> Option<PathBuf> {
+fn draw_chart(out_dir: &Path, scenario: &str, chart: &Chart<'_>) -> Option<PathBuf> {
     let path = out_dir.join(format!("chart-{scenario}.svg"));
-    match chart::render(&path, &format!("seckill {scenario}"), stats, stock) {
+    match chart.render(&path) {
         Ok(()) => Some(path),
         Err(err) => {
             eprintln!("loadtest: could not draw the chart: {err:#}");

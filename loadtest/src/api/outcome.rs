@@ -74,6 +74,19 @@ impl Outcome {
         )
     }
 
+    /// An error for the `errors` threshold: the engine failed to answer
+    /// (5xx, 503 included, a timeout, a transport error). A 409 or a 429 is
+    /// an answer of the contract, and any other 4xx fails the answers check.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Outcome::ServerError
+                | Outcome::Unavailable
+                | Outcome::Timeout
+                | Outcome::TransportError
+        )
+    }
+
     /// The request reached the sale logic and got a verdict on the stock.
     pub fn reached_sale(self) -> bool {
         matches!(

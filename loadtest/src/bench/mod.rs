@@ -9,7 +9,7 @@
 //! 4. `purchase_sold_out`: fresh shoppers against a sold-out event, answered
 //!    409 `sold_out` from the engine's local flag; only those count;
 //! 5. ratios to the ceiling, p99s, the SPEC targets, and the orders the
-//!    writers persisted.
+//!    writers persisted; a target not met is named and exits with 3.
 //!
 //! Shopper tokens are signed before the purchase phases (in parallel, timed),
 //! so the client spends its CPU on HTTP, not on HMAC.
@@ -39,13 +39,14 @@ use self::{
 };
 use crate::{
     api::{AdminEvent, Api},
-    cli::BenchArgs,
+    cli::{BenchArgs, Exit},
     drain::{wait_for_drain, Drain},
 };
 
-/// Runs the benchmark; `Ok(true)` unless it found something wrong other
-/// than load from other processes.
-pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+/// Runs the benchmark: [`Exit::CheckFailed`] when it found something wrong
+/// other than load from other processes, else [`Exit::TargetMissed`] when a
+/// SPEC §7 target was not met.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     check(&args)?;
     let base_url = args.engine.base_url.trim_end_matches('/').to_owned();
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
@@ -130,7 +131,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("writing {}", path.display()))?;
     print!("{}", report::render(&report));
     println!("bench: wrote {}", path.display());
-    Ok(report.warnings.len() == n_disturbed)
+    let missed = report::missed_targets(&report);
+    if !missed.is_empty() {
+        println!("bench: SPEC §7 targets NOT MET: {}", missed.join(", "));
+    }
+    Ok(if report.warnings.len() > n_disturbed {
+        Exit::CheckFailed
+    } else if !missed.is_empty() {
+        Exit::TargetMissed
+    } else {
+        Exit::Pass
+    })
 }
 
 /// Refuses flags the benchmark cannot run with.

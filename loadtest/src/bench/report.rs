@@ -212,6 +212,15 @@ pub fn uncounted_warnings(phases: &[&PhaseReport]) -> Vec<String> {
         .collect()
 }
 
+/// The targets not met, each as `name value (target …)`.
+pub fn missed_targets(r: &BenchReport) -> Vec<String> {
+    r.targets
+        .iter()
+        .filter(|t| !t.met)
+        .map(|t| format!("{} {:.3} (target {})", t.name, t.value, t.target))
+        .collect()
+}
+
 fn met(ok: bool) -> &'static str {
     if ok {
         "MET"

@@ -1,6 +1,7 @@
 //! What the crowd saw: every answer as a compact sample for the statistics,
-//! and the facts the verifier needs (acknowledged orders, shoppers with an
-//! unknown effect, pairs of answers to one `Idempotency-Key`).
+//! the requests dropped for being too late, and the facts the verifier needs
+//! (acknowledged orders, shoppers with an unknown effect, pairs of answers to
+//! one `Idempotency-Key`).
 
 use std::{
     collections::HashMap,
@@ -11,13 +12,34 @@ use uuid::Uuid;
 
 use crate::api::{Outcome, PurchaseResult};
 
-/// One request as the statistics need it (12 bytes; a million fit easily).
+/// One request as the statistics need it (16 bytes; a million fit easily).
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     /// When the answer arrived, µs after the sale started.
     pub at_us: u32,
+    /// From the request's due time to its answer: in the open model the
+    /// wait for a free connection counts (coordinated omission corrected).
     pub latency_us: u32,
+    /// From the due time to the send (0 in the closed loop).
+    pub lag_us: u32,
     pub outcome: Outcome,
+}
+
+/// When a request was due and when it left.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub due: Instant,
+    pub sent: Instant,
+}
+
+impl Timing {
+    /// A request due at `due`, leaving now.
+    pub(super) fn now(due: Instant) -> Self {
+        Self {
+            due,
+            sent: Instant::now(),
+        }
+    }
 }
 
 /// A 202 as the verifier needs it.
@@ -49,6 +71,9 @@ pub struct Shapes {
 #[derive(Debug, Default)]
 pub struct CrowdLog {
     pub samples: Vec<Sample>,
+    /// Due times (µs after the start) of the requests not sent because they
+    /// were more than `--max-lag-ms` late.
+    pub dropped: Vec<u32>,
     pub accepted: Vec<AcceptedOrder>,
     /// Shoppers with at least one request whose effect is unknown.
     pub ambiguous_users: Vec<i64>,
@@ -64,6 +89,7 @@ impl CrowdLog {
     /// Adds another worker's log to this one.
     pub(super) fn merge(&mut self, other: CrowdLog) {
         self.samples.extend(other.samples);
+        self.dropped.extend(other.dropped);
         self.accepted.extend(other.accepted);
         self.ambiguous_users.extend(other.ambiguous_users);
         self.sale_users.extend(other.sale_users);
@@ -76,20 +102,20 @@ impl CrowdLog {
         self.shapes.duplicate += other.shapes.duplicate;
     }
 
-    /// Records one answer to shopper `user_id`, sent at `sent`; `t0` is the
-    /// sale's start.
+    /// Records one answer to shopper `user_id`; `t0` is the sale's start.
     pub(super) fn record(
         &mut self,
         t0: Instant,
-        sent: Instant,
+        timing: Timing,
         user_id: i64,
         qty: i64,
         r: &PurchaseResult,
     ) {
-        let at = sent.saturating_duration_since(t0) + r.latency;
+        let lag = timing.sent.saturating_duration_since(timing.due);
         self.samples.push(Sample {
-            at_us: micros(at),
-            latency_us: micros(r.latency).max(1),
+            at_us: micros(timing.sent.saturating_duration_since(t0) + r.latency),
+            latency_us: micros(lag + r.latency).max(1),
+            lag_us: micros(lag),
             outcome: r.outcome,
         });
         if let (Outcome::Accepted, Some(order_no)) = (r.outcome, r.order_no) {
@@ -108,6 +134,12 @@ impl CrowdLog {
         if let Some(why) = &r.unexpected {
             *self.unexpected.entry(why.clone()).or_default() += 1;
         }
+    }
+
+    /// Records `n` requests due at `due` as dropped.
+    pub(super) fn drop_late(&mut self, t0: Instant, due: Instant, n: u64) {
+        let at = micros(due.saturating_duration_since(t0));
+        self.dropped.extend((0..n).map(|_| at));
     }
 }
 

@@ -1,6 +1,9 @@
 //! The crowd: a fixed set of workers sharing one keep-alive connection pool,
 //! each taking the next attempt from a shared counter, picking its shopper,
-//! and recording every answer in a [`CrowdLog`].
+//! and recording every answer in a [`CrowdLog`]. In the closed loop a worker
+//! sends as soon as it is free; in the open model ([`pace`]) it sends at the
+//! attempt's due time, so the workers are a bounded pool of requests in
+//! flight and an attempt no worker could take in time is dropped, counted.
 //!
 //! An attempt is one of three shapes: a single purchase; a retry (the same
 //! `Idempotency-Key` sent twice, one after the other or both at once); or a
@@ -8,13 +11,14 @@
 //! click). Every HTTP request counts against the request budget.
 
 mod log;
+mod pace;
 
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -22,6 +26,10 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use reqwest::header::HeaderValue;
 
 pub use self::log::{CrowdLog, IdemPair, Sample, Shapes};
+use self::{
+    log::Timing,
+    pace::{Pace, Turn},
+};
 use crate::{
     api::{Api, Outcome, PurchaseResult, Signer},
     plan::{Knobs, Plan},
@@ -32,6 +40,7 @@ use crate::{
 pub struct Progress {
     pub done: AtomicU64,
     pub accepted: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 /// What the workers share.
@@ -74,6 +83,7 @@ impl Crowd {
             progress: Progress {
                 done: AtomicU64::new(0),
                 accepted: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
             },
         })
     }
@@ -105,7 +115,7 @@ impl Crowd {
 
     async fn worker(self: Arc<Self>, id: u64, t0: Instant) -> CrowdLog {
         let k = self.plan.knobs;
-        let deadline = t0 + Duration::from_secs(k.duration_secs);
+        let pace = Pace::of(&self.plan, t0);
         let mut rng = SmallRng::seed_from_u64(0x5eed_0000 ^ id);
         let mut log = CrowdLog {
             samples: Vec::with_capacity((k.requests / k.concurrency as u64 + 16) as usize),
@@ -114,27 +124,34 @@ impl Crowd {
         loop {
             let shape = Shape::roll(&mut rng, &k);
             let ticket = self.tickets.fetch_add(shape.requests(), Ordering::Relaxed);
-            if ticket >= k.requests || Instant::now() >= deadline {
+            if ticket >= k.requests {
                 break;
             }
-            if k.rate > 0 {
-                let due = t0 + Duration::from_secs_f64(ticket as f64 / k.rate as f64);
-                tokio::time::sleep_until(due.into()).await;
-                if Instant::now() >= deadline {
-                    break;
+            let due = match pace.wait(ticket).await {
+                Turn::Send(due) => due,
+                Turn::Drop(due) => {
+                    log.drop_late(t0, due, shape.requests());
+                    self.progress
+                        .dropped
+                        .fetch_add(shape.requests(), Ordering::Relaxed);
+                    continue;
                 }
-            }
+                Turn::Stop => break,
+            };
             let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(shape, attempt, &mut rng, t0, &mut log).await;
+            self.attempt(shape, attempt, due, &mut rng, t0, &mut log)
+                .await;
         }
         log
     }
 
-    /// Sends the `attempt`th attempt, of `shape`, and records its answers.
+    /// Sends the `attempt`th attempt, of `shape`, due at `due`, and records
+    /// its answers.
     async fn attempt(
         &self,
         shape: Shape,
         attempt: u64,
+        due: Instant,
         rng: &mut SmallRng,
         t0: Instant,
         log: &mut CrowdLog,
@@ -145,14 +162,14 @@ impl Crowd {
         match shape {
             Shape::Single => {
                 log.shapes.single += 1;
-                let sent = Instant::now();
+                let sent = Timing::now(due);
                 let r = self.buy(&bearer, None).await;
                 log.record(t0, sent, user, qty, &r);
                 self.count(&[&r]);
             }
             Shape::Duplicate => {
                 log.shapes.duplicate += 1;
-                let sent = Instant::now();
+                let sent = Timing::now(due);
                 let (a, b) = tokio::join!(self.buy(&bearer, None), self.buy(&bearer, None));
                 log.record(t0, sent, user, qty, &a);
                 log.record(t0, sent, user, qty, &b);
@@ -163,14 +180,15 @@ impl Crowd {
                 let key = format!("{}-{attempt}", self.run_tag);
                 let concurrent = rng.gen_bool(0.5);
                 let (sent_a, a, sent_b, b) = if concurrent {
-                    let sent = Instant::now();
+                    let sent = Timing::now(due);
                     let (a, b) =
                         tokio::join!(self.buy(&bearer, Some(&key)), self.buy(&bearer, Some(&key)));
                     (sent, a, sent, b)
                 } else {
-                    let sent_a = Instant::now();
+                    let sent_a = Timing::now(due);
                     let a = self.buy(&bearer, Some(&key)).await;
-                    let sent_b = Instant::now();
+                    // The retry is due when the first answer is in.
+                    let sent_b = Timing::now(Instant::now());
                     let b = self.buy(&bearer, Some(&key)).await;
                     (sent_a, a, sent_b, b)
                 };
