@@ -19,7 +19,8 @@
 # SECKILL_TEST_DATABASE_URL and drops that one, and only that one, on exit.
 # SECKILL_DATABASE_URL from the environment is ignored.
 #
-# BENCH_PARTS selects parts (comma-separated: http,durable,drain,limiter,redis,criterion;
+# BENCH_PARTS selects parts (comma-separated: http,durable,ablation,bigsale,drain,limiter,
+# redis,criterion;
 # default all; "none" only checks the services and the database lifecycle).
 set -euo pipefail
 
@@ -35,7 +36,8 @@ BENCH_DB_CREATED=""
 PG_SERVER="${SECKILL_TEST_DATABASE_URL%%\?*}"
 PG_SERVER="${PG_SERVER%/*}"
 export SECKILL_DATABASE_URL="$PG_SERVER/$BENCH_DB"
-BENCH_PARTS="${BENCH_PARTS:-http,durable,drain,limiter,redis,criterion}"
+BENCH_PARTS="${BENCH_PARTS:-http,durable,ablation,bigsale,drain,limiter,redis,criterion}"
+ABLATION_PHASE_SECS="${BENCH_ABLATION_PHASE_SECS:-4}"
 part() { [[ ",$BENCH_PARTS," == *",$1,"* ]]; }
 export SECKILL_TEST_REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
@@ -154,6 +156,52 @@ if part durable; then
     stop_engine
 fi
 
+# --- 1c. Cost ablation: the purchase path layer by layer ---------------------
+# One engine per layer (`seckill serve --ablation LAYER`, a benchmark-only
+# switch: below `full` nothing is persisted), each measured against its own
+# /healthz in the same run; every purchase carries an Idempotency-Key.
+ablation_rc=skipped
+ABLATION_LAYERS=(script token limits idempotency full)
+if part ablation; then
+    section "cost ablation: script, + token, + limits, + idempotency, + persistence"
+    target/release/seckill migrate
+    ablation_rc=0
+    mkdir -p "$OUT_DIR/ablation"
+    for layer in "${ABLATION_LAYERS[@]}"; do
+        rm -f "$OUT_DIR/ablation/ablation-$layer.json"
+        engine_serve_args=(--ablation "$layer")
+        # The limits are on from the `limits` layer up, set high enough that
+        # they are checked but never refuse (their cost, not their effect).
+        engine_start bench "$LOG" "$BASE_URL" \
+            SECKILL_BIND="$BIND" \
+            SECKILL_RATE_GLOBAL_RPS=10000000 SECKILL_RATE_USER_RPS=1000 SECKILL_RATE_IP_RPS=10000000 \
+            SECKILL_REDIS_PREFIX="bench-ablation-$layer-$(date +%s)-$$" \
+            SECKILL_LOG_FORMAT=json RUST_LOG=warn
+        engine_serve_args=()
+        set +e
+        target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
+            --phase-secs "$ABLATION_PHASE_SECS" --engine-pid "$engine_pid" \
+            --out-dir "$OUT_DIR/ablation" --ablation-layer "$layer"
+        rc_layer=$?
+        set -e
+        stop_engine
+        if [[ "$rc_layer" -ne 0 ]]; then
+            say "ablation layer $layer exited with $rc_layer" >&2
+            ablation_rc=$rc_layer
+        fi
+    done
+fi
+
+# --- 1d. A sale of 1 M buyers: cost that must not grow with the sale --------
+bigsale_rc=skipped
+if part bigsale; then
+    section "a sale of ${BIGSALE_BUYERS:-1000000} buyers: reconciler passes, Redis slow log, engine RSS"
+    set +e
+    SECKILL_LOADTEST_OUT_DIR="$OUT_DIR" scripts/bench-bigsale.sh
+    bigsale_rc=$?
+    set -e
+fi
+
 # --- 2. Writer drain rate ----------------------------------------------------
 drain_rc=skipped
 if part drain && [[ -f benches/writer_drain.rs ]]; then
@@ -245,6 +293,41 @@ if [[ -f "$durable_json" ]]; then
       "  purchase sold out   \(.sold_out_rps | round) req/s   p50 \(f(.sold_out_p50_ms)) ms  p99 \(f(.sold_out_p99_ms)) ms   ratio \(.ratio_sold_out * 1000 | round / 1000)"
     ' "$durable_json"
 fi
+if [[ -f "$json" ]]; then
+    echo
+    echo "cost table: CPU µs per counted request, by process and phase (same run)"
+    jq -r '
+      def u(x): if x == null then "     -" else (x * 10 | round / 10 | tostring | .[0:6] | (" " * (6 - length)) + .) end;
+      "  phase                 client engine  redis postgr  other    total",
+      (.phases[] | .cpu as $c |
+        "  \(.name + (" " * (20 - (.name | length))))  \(u($c.client_us_per_request)) \(u($c.engine_us_per_request)) \(u($c.redis_us_per_request)) \(u($c.postgres_us_per_request)) \(u($c.other_us_per_request))   \(u(($c.client_us_per_request // 0) + ($c.engine_us_per_request // 0) + ($c.redis_us_per_request // 0) + ($c.postgres_us_per_request // 0)))")
+    ' "$json"
+fi
+ablation_rows=()
+for layer in "${ABLATION_LAYERS[@]}"; do
+    f="$OUT_DIR/ablation/ablation-$layer.json"
+    if [[ -f "$f" && "$ablation_rc" != skipped ]]; then ablation_rows+=("$f"); fi
+done
+if ((${#ablation_rows[@]})); then
+    echo
+    echo "ablation of the purchase path (selling, every request keyed; one engine per layer, each ratio to its own /healthz)"
+    jq -rs '
+      def u(x): if x == null then "     -" else (x * 10 | round / 10 | tostring | .[0:6] | (" " * (6 - length)) + .) end;
+      "  layer          purchases/s  ratio   p99 ms  engine  redis postgr client   (CPU µs per purchase)",
+      (.[] | .selling.cpu as $c |
+        "  \(.layer + (" " * (13 - (.layer | length))))  \(.selling.rps | round | tostring | (" " * (11 - length)) + .)  \(.ratio_selling * 1000 | round / 1000 | tostring | .[0:5] | (" " * (5 - length)) + .)  \(.selling.p99_ms * 100 | round / 100 | tostring | (" " * (7 - length)) + .)  \(u($c.engine_us_per_request)) \(u($c.redis_us_per_request)) \(u($c.postgres_us_per_request)) \(u($c.client_us_per_request))")
+    ' "${ablation_rows[@]}"
+fi
+if [[ -f "$OUT_DIR/bigsale.json" && "$bigsale_rc" != skipped ]]; then
+    echo
+    jq -r '
+      "sale of \(.buyers_in_redis) buyers in one event (filled in \(.fill_secs | round) s):",
+      "  purchase p99 \(.measure.p99_ms) ms at \(.measure.rate)/s (open model) over \(.measure.reconciler_passes) reconciler passes, checker and dashboard polled every second",
+      "  slowest Redis command \(.redis.slowest_us) µs (\(.redis.slowest_command)), bound \(.redis.bound_us) µs; \(.redis.commands_over_100us) commands over 100 µs",
+      (.redis.slowest_by_kind[] | "    \(.kind): max \(.max_us) µs, \(.over_100us) over 100 µs"),
+      "  engine RSS: start \(.engine_rss_mb.start) MiB, peak \(.engine_rss_mb.peak) MiB, idle after the sale \(.engine_rss_mb.idle_after_sale) MiB (bound \(.engine_rss_mb.bound) MiB)"
+    ' "$OUT_DIR/bigsale.json"
+fi
 if [[ -n "$redis_rps" ]]; then
     echo "redis EVALSHA purchase.lua  ${redis_rps} calls/s (Redis ceiling, 64 clients)"
 fi
@@ -257,12 +340,15 @@ echo "total time: $(($(date +%s) - started))s"
 # (named from bench.json); the durable run is a comparison (SPEC §7 is for the
 # default ack), so only its other failures count.
 failures=()
-for part in "http $http_rc" "durable $durable_rc" "criterion $micro_rc" "drain $drain_rc" "limiter $limiter_rc"; do
+for part in "http $http_rc" "durable $durable_rc" "ablation $ablation_rc" "bigsale $bigsale_rc" \
+    "criterion $micro_rc" "drain $drain_rc" "limiter $limiter_rc"; do
     read -r name c <<<"$part"
     if [[ "$c" == skipped || "$c" == 0 || ("$name" == durable && "$c" == 3) ]]; then
         continue
     elif [[ "$name" == http && "$c" == 3 && -f "$json" ]]; then
         failures+=("SPEC §7 targets not met: $(jq -r '[.targets[] | select(.met | not) | .name] | join(", ")' "$json")")
+    elif [[ "$name" == bigsale && "$c" == 3 ]]; then
+        failures+=("bigsale bounds not met: $(jq -r '[(if .redis.slowest_us > .redis.bound_us then "slowest Redis command \(.redis.slowest_us) µs > \(.redis.bound_us)" else empty end), (if .engine_rss_mb.idle_after_sale > .engine_rss_mb.bound then "idle RSS \(.engine_rss_mb.idle_after_sale) MiB > \(.engine_rss_mb.bound)" else empty end)] | join(", ")' "$OUT_DIR/bigsale.json")")
     else
         failures+=("$name part exited $c")
     fi

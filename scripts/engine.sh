@@ -1,16 +1,19 @@
 # shellcheck shell=bash
 # Start and stop a release engine for a script (demo, bench). Source it, then:
 #   engine_start TAG LOG BASE_URL [VAR=value ...]   # serve in the background, wait for /readyz
+#                                                   # (with "${engine_serve_args[@]}" if set)
 #   engine_stop TAG                                 # SIGTERM, wait for the drain, SIGKILL after 30 s
 # The engine's pid is in $engine_pid while it runs.
 
 READY_SECS="${READY_SECS:-30}"
 engine_pid=""
+# Extra arguments of `seckill serve` for the next engine_start (e.g. --ablation script).
+engine_serve_args=()
 
 engine_start() {
     local tag="$1" log="$2" base_url="$3"
     shift 3
-    env "$@" target/release/seckill serve >"$log" 2>&1 &
+    env "$@" target/release/seckill serve "${engine_serve_args[@]}" >"$log" 2>&1 &
     engine_pid=$!
     local _
     for _ in $(seq 1 $((READY_SECS * 4))); do

@@ -113,6 +113,8 @@ pub struct Catalog {
     /// it was read (ms since `started`).
     max_id: AtomicI64,
     max_id_checked_ms: AtomicU64,
+    /// Held while the highest id is read from Postgres.
+    max_id_read: tokio::sync::Mutex<()>,
     lookups: Semaphore,
     started: Instant,
 }
@@ -123,6 +125,7 @@ impl Default for Catalog {
             entries: RwLock::default(),
             max_id: AtomicI64::new(0),
             max_id_checked_ms: AtomicU64::new(NEVER),
+            max_id_read: tokio::sync::Mutex::new(()),
             lookups: Semaphore::new(LOOKUPS_AT_ONCE),
             started: Instant::now(),
         }
@@ -144,22 +147,29 @@ impl Catalog {
                 _ => {}
             }
         }
-        let _permit = self.lookups.acquire().await.expect("never closed");
         // Events get ids in order: one above the highest is no event, unless
         // it was created since the highest was read: read it again, at most
         // every MAX_ID_RECHECK (a flood of unknown ids costs that, no more).
+        // One read at a time; who waited for it uses its answer if the read
+        // began after they arrived.
         if id > self.max_id.load(Ordering::Acquire) {
-            let now = self.now_ms();
+            let arrived = self.now_ms();
+            let _reading = self.max_id_read.lock().await;
             let checked = self.max_id_checked_ms.load(Ordering::Acquire);
-            if checked != NEVER && now.saturating_sub(checked) < MAX_ID_RECHECK.as_millis() as u64 {
-                return Ok(None);
+            let fresh = checked != NEVER
+                && (checked >= arrived
+                    || self.now_ms().saturating_sub(checked) < MAX_ID_RECHECK.as_millis() as u64);
+            if !fresh {
+                let started = self.now_ms();
+                self.max_id
+                    .fetch_max(db::events::max_id(db).await?, Ordering::AcqRel);
+                self.max_id_checked_ms.store(started, Ordering::Release);
             }
-            self.max_id_checked_ms.store(now, Ordering::Release);
-            self.set_max_id(db::events::max_id(db).await?);
             if id > self.max_id.load(Ordering::Acquire) {
                 return Ok(None);
             }
         }
+        let _permit = self.lookups.acquire().await.expect("never closed");
         if let Some(Entry::Known(slot)) = self.entries.read().expect("catalog lock").get(&id) {
             return Ok(Some(slot.clone()));
         }

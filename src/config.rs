@@ -33,6 +33,46 @@ pub struct Settings {
     /// Under `durable`: longest wait for the commit before answering 503.
     pub ack_timeout: Duration,
     pub http: HttpSettings,
+    /// Benchmark only (`seckill serve --ablation`): how much of the purchase
+    /// path runs. Never read from the environment.
+    pub purchase_layers: PurchaseLayers,
+}
+
+/// The purchase path's layers, cumulative, for the cost ablation in
+/// `make bench`. Anything below [`PurchaseLayers::Full`] answers 202 without
+/// persisting the order and runs no reconciler: a measuring instrument, not a
+/// mode to sell in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PurchaseLayers {
+    /// `purchase.lua` behind axum: the shopper is the bearer string, hashed.
+    Script,
+    /// + the JWT verified.
+    Token,
+    /// + the global, per-IP and per-shopper rate limits.
+    Limits,
+    /// + the `Idempotency-Key` flow (Redis claim, Postgres key row).
+    Idempotency,
+    /// + the hand-off to the writers and the reconciler: the engine.
+    Full,
+}
+
+impl std::str::FromStr for PurchaseLayers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "script" => Self::Script,
+            "token" => Self::Token,
+            "limits" => Self::Limits,
+            "idempotency" => Self::Idempotency,
+            "full" => Self::Full,
+            other => {
+                return Err(format!(
+                    "{other:?}: expected script, token, limits, idempotency or full"
+                ))
+            }
+        })
+    }
 }
 
 /// When the engine acknowledges a purchase (`SECKILL_ACK`).
@@ -107,6 +147,7 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("ack", &self.ack)
             .field("http", &self.http)
+            .field("purchase_layers", &self.purchase_layers)
             .finish()
     }
 }
@@ -239,6 +280,7 @@ impl Settings {
             ),
             ack,
             ack_timeout,
+            purchase_layers: PurchaseLayers::Full,
             http,
         })
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use seckill::{
     auth::Auth,
-    config::Settings,
+    config::{PurchaseLayers, Settings},
     db,
     redis::{Keys, Scripts},
     startup::Application,
@@ -24,7 +24,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API, the writers and the reconciler.
-    Serve,
+    Serve {
+        /// Benchmark only: run the purchase path up to this layer (script,
+        /// token, limits, idempotency, full). Below `full`, purchases are
+        /// not persisted.
+        #[arg(long, hide = true, default_value = "full")]
+        ablation: PurchaseLayers,
+    },
     /// Create the database if needed and apply the migrations.
     Migrate,
     /// Print a shopper JWT signed with SECKILL_JWT_SECRET.
@@ -43,13 +49,10 @@ enum Command {
         #[arg(long, env = "SECKILL_REDIS_PREFIX", default_value = "sk")]
         prefix: String,
     },
-    /// Print a Lua script exactly as the engine loads it (with its prelude).
+    /// Print a Lua script exactly as the engine loads it (with its prelude);
+    /// without a name, every script's name and SHA1.
     #[command(hide = true)]
-    Lua {
-        /// Script name: purchase, release, preheat, admit, missing, snapshot,
-        /// repair, cap, idempotency, renew, unlock.
-        name: String,
-    },
+    Lua { name: Option<String> },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve => serve().await,
+        Command::Serve { ablation } => serve(ablation).await,
         Command::Migrate => migrate().await,
         Command::Token { user, ttl_secs } => {
             anyhow::ensure!(user > 0, "--user must be a positive 64-bit integer");
@@ -93,7 +96,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Lua { name } => {
+        Command::Lua { name: None } => {
+            for script in Scripts::default().all() {
+                println!("{} {}", script.sha1(), script.name());
+            }
+            Ok(())
+        }
+        Command::Lua { name: Some(name) } => {
             let scripts = Scripts::default();
             let script = scripts
                 .all()
@@ -106,8 +115,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+async fn serve(layers: PurchaseLayers) -> anyhow::Result<()> {
+    let mut settings = Settings::from_env()?;
+    settings.purchase_layers = layers;
     telemetry::init_tracing(settings.log_format);
     tracing::info!(?settings, "starting");
     let app = Application::build(settings).await?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::Auth,
     catalog::{self, Catalog},
-    config::Settings,
+    config::{PurchaseLayers, Settings},
     db,
     ratelimit::RateLimits,
     reconciler::{ReconcileSettings, Reconciler},
@@ -87,7 +87,14 @@ impl Application {
 
         let stop_background = CancellationToken::new();
         let mut background = JoinSet::new();
-        background.spawn(state.reconciler.clone().run_loop(stop_background.clone()));
+        if state.settings.purchase_layers == PurchaseLayers::Full {
+            background.spawn(state.reconciler.clone().run_loop(stop_background.clone()));
+        } else {
+            tracing::warn!(
+                layers = ?state.settings.purchase_layers,
+                "ablation run: purchases are answered without being persisted and no reconciler runs; a benchmark instrument, never a sale"
+            );
+        }
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
         background.spawn(refresh_catalog(state.clone(), stop_background.clone()));

@@ -327,6 +327,12 @@ pub struct BenchArgs {
     /// Where bench.json goes.
     #[arg(long, env = "SECKILL_LOADTEST_OUT_DIR", default_value = "loadtest/out")]
     pub out_dir: PathBuf,
+    /// Cost ablation: the engine runs `seckill serve --ablation LAYER`. Only
+    /// `/healthz` and the selling phase are measured, every purchase with a
+    /// fresh `Idempotency-Key`, nothing is drained (below `full` nothing is
+    /// persisted); writes ablation-LAYER.json instead of bench.json.
+    #[arg(long, value_name = "LAYER")]
+    pub ablation_layer: Option<String>,
 }
 
 /// The benchmark's HTTP client implementation.

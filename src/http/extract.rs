@@ -130,7 +130,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
 }
 
 /// The `Authorization: Bearer` token, or 401.
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+pub(super) fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
         .get(header::AUTHORIZATION)

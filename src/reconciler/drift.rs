@@ -13,7 +13,7 @@ use super::{Discrepancy, ReconcileError, Reconciler, Report, CONFIRM_AFTER};
 use crate::{
     db::{self, events::Event},
     drift::{buyer_drift, Observation},
-    redis::state::PAGE,
+    redis::{state::PAGE, MOST_PER_CALL},
 };
 
 /// Where the background sweep of an event's buyers stands.
@@ -145,9 +145,19 @@ impl Reconciler {
         users: &[i64],
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
-        if users.is_empty() {
-            return Ok(());
+        for part in users.chunks(MOST_PER_CALL) {
+            self.compare_some_buyers(event, part, report).await?;
         }
+        Ok(())
+    }
+
+    /// One `buyers.lua` read (one instant) and its comparison.
+    async fn compare_some_buyers(
+        &self,
+        event: &Event,
+        users: &[i64],
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
         let (at_ms, buyers) = self.redis.buyers_at(event.id, users).await?;
         let drift = buyer_drift(&self.db, event.id, at_ms, &buyers).await?;
         if drift.is_empty() {

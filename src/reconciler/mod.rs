@@ -223,6 +223,11 @@ impl Reconciler {
         }
         metrics::counter!("seckill_reconcile_replayed_total")
             .increment(report.intents_replayed as u64);
+        metrics::counter!("seckill_reconcile_runs_total").increment(1);
+        metrics::histogram!("seckill_reconcile_pass_seconds")
+            .record((finished_at - started_at).as_seconds_f64());
+        metrics::gauge!("seckill_reconcile_last_success_timestamp_seconds")
+            .set(finished_at.timestamp_millis() as f64 / 1000.0);
         Ok(report)
     }
 

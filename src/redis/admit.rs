@@ -25,32 +25,50 @@ impl Redis {
         event_id: i64,
         intents: &[Intent],
     ) -> Result<Vec<Intent>, RedisError> {
-        let args: Vec<Value> = intents
-            .iter()
-            .map(|i| Value::from(i.order_no.to_string()))
-            .collect();
-        let reply = self
-            .run(
-                &self.scripts.missing,
-                vec![self.keys.event(event_id).ledger],
-                args,
-            )
-            .await?;
-        let Value::Array(positions) = reply else {
-            return Err(RedisError::Protocol(format!(
-                "missing.lua returned {reply:?}"
-            )));
-        };
-        Ok(positions
-            .iter()
-            .filter_map(Value::as_i64)
-            .filter_map(|p| intents.get((p - 1) as usize).copied())
-            .collect())
+        let parts = Self::in_parts(intents, |part| async move {
+            let args = part
+                .iter()
+                .map(|i| Value::from(i.order_no.to_string()))
+                .collect();
+            let reply = self
+                .run(
+                    &self.scripts.missing,
+                    vec![self.keys.event(event_id).ledger],
+                    args,
+                )
+                .await?;
+            let Value::Array(positions) = reply else {
+                return Err(RedisError::Protocol(format!(
+                    "missing.lua returned {reply:?}"
+                )));
+            };
+            Ok(positions
+                .iter()
+                .filter_map(Value::as_i64)
+                .filter_map(|p| part.get((p - 1) as usize).copied())
+                .collect::<Vec<Intent>>())
+        })
+        .await?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// Runs `admit.lua` for intents of one event: which may be persisted as
     /// they are, and which lost their stock with a Redis restart.
     pub async fn admit(&self, event_id: i64, intents: &[Intent]) -> Result<Admission, RedisError> {
+        let parts = Self::in_parts(intents, |part| self.admit_part(event_id, part)).await?;
+        let mut decided = Vec::with_capacity(intents.len());
+        for part in parts {
+            match part {
+                // Lost between two parts: the whole batch waits for the
+                // rebuild; what a part re-took is pending and admitted again.
+                Admission::NotLoaded => return Ok(Admission::NotLoaded),
+                Admission::Decided(states) => decided.extend(states),
+            }
+        }
+        Ok(Admission::Decided(decided))
+    }
+
+    async fn admit_part(&self, event_id: i64, intents: &[Intent]) -> Result<Admission, RedisError> {
         let mut args = Vec::with_capacity(intents.len() * 5);
         for i in intents {
             args.extend([

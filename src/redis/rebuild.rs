@@ -10,7 +10,8 @@ use fred::types::Value;
 use uuid::Uuid;
 
 use super::{
-    preheat::sale_args, settle::FAILED_KEPT_PER_SHOPPER, state::PAGE, Redis, RedisError, SaleParams,
+    preheat::sale_args, settle::FAILED_KEPT_PER_SHOPPER, Redis, RedisError, SaleParams,
+    MOST_PER_CALL,
 };
 
 /// An order as Postgres knows it, for a rebuild.
@@ -88,7 +89,7 @@ impl Redis {
         event_id: i64,
         buyers: &[RebuiltBuyer],
     ) -> Result<(), RedisError> {
-        for chunk in buyers.chunks(PAGE as usize) {
+        for chunk in buyers.chunks(MOST_PER_CALL) {
             let mut args = Vec::with_capacity(1 + chunk.len() * 3);
             args.push(Value::from("buyers"));
             for b in chunk {

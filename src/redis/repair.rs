@@ -15,7 +15,8 @@ impl Redis {
         event_id: i64,
         buyers: &[(i64, i64, i64)],
     ) -> Result<bool, RedisError> {
-        self.repair(event_id, None, None, buyers).await
+        let parts = Self::in_parts(buyers, |part| self.repair(event_id, None, None, part)).await?;
+        Ok(parts.into_iter().all(|repaired| repaired))
     }
 
     /// Runs `repair.lua` on the stock and the `held` counter: set to

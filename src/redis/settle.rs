@@ -20,16 +20,16 @@ impl Redis {
         if order_nos.is_empty() {
             return Ok(0);
         }
-        let k = self.keys.event(event_id);
-        self.run_for_int(
-            &self.scripts.ack,
-            vec![k.meta, k.ledger],
-            order_nos
-                .iter()
-                .map(|o| Value::from(o.to_string()))
-                .collect(),
-        )
-        .await
+        let parts = Self::in_parts(order_nos, |part| {
+            let k = self.keys.event(event_id);
+            self.run_for_int(
+                &self.scripts.ack,
+                vec![k.meta, k.ledger],
+                part.iter().map(|o| Value::from(o.to_string())).collect(),
+            )
+        })
+        .await?;
+        Ok(parts.into_iter().sum())
     }
 
     /// `release.lua` restock: the units of failed orders back on sale, once;
@@ -53,11 +53,14 @@ impl Redis {
         if order_nos.is_empty() {
             return Ok(0);
         }
-        let mut args = Vec::with_capacity(order_nos.len() + 2);
-        args.push(Value::from(FAILED_KEPT_PER_SHOPPER as i64));
-        args.push(Value::from(mode));
-        args.extend(order_nos.iter().map(|o| Value::from(o.to_string())));
-        self.run_for_int(&self.scripts.release, self.keys.event(event_id).all(), args)
-            .await
+        let parts = Self::in_parts(order_nos, |part| {
+            let mut args = Vec::with_capacity(part.len() + 2);
+            args.push(Value::from(FAILED_KEPT_PER_SHOPPER as i64));
+            args.push(Value::from(mode));
+            args.extend(part.iter().map(|o| Value::from(o.to_string())));
+            self.run_for_int(&self.scripts.release, self.keys.event(event_id).all(), args)
+        })
+        .await?;
+        Ok(parts.into_iter().sum())
     }
 }

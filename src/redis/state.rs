@@ -11,7 +11,7 @@ use super::{Redis, RedisError};
 use crate::intent::LedgerEntry;
 
 /// Shoppers or ledger entries read per page.
-pub const PAGE: u32 = 200;
+pub const PAGE: u32 = 100;
 
 /// An event's counters at one instant (`state.lua`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

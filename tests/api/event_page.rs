@@ -126,3 +126,27 @@ async fn the_event_page_asks_neither_postgres_nor_redis_per_call() {
     assert_eq!(body["stock_left"], 2);
     app.cleanup().await;
 }
+
+/// A process that just started knows no event yet: a burst of concurrent
+/// first requests for an existing one must all find it (one reads the
+/// highest id, the others wait for that read instead of answering 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_catalog_finds_an_existing_event_under_a_burst_of_first_requests() {
+    let app = spawn_app_env(Vec::new()).await;
+    let sale = app.open_sale(5, 100, 1).await;
+    for _ in 0..20 {
+        let catalog = std::sync::Arc::new(seckill::catalog::Catalog::default());
+        let found = all(0..32, |_| {
+            let (catalog, db) = (catalog.clone(), app.db.clone());
+            async move { catalog.get(&db, sale.id).await.unwrap().is_some() }
+        })
+        .await;
+        assert!(
+            found.iter().all(|&f| f),
+            "{} of 32 first requests did not find event {}",
+            found.iter().filter(|&&f| !f).count(),
+            sale.id
+        );
+    }
+    app.cleanup().await;
+}

@@ -7,7 +7,10 @@
 //! `reqwest` shares one pooled client (`pool_max_idle_per_host` ≥
 //! connections) like the scenarios do.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -60,6 +63,21 @@ pub struct Call {
     /// Origin-form path, e.g. `/healthz`.
     pub path: String,
     pub body: Option<Bytes>,
+    /// Every request carries a fresh `Idempotency-Key` with this prefix.
+    pub keyed: Option<String>,
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Sequence number of the next `Idempotency-Key`, process-wide.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+impl Call {
+    fn idempotency_key(&self) -> Option<HeaderValue> {
+        let prefix = self.keyed.as_ref()?;
+        let n = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{prefix}{n}")).ok()
+    }
 }
 
 /// One keep-alive connection (hyper) or a handle on the shared pool (reqwest).
@@ -141,6 +159,9 @@ impl Conn {
                 if let Some(auth) = auth {
                     req = req.header(header::AUTHORIZATION, auth.clone());
                 }
+                if let Some(key) = call.idempotency_key() {
+                    req = req.header(IDEMPOTENCY_KEY, key);
+                }
                 if let Some(body) = &call.body {
                     req = req
                         .header(
@@ -202,6 +223,9 @@ async fn send_hyper(
         .header(header::HOST, target.host_header.clone());
     if let Some(auth) = auth {
         req = req.header(header::AUTHORIZATION, auth.clone());
+    }
+    if let Some(key) = call.idempotency_key() {
+        req = req.header(IDEMPOTENCY_KEY, key);
     }
     let body = match &call.body {
         Some(body) => {

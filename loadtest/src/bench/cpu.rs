@@ -31,8 +31,12 @@ pub struct CpuUse {
     pub other_cores: Option<f64>,
     /// Share of all CPUs busy (everything on the box).
     pub machine_busy_pct: Option<f64>,
+    /// CPU µs per counted request, per process (the cost table).
     pub client_us_per_request: Option<f64>,
     pub engine_us_per_request: Option<f64>,
+    pub redis_us_per_request: Option<f64>,
+    pub postgres_us_per_request: Option<f64>,
+    pub other_us_per_request: Option<f64>,
 }
 
 impl CpuSample {
@@ -90,6 +94,9 @@ impl CpuUse {
             machine_busy_pct: machine_pct,
             client_us_per_request: per_req(client),
             engine_us_per_request: per_req(engine),
+            redis_us_per_request: per_req(redis),
+            postgres_us_per_request: per_req(postgres),
+            other_us_per_request: per_req(other),
         }
     }
 }

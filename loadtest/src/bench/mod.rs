@@ -4,20 +4,26 @@
 //!
 //! 1. warm-up on `/healthz` (not reported);
 //! 2. `healthz`: the HTTP ceiling of this box;
-//! 3. `purchase_selling`: every request a fresh shopper buying 1 unit of an
+//! 3. `event_page`: `GET /api/events/{id}` of the selling event;
+//! 4. `purchase_selling`: every request a fresh shopper buying 1 unit of an
 //!    event with more stock than the phase can sell; only 202s count;
-//! 4. `purchase_sold_out`: fresh shoppers against a sold-out event, answered
-//!    409 `sold_out` from the engine's local flag; only those count;
-//! 5. ratios to the ceiling, p99s, the SPEC targets, and the orders the
+//! 5. `purchase_sold_out`, right after: fresh shoppers against a sold-out
+//!    event, answered 409 `sold_out` from the engine's local flag (only those
+//!    count), while the writers still drain the selling phase (timed);
+//! 6. ratios to the ceiling, p99s, the SPEC targets, and the orders the
 //!    writers persisted; a target not met is named and exits with 3.
 //!
 //! Shopper tokens are signed before the purchase phases (in parallel, timed),
 //! so the client spends its CPU on HTTP, not on HMAC.
 //!
-//! Layout: `client` (the connections), `cpu` (CPU use from /proc), `phase`
-//! (one measured phase), `setup` (tokens, wallets, events), `report`
-//! (bench.json and the printed table); this file runs the phases in order.
+//! With `--ablation-layer`, only steps 1, 2 and 4 run (see [`ablation`]).
+//!
+//! Layout: `ablation` (one row of the cost table), `client` (the
+//! connections), `cpu` (CPU use from /proc), `phase` (one measured phase),
+//! `setup` (tokens, wallets, events), `report` (bench.json and the printed
+//! table); this file runs the phases in order.
 
+mod ablation;
 mod client;
 mod cpu;
 mod phase;
@@ -74,6 +80,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
         method: Method::GET,
         path: "/healthz".into(),
         body: None,
+        keyed: None,
     };
 
     // 1. Warm-up (connections, caches, CPU frequency), not reported.
@@ -89,32 +96,67 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     let tokens = Arc::new(prepared.tokens);
     let mut warnings = prepared.warnings;
 
-    // 4. Purchases while stock lasts: fresh shoppers, 1 unit each.
-    let call = purchase_call(selling.id);
+    // 4. The event page every shopper refreshes (the selling event's).
+    let page_call = Call {
+        method: Method::GET,
+        path: format!("/api/events/{}", selling.id),
+        body: None,
+        keyed: None,
+    };
+    let page = if args.ablation_layer.is_none() {
+        Some(phases.measure("event_page", &page_call, None, ok).await?)
+    } else {
+        None
+    };
+
+    // 5. Purchases while stock lasts: fresh shoppers, 1 unit each.
+    let keyed = args
+        .ablation_layer
+        .as_ref()
+        .map(|_| format!("ablation-{}-", head.started_at.timestamp_millis()));
+    let call = purchase_call(selling.id, keyed);
     let accepted = Expect::Status(StatusCode::ACCEPTED);
     let sell = phases
         .measure("purchase_selling", &call, Some(&tokens), accepted)
         .await?;
+    let page = match (page, &args.ablation_layer) {
+        (_, Some(layer)) => return ablation::finish(&args.out_dir, layer, head, health, sell),
+        (Some(page), None) => page,
+        (None, None) => unreachable!("the event page is measured unless ablating"),
+    };
     warnings.extend(tokens.overrun_warning());
-    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
-    let drain = drain_selling(&api, selling.id, drain_timeout, &mut warnings).await?;
 
-    // 5. Purchases after sell-out: fresh shoppers for event B (the same
-    //    tokens from the start of the range: none of them has touched B).
+    // 6. Purchases after sell-out, right away, while the writers still
+    //    drain the selling phase's backlog (the crowd keeps clicking): fresh
+    //    shoppers for event B (the same tokens from the start of the range:
+    //    none of them has touched B). The drain is timed meanwhile.
+    let backlog = api.event(selling.id).await?.pending;
+    println!("bench: {backlog} orders of the selling phase pending as the sold-out phase starts");
     tokens.rewind();
-    let call = purchase_call(sold_out.id);
-    let gone = phases
-        .measure("purchase_sold_out", &call, Some(&tokens), Expect::SoldOut)
-        .await?;
+    let call = purchase_call(sold_out.id, None);
+    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    let (gone, drain) = tokio::join!(
+        phases.measure("purchase_sold_out", &call, Some(&tokens), Expect::SoldOut),
+        drain_selling(&api, selling.id, drain_timeout)
+    );
+    let (gone, drain) = (gone?, drain?);
+    if !drain.drained {
+        warnings.push(format!(
+            "the selling event still had {} pending orders after {}s",
+            drain.event.pending,
+            drain_timeout.as_secs()
+        ));
+    }
     drop(phases);
 
-    let persisted = persisted(&api, &drain, selling, sold_out, drain_timeout).await?;
+    let mut persisted = persisted(&api, &drain, selling, sold_out, drain_timeout).await?;
+    persisted.backlog_at_sold_out_start = backlog;
     warnings.extend(report::persisted_warnings(&sell, &persisted));
     // Warnings about load from other processes do not fail the run.
-    let disturbed = report::disturbance_warnings(&[&health, &sell, &gone]);
+    let disturbed = report::disturbance_warnings(&[&health, &page, &sell, &gone]);
     let n_disturbed = disturbed.len();
     warnings.extend(disturbed);
-    warnings.extend(report::uncounted_warnings(&[&health, &sell, &gone]));
+    warnings.extend(report::uncounted_warnings(&[&health, &page, &sell, &gone]));
 
     let setup = report::Setup {
         users: prepared.users,
@@ -125,7 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
         selling_event_id: selling.id,
         sold_out_event_id: sold_out.id,
     };
-    let report = BenchReport::new(head, [health, sell, gone], setup, persisted, warnings);
+    let report = BenchReport::new(head, [health, page, sell, gone], setup, persisted, warnings);
     let path = args.out_dir.join("bench.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -161,34 +203,22 @@ fn check(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn purchase_call(event_id: i64) -> Call {
+fn purchase_call(event_id: i64, keyed: Option<String>) -> Call {
     Call {
         method: Method::POST,
         path: format!("/api/events/{event_id}/purchase"),
         body: Some(Bytes::from_static(br#"{"quantity":1}"#)),
+        keyed,
     }
 }
 
 /// Waits for the writers to persist the selling phase's orders.
-async fn drain_selling(
-    api: &Api,
-    event_id: i64,
-    timeout: Duration,
-    warnings: &mut Vec<String>,
-) -> anyhow::Result<Drain> {
-    println!("bench: waiting for the writers to persist the selling phase's orders");
+async fn drain_selling(api: &Api, event_id: i64, timeout: Duration) -> anyhow::Result<Drain> {
     let drain = wait_for_drain(api, event_id, timeout).await?;
     println!(
-        "bench: drained={} in {:.2}s after the phase: {} sold, {} failed, {} pending",
+        "bench: selling phase drained={} {:.2}s after it ended: {} sold, {} failed, {} pending",
         drain.drained, drain.secs, drain.event.sold, drain.event.failed, drain.event.pending
     );
-    if !drain.drained {
-        warnings.push(format!(
-            "the selling event still had {} pending orders after {}s",
-            drain.event.pending,
-            timeout.as_secs()
-        ));
-    }
     Ok(drain)
 }
 
@@ -203,6 +233,7 @@ async fn persisted(
     let final_sell = wait_for_drain(api, selling.id, timeout).await?;
     let final_b = wait_for_drain(api, sold_out.id, timeout).await?;
     Ok(Persisted {
+        backlog_at_sold_out_start: 0,
         selling_drained: drain.drained,
         selling_drain_secs: drain.secs,
         selling_sold: final_sell.event.sold,
