@@ -68,6 +68,34 @@ pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, 
 pub async fn rebuild(db: &PgPool, redis: &Redis, event: &Event) -> Result<(i64, i64), LoadError> {
     let mut tx = db.begin().await?;
     db::events::lock_for_loading(&mut *tx, event.id).await?;
+    rebuild_fenced(db, redis, event, tx).await
+}
+
+/// [`rebuild`], only when Redis still lacks the sale or its counters once
+/// the fence is held: the reconciler saw it lost, but an operator's rebuild
+/// may have restored it meanwhile, and a second one would unload a live sale
+/// for its duration. `None` when nothing was to do.
+pub async fn rebuild_if_lost(
+    db: &PgPool,
+    redis: &Redis,
+    event: &Event,
+) -> Result<Option<(i64, i64)>, LoadError> {
+    let mut tx = db.begin().await?;
+    db::events::lock_for_loading(&mut *tx, event.id).await?;
+    let state = redis.sale_state(event.id).await?;
+    if state.loaded && state.held.is_some() {
+        return Ok(None);
+    }
+    rebuild_fenced(db, redis, event, tx).await.map(Some)
+}
+
+/// The rebuild's steps, with the event row already held by `tx`.
+async fn rebuild_fenced(
+    db: &PgPool,
+    redis: &Redis,
+    event: &Event,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<(i64, i64), LoadError> {
     redis.rebuild_begin(event.id).await?;
     let (mut settled, mut after) = (0, 0);
     loop {

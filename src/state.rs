@@ -6,8 +6,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::{
-    auth::Auth, catalog::Catalog, config::Settings, ratelimit::RateLimits, reconciler::Reconciler,
-    redis::Redis, writer::WriterQueue,
+    auth::Auth, catalog::Catalog, config::Settings, idempotency::DurableKeys,
+    ratelimit::RateLimits, reconciler::Reconciler, redis::Redis, writer::WriterQueue,
 };
 
 pub struct App {
@@ -18,6 +18,8 @@ pub struct App {
     pub limits: RateLimits,
     pub auth: Auth,
     pub writers: WriterQueue,
+    /// Idempotency-Key records in Postgres, in shared statements.
+    pub durable_keys: DurableKeys,
     pub metrics: PrometheusHandle,
     pub reconciler: Arc<Reconciler>,
     /// A unique name for this process (reconciler lock holder, logs).

@@ -14,22 +14,6 @@ pub struct KeyRecord {
     pub order_no: Uuid,
 }
 
-/// The key's record, if it bought something and has not expired.
-pub async fn find(
-    db: impl PgExecutor<'_>,
-    user_id: i64,
-    key: &str,
-) -> Result<Option<KeyRecord>, DbError> {
-    Ok(sqlx::query_as(
-        "SELECT fingerprint, order_no FROM idempotency_keys
-         WHERE user_id = $1 AND key = $2 AND expires_at > now()",
-    )
-    .bind(user_id)
-    .bind(key)
-    .fetch_optional(db)
-    .await?)
-}
-
 /// A new key's purchase was accepted: record which order it produced.
 pub struct Accepted<'a> {
     pub user_id: i64,
@@ -40,35 +24,83 @@ pub struct Accepted<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Records an accepted key; returns the record the key holds afterwards,
-/// which is another order's only when a concurrent attempt got there first
-/// (possible only across a Redis loss: Redis serializes claims otherwise).
-pub async fn record(db: &sqlx::PgPool, accepted: &Accepted<'_>) -> Result<KeyRecord, DbError> {
+/// One key of a batch: (user_id, key).
+pub type KeyId = (i64, String);
+
+/// The live records of several keys, in one query.
+pub async fn find_many(
+    db: impl PgExecutor<'_>,
+    keys: &[KeyId],
+) -> Result<Vec<(KeyId, KeyRecord)>, DbError> {
+    let (users, names): (Vec<i64>, Vec<&str>) = keys.iter().map(|(u, k)| (*u, k.as_str())).unzip();
+    let rows: Vec<(i64, String, String, Uuid)> = sqlx::query_as(
+        "SELECT k.user_id, k.key, k.fingerprint, k.order_no
+         FROM idempotency_keys k
+         JOIN UNNEST($1::bigint[], $2::text[]) AS q(user_id, key) USING (user_id, key)
+         WHERE k.expires_at > now()",
+    )
+    .bind(&users)
+    .bind(&names)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, key, fingerprint, order_no)| {
+            (
+                (user_id, key),
+                KeyRecord {
+                    fingerprint,
+                    order_no,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Records several accepted keys in one statement (one commit for all);
+/// each key must appear once. Returns the records this statement wrote;
+/// a key missing from them held a live record already.
+pub async fn record_many(
+    db: impl PgExecutor<'_>,
+    accepted: &[Accepted<'_>],
+) -> Result<Vec<(KeyId, KeyRecord)>, DbError> {
+    let users: Vec<i64> = accepted.iter().map(|a| a.user_id).collect();
+    let keys: Vec<&str> = accepted.iter().map(|a| a.key).collect();
+    let fingerprints: Vec<&str> = accepted.iter().map(|a| a.fingerprint).collect();
+    let order_nos: Vec<Uuid> = accepted.iter().map(|a| a.order_no).collect();
+    let events: Vec<i64> = accepted.iter().map(|a| a.event_id).collect();
+    let expires: Vec<DateTime<Utc>> = accepted.iter().map(|a| a.expires_at).collect();
     // An expired row (the cleanup has not run yet) is replaced; a live one is kept.
-    let inserted: Option<KeyRecord> = sqlx::query_as(
+    let rows: Vec<(i64, String, String, Uuid)> = sqlx::query_as(
         "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_no, event_id, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::uuid[], $5::bigint[],
+                              $6::timestamptz[])
          ON CONFLICT (user_id, key) DO UPDATE
             SET fingerprint = EXCLUDED.fingerprint, order_no = EXCLUDED.order_no,
                 event_id = EXCLUDED.event_id, created_at = now(), expires_at = EXCLUDED.expires_at
             WHERE idempotency_keys.expires_at <= now()
-         RETURNING fingerprint, order_no",
+         RETURNING user_id, key, fingerprint, order_no",
     )
-    .bind(accepted.user_id)
-    .bind(accepted.key)
-    .bind(accepted.fingerprint)
-    .bind(accepted.order_no)
-    .bind(accepted.event_id)
-    .bind(accepted.expires_at)
-    .fetch_optional(db)
+    .bind(&users)
+    .bind(&keys)
+    .bind(&fingerprints)
+    .bind(&order_nos)
+    .bind(&events)
+    .bind(&expires)
+    .fetch_all(db)
     .await?;
-    match inserted {
-        Some(record) => Ok(record),
-        // A live row was there: read it (a new statement sees it committed).
-        None => find(db, accepted.user_id, accepted.key)
-            .await?
-            .ok_or_else(|| DbError::Sqlx(sqlx::Error::RowNotFound)),
-    }
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, key, fingerprint, order_no)| {
+            (
+                (user_id, key),
+                KeyRecord {
+                    fingerprint,
+                    order_no,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Deletes up to `limit` expired rows; returns how many went.

@@ -30,6 +30,9 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("gave up after {0} optimistic-lock conflicts in one batch")]
     TooManyConflicts(u32),
+    /// A statement shared by several requests failed (each gets this copy).
+    #[error("postgres (shared batch): {0}")]
+    Batch(String),
 }
 
 impl DbError {
@@ -37,7 +40,7 @@ impl DbError {
     /// serialization failure, pool timeout.
     pub fn is_transient(&self) -> bool {
         match self {
-            DbError::TooManyConflicts(_) => true,
+            DbError::TooManyConflicts(_) | DbError::Batch(_) => true,
             DbError::Sqlx(err) => match err {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

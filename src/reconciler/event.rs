@@ -45,7 +45,11 @@ impl Reconciler {
                 "event missing from redis"
             };
             self.wait_for_quiet_writers(event.id).await?;
-            let (stock_left, kept) = loading::rebuild(&self.db, &self.redis, event).await?;
+            let Some((stock_left, kept)) =
+                loading::rebuild_if_lost(&self.db, &self.redis, event).await?
+            else {
+                return Ok(());
+            };
             self.redis.publish_stock_back(event.id).await?;
             report.repairs += 1;
             report.discrepancies.push(Discrepancy {

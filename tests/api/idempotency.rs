@@ -123,3 +123,51 @@ async fn a_replay_after_sell_out_still_gets_its_202() {
     assert_eq!((status, again), (StatusCode::ACCEPTED, first));
     app.cleanup().await;
 }
+
+/// The key records of concurrent requests share statements: every key ends
+/// up with exactly one order, also when one key arrives twice in a batch
+/// with different order_nos (possible only across a Redis loss), and every
+/// record is committed when `record` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_key_statements_give_each_key_one_order() {
+    use seckill::idempotency::{DurableKeys, KeyToRecord};
+
+    let app = spawn_app().await;
+    let keys = DurableKeys::spawn(app.db.clone());
+    let expires_at = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let to_record = |user_id: i64, key: &str| KeyToRecord {
+        user_id,
+        key: key.to_owned(),
+        fingerprint: "1:1".into(),
+        order_no: uuid::Uuid::now_v7(),
+        event_id: 1,
+        expires_at,
+    };
+    // 300 distinct keys and 40 attempts at one contested key, all at once.
+    let jobs: Vec<KeyToRecord> = (1..=300)
+        .map(|u| to_record(u, "k"))
+        .chain((0..40).map(|_| to_record(999, "contested")))
+        .collect();
+    let results = all(jobs.clone(), |job| {
+        let keys = keys.clone();
+        async move { keys.record(job).await.unwrap() }
+    })
+    .await;
+    for (job, got) in jobs.iter().zip(&results).take(300) {
+        assert_eq!(got.order_no, job.order_no, "a free key keeps its own order");
+    }
+    let winners: std::collections::HashSet<_> = results[300..].iter().map(|r| r.order_no).collect();
+    assert_eq!(winners.len(), 1, "every attempt at one key sees one order");
+    let winner = *winners.iter().next().unwrap();
+    assert!(jobs[300..].iter().any(|j| j.order_no == winner));
+    // Committed, and readable through the same path.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 301);
+    let found = keys.find(999, "contested").await.unwrap().unwrap();
+    assert_eq!(found.order_no, winner);
+    assert!(keys.find(999, "never-used").await.unwrap().is_none());
+    app.cleanup().await;
+}

@@ -43,7 +43,7 @@ async fn buy_once(
 ) -> Result<Answer, ApiError> {
     let store = IdempotencyStore::new(
         &app.redis,
-        &app.db,
+        &app.durable_keys,
         user_id,
         key,
         slot.event.id,

@@ -13,17 +13,23 @@
 //!   A claim that finds no Redis record (a new key, or one Redis lost) asks
 //!   Postgres before it buys: a key that bought resumes its recorded order_no.
 //!
+//! Postgres is asked through [`DurableKeys`], which puts the lookups and
+//! records of concurrent requests into shared statements (a group commit).
+//!
 //! Resuming is always safe because `purchase.lua` is idempotent per order_no:
 //! an order_no Redis already accepted answers "already accepted" and takes
 //! nothing. Refusals are kept in Redis only: after a Redis loss a refused key
 //! is judged again, which can still buy at most once.
 
+mod durable;
+
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use durable::{DurableKeys, KeyToRecord};
+
 use crate::{
-    db::{self, DbError},
+    db::DbError,
     redis::{KeyClaim, KeyState, Redis, RedisError},
 };
 
@@ -76,7 +82,7 @@ pub enum StoreError {
 /// One shopper's key for one request.
 pub struct IdempotencyStore<'a> {
     redis: &'a Redis,
-    db: &'a PgPool,
+    durable: &'a DurableKeys,
     user_id: i64,
     key: &'a str,
     fingerprint: String,
@@ -88,7 +94,7 @@ impl<'a> IdempotencyStore<'a> {
     /// `expires_at`: the event's end plus the retention.
     pub fn new(
         redis: &'a Redis,
-        db: &'a PgPool,
+        durable: &'a DurableKeys,
         user_id: i64,
         key: &'a str,
         event_id: i64,
@@ -97,7 +103,7 @@ impl<'a> IdempotencyStore<'a> {
     ) -> Self {
         Self {
             redis,
-            db,
+            durable,
             user_id,
             key,
             fingerprint: format!("{event_id}:{quantity}"),
@@ -136,7 +142,7 @@ impl<'a> IdempotencyStore<'a> {
     /// Redis had no record for the key: a new key, or one Redis lost. Every
     /// key that bought is in Postgres; such a key resumes its order.
     async fn recover(&self, candidate: Uuid) -> Result<Claim, StoreError> {
-        let durable = match db::idempotency::find(self.db, self.user_id, self.key).await {
+        let durable = match self.durable.find(self.user_id, self.key).await {
             Ok(durable) => durable,
             Err(err) => {
                 let _ = self.abandon(candidate).await;
@@ -160,25 +166,26 @@ impl<'a> IdempotencyStore<'a> {
 
     /// Whether this key's purchase was accepted (Postgres holds it).
     pub async fn was_accepted(&self, order_no: Uuid) -> Result<bool, StoreError> {
-        Ok(db::idempotency::find(self.db, self.user_id, self.key)
+        Ok(self
+            .durable
+            .find(self.user_id, self.key)
             .await?
             .is_some_and(|found| found.order_no == order_no))
     }
 
     /// The purchase was accepted: make the key durable before anyone is told.
     pub async fn record_accepted(&self, order_no: Uuid) -> Result<(), StoreError> {
-        let recorded = db::idempotency::record(
-            self.db,
-            &db::idempotency::Accepted {
+        let recorded = self
+            .durable
+            .record(KeyToRecord {
                 user_id: self.user_id,
-                key: self.key,
-                fingerprint: &self.fingerprint,
+                key: self.key.to_owned(),
+                fingerprint: self.fingerprint.clone(),
                 order_no,
                 event_id: self.event_id,
                 expires_at: self.expires_at,
-            },
-        )
-        .await?;
+            })
+            .await?;
         if recorded.order_no != order_no {
             return Err(StoreError::Taken(recorded.order_no));
         }
