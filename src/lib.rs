@@ -38,7 +38,9 @@
 //!
 //! Each module imports only modules listed below it (no cycles).
 //!
-//! - `main.rs`: the thin binary (`serve`, `migrate`, `token`).
+//! - `main.rs`: the thin binary (`serve`, `migrate`, `token`, and the
+//!   operator's commands in `operator_cli.rs`, which call the admin API
+//!   through [`operator`], a client that never opens Redis or Postgres).
 //! - [`startup`]: build → bind → serve → bounded graceful shutdown; the
 //!   background tasks (stock-back watcher, housekeeping).
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
@@ -72,6 +74,7 @@ pub mod idempotency;
 pub mod intent;
 pub mod invariants;
 pub mod loading;
+pub mod operator;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redis;
