@@ -47,9 +47,13 @@ const UNREAD: i64 = i64::MIN;
 /// Not loaded into Redis (`stock` field).
 const NOT_LOADED: i64 = i64::MIN + 1;
 
-/// One cached event, its local sold-out flag and its last-read stock.
+/// One cached event, its local sold-out flag, its last-read stock and its
+/// last rendered public page.
 pub struct EventSlot {
     pub event: Event,
+    /// The public page as last rendered, for the stock and status it shows:
+    /// the crowd refreshing the page costs a clone, not a serialization.
+    page: RwLock<Option<Arc<RenderedPage>>>,
     sold_out: AtomicBool,
     stock: AtomicI64,
     /// Milliseconds since the catalog's start: when `stock` was read, and
@@ -62,11 +66,27 @@ impl EventSlot {
     fn new(event: Event) -> Self {
         Self {
             event,
+            page: RwLock::new(None),
             sold_out: AtomicBool::new(false),
             stock: AtomicI64::new(UNREAD),
             stock_read_ms: AtomicU64::new(0),
             viewed_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The page last rendered, if it was rendered for this stock and status.
+    pub fn rendered_page(&self, stock_left: i64, status: &str) -> Option<Arc<RenderedPage>> {
+        self.page
+            .read()
+            .expect("page lock poisoned")
+            .as_ref()
+            .filter(|p| p.stock_left == stock_left && p.status == status)
+            .cloned()
+    }
+
+    /// Keeps a page just rendered for the requests that follow.
+    pub fn keep_page(&self, page: Arc<RenderedPage>) {
+        *self.page.write().expect("page lock poisoned") = Some(page);
     }
 
     pub fn is_sold_out(&self) -> bool {
@@ -89,6 +109,14 @@ impl EventSlot {
     pub fn has_ended(&self) -> bool {
         Utc::now() >= self.event.ends_at
     }
+}
+
+/// An event's public page, serialized, with the figures it shows.
+pub struct RenderedPage {
+    pub stock_left: i64,
+    pub status: &'static str,
+    pub body: axum::body::Bytes,
+    pub etag: axum::http::HeaderValue,
 }
 
 enum Entry {

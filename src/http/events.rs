@@ -1,18 +1,22 @@
 //! `GET /api/events/{id}`: the public view of a sale.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::extract::Id;
-use crate::{catalog::SeenStock, db::events::Event, error::ApiError, state::AppState};
+use crate::{
+    catalog::{RenderedPage, SeenStock},
+    db::events::Event,
+    error::ApiError,
+    state::AppState,
+};
 
 /// The public view (SPEC §3).
 #[derive(Debug, Serialize)]
@@ -31,17 +35,7 @@ pub struct EventView {
 impl EventView {
     /// `stock_left` from Redis when the event is loaded there, else from Postgres.
     pub fn new(event: &Event, redis_stock: Option<i64>) -> Self {
-        let stock_left = redis_stock.unwrap_or(event.stock_total - event.sold);
-        let now = Utc::now();
-        let status = if now >= event.ends_at {
-            "ended"
-        } else if now < event.starts_at || redis_stock.is_none() {
-            "scheduled"
-        } else if stock_left <= 0 {
-            "sold_out"
-        } else {
-            "active"
-        };
+        let (stock_left, status) = Self::figures(event, redis_stock);
         Self {
             id: event.id,
             name: event.name.clone(),
@@ -53,6 +47,22 @@ impl EventView {
             ends_at: event.ends_at,
             status,
         }
+    }
+
+    /// The stock left and the status the page shows, now.
+    pub fn figures(event: &Event, redis_stock: Option<i64>) -> (i64, &'static str) {
+        let stock_left = redis_stock.unwrap_or(event.stock_total - event.sold);
+        let now = Utc::now();
+        let status = if now >= event.ends_at {
+            "ended"
+        } else if now < event.starts_at || redis_stock.is_none() {
+            "scheduled"
+        } else if stock_left <= 0 {
+            "sold_out"
+        } else {
+            "active"
+        };
+        (stock_left, status)
     }
 }
 
@@ -86,27 +96,51 @@ pub async fn show(
             }
         }
     };
-    let view = EventView::new(&slot.event, stock.left);
-    let etag = format!(
-        "W/\"{}-{}-{}-{}\"",
-        view.id, slot.event.version, view.stock_left, view.status
-    );
-    let age = stock.age.as_millis().to_string();
+    // The crowd sees few distinct pages (one per stock level and status):
+    // each is serialized once, then cloned.
+    let (stock_left, status) = EventView::figures(&slot.event, stock.left);
+    let page = match slot.rendered_page(stock_left, status) {
+        Some(page) => page,
+        None => {
+            let view = EventView::new(&slot.event, stock.left);
+            let etag = format!(
+                "W/\"{}-{}-{}-{}\"",
+                view.id, slot.event.version, view.stock_left, view.status
+            );
+            let page = Arc::new(RenderedPage {
+                stock_left,
+                status,
+                body: serde_json::to_vec(&view)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .into(),
+                etag: HeaderValue::from_str(&etag)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+            });
+            slot.keep_page(page.clone());
+            page
+        }
+    };
     let mut response = if headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        .is_some_and(|v| v.as_bytes() == page.etag.as_bytes())
     {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(view).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            page.body.clone(),
+        )
+            .into_response()
     };
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, CACHE_CONTROL);
-    if let Ok(etag) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, etag);
-    }
-    if let Ok(age) = HeaderValue::from_str(&age) {
-        h.insert("x-stock-age-ms", age);
-    }
+    h.insert(header::ETAG, page.etag.clone());
+    h.insert(
+        "x-stock-age-ms",
+        HeaderValue::from(stock.age.as_millis() as u64),
+    );
     Ok(response)
 }
