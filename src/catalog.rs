@@ -165,15 +165,21 @@ impl Catalog {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// What the cache alone knows: `Some(Some(slot))` a cached event,
+    /// `Some(None)` an id recently found missing, `None` ask [`Catalog::get`].
+    pub fn cached(&self, id: i64) -> Option<Option<Arc<EventSlot>>> {
+        let entries = self.entries.read().expect("catalog lock poisoned");
+        match entries.get(&id) {
+            Some(Entry::Known(slot)) => Some(Some(slot.clone())),
+            Some(Entry::Missing(at)) if at.elapsed() < MISSING_TTL => Some(None),
+            _ => None,
+        }
+    }
+
     /// The event, from cache or Postgres; `None` when it does not exist.
     pub async fn get(&self, db: &PgPool, id: i64) -> Result<Option<Arc<EventSlot>>, DbError> {
-        {
-            let entries = self.entries.read().expect("catalog lock poisoned");
-            match entries.get(&id) {
-                Some(Entry::Known(slot)) => return Ok(Some(slot.clone())),
-                Some(Entry::Missing(at)) if at.elapsed() < MISSING_TTL => return Ok(None),
-                _ => {}
-            }
+        if let Some(known) = self.cached(id) {
+            return Ok(known);
         }
         // Events get ids in order: one above the highest is no event, unless
         // it was created since the highest was read: read it again, at most
