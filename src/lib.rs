@@ -75,6 +75,7 @@ pub mod loading;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redis;
+pub mod refunds;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

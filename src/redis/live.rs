@@ -87,7 +87,7 @@ impl Redis {
     /// is freed in the background, not while Redis serves) and its place in
     /// the live set.
     pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
-        for key in self.keys.event(event_id).all() {
+        for key in self.keys.event(event_id).every() {
             let _: i64 = self.client().unlink(key).await?;
         }
         let _: i64 = self
