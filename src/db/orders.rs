@@ -170,6 +170,20 @@ pub async fn failure_reasons(
     Ok(rows.into_iter().collect())
 }
 
+/// Which of these order_nos Postgres has refunded (cancelled or refunded).
+pub async fn refunded_among(
+    db: impl PgExecutor<'_>,
+    order_nos: &[Uuid],
+) -> Result<HashSet<Uuid>, DbError> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT order_no FROM orders WHERE order_no = ANY($1) AND status IN ('cancelled', 'refunded')",
+    )
+    .bind(order_nos)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(o,)| o).collect())
+}
+
 /// Marks orders inserted by this batch as failed, with their reasons.
 pub async fn mark_failed(
     db: impl PgExecutor<'_>,

@@ -16,5 +16,6 @@ mod ops;
 mod purchase;
 mod ratelimit;
 mod reconcile;
+mod refunds;
 mod scripts;
 mod writer;
