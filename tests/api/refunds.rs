@@ -8,7 +8,17 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use seckill::redis::{RefundedOrder, StockReturn};
+
 use crate::helpers::{all, spawn_app, Sale, TestApp, ADMIN_TOKEN};
+
+fn refunded_order(order_no: &str, user_id: i64) -> RefundedOrder {
+    RefundedOrder {
+        order_no: order_no.parse().unwrap(),
+        user_id,
+        quantity: 1,
+    }
+}
 
 /// A sale open now, preheated, whose shoppers may cancel for `window` seconds.
 async fn cancellable_sale(
@@ -364,6 +374,13 @@ async fn a_refund_whose_units_a_crash_left_behind_is_finished_by_the_reconciler_
         Some(3),
         "the unit came back once"
     );
+    let replay = app
+        .redis
+        .return_refunded(sale.id, &[refunded_order(&first, 1)])
+        .await
+        .unwrap();
+    assert_eq!(replay, [StockReturn::AlreadyReturned]);
+    assert_eq!(app.stock_left(sale.id).await, Some(3));
     assert_eq!(
         app.scalar(
             "SELECT count(*) FROM refunds WHERE event_id = $1 AND stock_returned",
@@ -550,7 +567,14 @@ async fn a_lost_redis_is_rebuilt_with_refunded_units_back_and_not_returned_twice
         Some(3),
         "both refunded units in stock"
     );
-    // A late refund.lua of b (the request's retry, the reconciler) is a no-op.
+    // A late refund.lua of b (the interrupted request's, say) is a no-op.
+    let late = app
+        .redis
+        .return_refunded(sale.id, &[refunded_order(&b, 2)])
+        .await
+        .unwrap();
+    assert_eq!(late, [StockReturn::AlreadyReturned]);
+    assert_eq!(app.stock_left(sale.id).await, Some(3));
     let (status, _) = cancel(&app, 2, &b).await;
     assert_eq!(status, StatusCode::OK);
     app.reconcile().await;
