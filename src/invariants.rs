@@ -5,6 +5,13 @@
 //! I5 (every acknowledged order persisted) and I6 (idempotent replies) need
 //! the client's view: the load generator and the tests check those.
 //!
+//! With refunds (see [`crate::refunds`]): I1 is `stock_total − (confirmed +
+//! refunded units) + returned units − pending = stock_left` (returned: units
+//! of refunds `refund.lua` has taken back); I4 is `Σ payments − Σ refunds =
+//! Σ confirmed amounts = Σ debits − Σ refund credits`, with one refund, one
+//! refunded payment and one credit row per refunded order; I9: every wallet
+//! of the event's buyers has a ledger that sums to its balance.
+//!
 //! It reads Redis in bounded steps (the counters, and the ledger in flight):
 //! I1 uses the `held` counter, I8 the aggregates of [`crate::drift`]. Buyer
 //! by buyer comparison is the reconciler's sweep.
