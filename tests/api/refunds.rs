@@ -687,3 +687,56 @@ async fn wallet_credits_and_corrections_are_ledger_rows_that_sum_to_the_balance(
     assert!(edit.is_err());
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_lua_waits_for_the_ack_and_leaves_an_unloaded_sale_alone() {
+    let app = spawn_app().await;
+    let sale = cancellable_sale(&app, 3, 100, 1, Some(600)).await;
+    // An intent still in the ledger (committed or not, not acked): not now.
+    let order_no = Uuid::new_v4();
+    app.redis.purchase(sale.id, 7, 1, order_no).await.unwrap();
+    let state_before = app.redis.sale_state(sale.id).await.unwrap();
+    let answer = app
+        .redis
+        .return_refunded(sale.id, &[refunded_order(&order_no.to_string(), 7)])
+        .await
+        .unwrap();
+    assert_eq!(answer, [StockReturn::StillPending]);
+    let state_after = app.redis.sale_state(sale.id).await.unwrap();
+    assert_eq!(
+        (
+            state_after.stock_left,
+            state_after.held,
+            state_after.pending
+        ),
+        (
+            state_before.stock_left,
+            state_before.held,
+            state_before.pending
+        ),
+        "nothing moved"
+    );
+    // Acked: returned once, the counters kept right.
+    app.redis.ack(sale.id, &[order_no]).await.unwrap();
+    let answer = app
+        .redis
+        .return_refunded(sale.id, &[refunded_order(&order_no.to_string(), 7)])
+        .await
+        .unwrap();
+    assert_eq!(answer, [StockReturn::Returned]);
+    let state = app.redis.sale_state(sale.id).await.unwrap();
+    assert_eq!(
+        (state.stock_left, state.held, state.pending),
+        (Some(3), Some(0), 0)
+    );
+    let orders = app.redis.buyer_orders(sale.id, 7).await.unwrap();
+    assert_eq!(orders, [(order_no, true)], "marked as holding nothing");
+    // A sale Redis does not hold: nothing to return to.
+    let answer = app
+        .redis
+        .return_refunded(sale.id + 1_000, &[refunded_order(&order_no.to_string(), 7)])
+        .await
+        .unwrap();
+    assert_eq!(answer, [StockReturn::NotLoaded]);
+    app.cleanup().await;
+}
