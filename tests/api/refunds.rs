@@ -740,3 +740,64 @@ async fn refund_lua_waits_for_the_ack_and_leaves_an_unloaded_sale_alone() {
     assert_eq!(answer, [StockReturn::NotLoaded]);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_opens_every_existing_wallets_ledger_with_its_balance() {
+    use sqlx::{Connection, Executor};
+    let admin_url = crate::helpers::admin_db_url();
+    let name = format!("seckill_ledger_mig_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    admin
+        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let mut db = sqlx::PgConnection::connect(&format!("{base}/{name}"))
+        .await
+        .unwrap();
+    // The schema before the ledger, with wallets that have bought.
+    let mut files: Vec<_> = std::fs::read_dir("migrations")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let (ledger, before): (Vec<_>, Vec<_>) = files.into_iter().partition(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("20261123000002")
+    });
+    for path in before
+        .iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().as_ref() < "20261123000002")
+    {
+        db.execute(std::fs::read_to_string(path).unwrap().as_str())
+            .await
+            .unwrap();
+    }
+    db.execute(
+        "INSERT INTO wallets (user_id, balance, version) VALUES (1, 700, 3), (2, 0, 1), (3, 1000, 0)",
+    )
+    .await
+    .unwrap();
+    db.execute(std::fs::read_to_string(&ledger[0]).unwrap().as_str())
+        .await
+        .unwrap();
+    let off: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE w.balance <> coalesce(l.total, 0)), count(l.total)
+         FROM wallets w LEFT JOIN (SELECT user_id, sum(delta)::int8 AS total, count(*) AS n FROM wallet_ledger GROUP BY user_id) l USING (user_id)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        off,
+        (0, 2),
+        "every ledger sums to its balance; a zero balance needs no row"
+    );
+    let _ = db.close().await;
+    admin
+        .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+        .await
+        .unwrap();
+}
