@@ -10,12 +10,18 @@
   interleaves with the steps. Each step touches a bounded batch.
 
   KEYS[1] meta  KEYS[2] stock  KEYS[3] bought  KEYS[4] orders  KEYS[5] ledger
+  KEYS[6] returned (order_nos of refunds whose units are back)
 
   ARGV[1] step:
     "begin"   forget the old state (the ledger stays).          Returns 1.
     "buyers"  then groups of 3: user_id, order list, units held
               (the list as Postgres has it, oldest first, failed ones
               marked "!"; units of their non-failed orders).    Returns 1.
+    "returned" then order_nos of refunded orders: Postgres has
+              them refunded, the buyers step counted them as
+              holding nothing, so their units are in the stock
+              "finish" sets; they join the `returned` set, so
+              refund.lua does not return them again.        Returns 1.
     "ledger"  then groups of 2: order_no, "1" if Postgres has it else "0".
               A persisted one is settled and leaves the ledger; the others
               are pending: their buyer holds their units.
@@ -45,6 +51,13 @@ if step == 'buyers' then
     if tonumber(ARGV[i + 2]) > 0 then
       redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     end
+  end
+  return 1
+end
+
+if step == 'returned' then
+  for i = 2, #ARGV do
+    redis.call('SADD', KEYS[6], ARGV[i])
   end
   return 1
 end
@@ -88,4 +101,4 @@ if step == 'finish' then
   return left
 end
 
-return redis.error_reply('ERR step must be begin, buyers, ledger or finish')
+return redis.error_reply('ERR step must be begin, buyers, returned, ledger or finish')

@@ -294,12 +294,15 @@ impl Catalog {
             .collect()
     }
 
-    /// Stock came back for this event: let purchases reach Redis again.
+    /// Stock came back for this event (a refund, a rebuild, a preheat): let
+    /// purchases reach Redis again, and forget the last stock read, which
+    /// predates it, so the next view reads Redis.
     pub fn clear_sold_out(&self, id: i64) {
         if let Some(Entry::Known(slot)) =
             self.entries.read().expect("catalog lock poisoned").get(&id)
         {
             slot.sold_out.store(false, Ordering::Release);
+            slot.stock.store(UNREAD, Ordering::Release);
         }
     }
 

@@ -26,8 +26,14 @@
 //!                                  ack the ledger (confirmed) / release.lua (failed)
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
-//! acks intents already in Postgres, repairs stock/buyer drift with a
-//! compare-then-write script, rebuilds an event Redis lost.
+//! acks intents already in Postgres, finishes refunds whose units a crash
+//! left unreturned, repairs stock/buyer drift with a compare-then-write
+//! script, rebuilds an event Redis lost.
+//!
+//! cancel / refund ─> one Postgres transaction (order FOR UPDATE, wallet
+//!                    credit + ledger row, refunds row, order and payment
+//!                    state, events.sold) ─> refund.lua: units back once
+//!                    (the event's `returned` set) ─> stock-back pub/sub
 //! ```
 //!
 //! The in-process channel dies with the process; the ledger entry written in
@@ -50,6 +56,8 @@
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
 //!   explicit dependencies; [`invariants`]: the SPEC §5 checker.
+//! - [`refunds`]: a cancellation or refund exactly once (the transaction,
+//!   then the units back in Redis; the reconciler's finishing step).
 //! - [`catalog`]: cached events and the local sold-out flags;
 //!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
 //!   that bought); [`drift`]: what Redis should hold and how far it is;
@@ -78,6 +86,7 @@ pub mod operator;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redis;
+pub mod refunds;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

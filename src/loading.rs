@@ -118,6 +118,19 @@ async fn rebuild_fenced(
         redis.rebuild_buyers(event.id, &buyers).await?;
         after = last;
     }
+    // Refunded orders hold nothing in the rebuilt sale (the buyers step
+    // listed them failed): their units are in the stock, now and for good.
+    let mut after_order = uuid::Uuid::nil();
+    loop {
+        let page =
+            db::refunds::order_nos_after(&mut *tx, event.id, after_order, PAGE as i64).await?;
+        let Some(&last) = page.last() else {
+            break;
+        };
+        redis.rebuild_returned(event.id, &page).await?;
+        after_order = last;
+    }
+    db::refunds::mark_event_returned(&mut *tx, event.id).await?;
     // No order of this event commits while the row is held: the pool sees
     // what the transaction sees.
     let (kept, pending_units) = redis

@@ -21,6 +21,9 @@ pub struct Event {
     pub ends_at: DateTime<Utc>,
     pub preheated_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// Seconds after a purchase during which its shopper may cancel it
+    /// (`None`: no cancellation; an operator can still refund).
+    pub cancel_window_seconds: Option<i32>,
 }
 
 pub struct NewEvent<'a> {
@@ -33,7 +36,7 @@ pub struct NewEvent<'a> {
 }
 
 const COLUMNS: &str =
-    "id, name, price, stock_total, sold, per_user_limit, starts_at, ends_at, preheated_at, version";
+    "id, name, price, stock_total, sold, per_user_limit, starts_at, ends_at, preheated_at, version, cancel_window_seconds";
 
 pub async fn insert(pool: &PgPool, new: &NewEvent<'_>) -> Result<Event, DbError> {
     let sql = format!("INSERT INTO events (name, price, stock_total, per_user_limit, starts_at, ends_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}");
@@ -51,6 +54,12 @@ pub async fn insert(pool: &PgPool, new: &NewEvent<'_>) -> Result<Event, DbError>
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Event>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM events WHERE id = $1");
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
+}
+
+/// [`get`] on any executor (a refund reads it in its transaction).
+pub async fn get_in(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Event>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE id = $1");
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
 }
 
 pub async fn list_recent(pool: &PgPool, limit: i64) -> Result<Vec<Event>, DbError> {
@@ -130,4 +139,41 @@ pub async fn max_id(db: impl PgExecutor<'_>) -> Result<i64, DbError> {
         .fetch_one(db)
         .await?;
     Ok(max.unwrap_or(0))
+}
+
+/// Takes an event's row `FOR KEY SHARE` for a refund: like a writer batch,
+/// it cannot commit across a rebuild or a preheat (they take `FOR UPDATE`).
+pub async fn share_for_refund(db: impl PgExecutor<'_>, id: i64) -> Result<(), DbError> {
+    sqlx::query("SELECT id FROM events WHERE id = $1 FOR KEY SHARE")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Units of a refunded order leave `sold` (Σ quantity of confirmed orders).
+pub async fn remove_sold(db: impl PgExecutor<'_>, id: i64, quantity: i64) -> Result<(), DbError> {
+    sqlx::query("UPDATE events SET sold = sold - $2, version = version + 1 WHERE id = $1")
+        .bind(id)
+        .bind(quantity)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Sets the window in which shoppers may cancel their orders (`None`: no
+/// cancellation).
+pub async fn set_cancel_window(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    seconds: Option<i32>,
+) -> Result<Option<Event>, DbError> {
+    let sql = format!(
+        "UPDATE events SET cancel_window_seconds = $2, version = version + 1 WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(id)
+        .bind(seconds)
+        .fetch_optional(db)
+        .await?)
 }

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod money;
 pub mod orders;
 pub mod reconcile;
+pub mod refunds;
 pub mod wallets;
 
 use std::time::Duration;

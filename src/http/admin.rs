@@ -26,6 +26,10 @@ pub struct CreateEvent {
     per_user_limit: i32,
     starts_at: DateTime<Utc>,
     ends_at: DateTime<Utc>,
+    /// Seconds after a purchase during which its shopper may cancel it;
+    /// absent or null: no cancellation (operators can still refund).
+    #[serde(default)]
+    cancel_window_seconds: Option<i32>,
 }
 
 /// Upper bounds that keep every amount exact in Lua (doubles) and i64.
@@ -34,6 +38,8 @@ const MAX_STOCK: i64 = 1_000_000_000;
 const MAX_LIMIT: i32 = 1_000;
 const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 const MAX_SEED: i64 = 1_000_000;
+/// Longest cancellation window: 30 days.
+const MAX_CANCEL_WINDOW: i32 = 30 * 24 * 3600;
 /// Price × stock of one sale at most 2^53 − 1: every amount and every sum of
 /// a sale is then exact in Lua's doubles and in i64 alike.
 const MAX_SALE_VALUE: i64 = (1 << 53) - 1;
@@ -53,6 +59,8 @@ pub struct AdminEventView {
     pub confirmed_amount: i64,
     pub preheated: bool,
     pub channel_depth: usize,
+    /// Seconds after a purchase its shopper may cancel it (`null`: never).
+    pub cancel_window_seconds: Option<i32>,
 }
 
 pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
@@ -73,6 +81,7 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
         confirmed_amount: figures.confirmed_amount,
         preheated: stock.is_some(),
         channel_depth: app.writers.depth(),
+        cancel_window_seconds: event.cancel_window_seconds,
     })
 }
 
@@ -120,7 +129,20 @@ pub async fn create_event(
         starts_at: body.starts_at,
         ends_at: body.ends_at,
     };
-    let event = db::events::insert(&app.db, &new).await?;
+    if body
+        .cancel_window_seconds
+        .is_some_and(|s| !(1..=MAX_CANCEL_WINDOW).contains(&s))
+    {
+        return Err(ApiError::unprocessable(format!(
+            "cancel_window_seconds must be in 1..={MAX_CANCEL_WINDOW}, or absent for no cancellation"
+        )));
+    }
+    let mut event = db::events::insert(&app.db, &new).await?;
+    if body.cancel_window_seconds.is_some() {
+        event = db::events::set_cancel_window(&app.db, event.id, body.cancel_window_seconds)
+            .await?
+            .unwrap_or(event);
+    }
     app.catalog.created(event.id);
     Ok((StatusCode::CREATED, Json(event_view(&app, &event).await?)))
 }

@@ -4,10 +4,13 @@ pub mod admin;
 pub mod dashboard;
 pub mod events;
 pub mod extract;
+pub mod operator_orders;
 pub mod ops;
 pub mod orders;
 pub mod purchase;
+pub mod refunds;
 pub mod server;
+pub mod wallets;
 
 use std::{any::Any, time::Duration};
 
@@ -40,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{id}", get(events::show))
         .route("/events/{id}/purchase", post(purchase::purchase))
         .route("/orders/{order_no}", get(orders::show))
+        .route("/orders/{order_no}/cancel", post(refunds::cancel))
         .route("/me/orders", get(orders::mine));
     let operator = Router::new()
         .route("/events", post(admin::create_event))
@@ -51,6 +55,11 @@ pub fn router(state: AppState) -> Router {
             "/wallets/{user_id}",
             put(admin::set_wallet).get(admin::show_wallet),
         )
+        .route("/wallets/{user_id}/credit", post(wallets::credit))
+        .route("/wallets/{user_id}/ledger", get(wallets::ledger))
+        .route("/orders", get(operator_orders::list))
+        .route("/orders/{order_no}/refund", post(refunds::refund))
+        .route("/events/{id}/orders/export", get(operator_orders::export))
         .route("/reconcile", post(admin::reconcile))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/data", get(dashboard::data));

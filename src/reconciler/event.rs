@@ -16,7 +16,7 @@ use crate::{
     db::{self, events::Event, DbError},
     drift::Observation,
     intent::{Intent, Settled},
-    loading,
+    loading, refunds,
     writer::{self, settle, Settlement},
 };
 
@@ -26,6 +26,7 @@ impl Reconciler {
         event: &Event,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
+        self.finish_refunds(event, report).await?;
         let seen = Observation::take(&self.db, &self.redis, event).await?;
         let state = seen.state;
         if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && state.pending == 0 {
@@ -68,6 +69,38 @@ impl Reconciler {
         self.settle_stale_intents(event, &seen, report).await?;
         self.repair_drift(event, seen, report).await?;
         self.sweep_some_buyers(event, report).await
+    }
+
+    /// Refunds committed more than the grace period ago whose units are not
+    /// back in the sale (a crash between the commit and refund.lua, or an
+    /// order its writer had not acked): returned now, exactly once (see
+    /// [`crate::refunds`]). Runs before the sale is observed, so the drift
+    /// checks see them back.
+    async fn finish_refunds(
+        &self,
+        event: &Event,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let finished = refunds::finish_event(&self.db, &self.redis, event.id, self.settings.grace)
+            .await
+            .map_err(|err| match err {
+                refunds::RefundError::Redis(err) => ReconcileError::Redis(err),
+                refunds::RefundError::Db(err) => ReconcileError::Db(err),
+                other => ReconcileError::Db(DbError::Batch(other.to_string())),
+            })?;
+        if finished > 0 {
+            report.refunds_finished += finished;
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "refund_stock_unreturned",
+                subject: None,
+                before: format!("{finished} refunds committed with their units not back"),
+                after: "units returned (or no sale loaded to return them to)".into(),
+                repaired: true,
+            });
+        }
+        Ok(())
     }
 
     /// Intents past the grace period are either persisted already (ack or

@@ -12,7 +12,10 @@
 //! 3. Pending intents older than the grace period: already in Postgres → ack
 //!    (or release, if failed); not in Postgres → persist through the writer
 //!    path (roll forward: the shopper was told 202).
-//! 4. Stock and buyer counts that disagree with Postgres truth plus pending
+//! 4. Refunds committed in Postgres whose units are not back in the sale
+//!    (a crash after the commit) → returned by `refund.lua`, exactly once
+//!    ([`crate::refunds::finish_event`]); this runs first, before the look.
+//! 5. Stock and buyer counts that disagree with Postgres truth plus pending
 //!    intents ([`crate::drift`]) → observed twice, then corrected by
 //!    `repair.lua`, which writes only if the state is still exactly as observed.
 //!
@@ -50,6 +53,8 @@ pub struct Report {
     pub events_closed_out: usize,
     pub intents_replayed: usize,
     pub intents_acked: usize,
+    /// Refunds whose units a crash left unreturned, finished by this pass.
+    pub refunds_finished: usize,
     pub repairs: usize,
     pub discrepancies: Vec<Discrepancy>,
 }

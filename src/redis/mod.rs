@@ -7,6 +7,7 @@
 //!
 //! - [`purchase`]: `purchase.lua`, the whole purchase decision.
 //! - [`settle`]: `ack.lua` and `release.lua` (failed orders, restocked or discarded).
+//! - [`refund`]: `refund.lua`, refunded orders' units back to the sale once.
 //! - [`preheat`]: `preheat.lua`, loading a sale.
 //! - [`rebuild`]: `rebuild.lua`, a sale rebuilt from Postgres in bounded steps.
 //! - [`admit`]: `missing.lua` and `admit.lua`, a writer's check of its batch.
@@ -31,6 +32,7 @@ pub mod preheat;
 pub mod pubsub;
 pub mod purchase;
 pub mod rebuild;
+pub mod refund;
 pub mod repair;
 pub mod scripts;
 pub mod settle;
@@ -51,6 +53,7 @@ pub use lock::LeaderLock;
 pub use preheat::SaleParams;
 pub use purchase::PurchaseOutcome;
 pub use rebuild::{PersistedOrder, RebuiltBuyer};
+pub use refund::{RefundedOrder, StockReturn};
 pub use scripts::{LuaScript, Scripts};
 pub use settle::FAILED_KEPT_PER_SHOPPER;
 pub use state::{BuyerState, SaleState};

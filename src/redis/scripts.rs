@@ -50,6 +50,7 @@ impl LuaScript {
 pub struct Scripts {
     pub purchase: LuaScript,
     pub release: LuaScript,
+    pub refund: LuaScript,
     pub preheat: LuaScript,
     pub rebuild: LuaScript,
     pub admit: LuaScript,
@@ -69,6 +70,7 @@ impl Default for Scripts {
         Self {
             purchase: LuaScript::with_prelude("purchase", include_str!("../../lua/purchase.lua")),
             release: LuaScript::with_prelude("release", include_str!("../../lua/release.lua")),
+            refund: LuaScript::with_prelude("refund", include_str!("../../lua/refund.lua")),
             preheat: LuaScript::new("preheat", include_str!("../../lua/preheat.lua")),
             rebuild: LuaScript::with_prelude("rebuild", include_str!("../../lua/rebuild.lua")),
             admit: LuaScript::with_prelude("admit", include_str!("../../lua/admit.lua")),
@@ -89,10 +91,11 @@ impl Default for Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 14] {
+    pub fn all(&self) -> [&LuaScript; 15] {
         [
             &self.purchase,
             &self.release,
+            &self.refund,
             &self.preheat,
             &self.rebuild,
             &self.admit,
