@@ -9,6 +9,12 @@
 //! - the stock left as Redis last said, refreshed every
 //!   [`STOCK_REFRESH`] for the events someone looked at lately, for the
 //!   public event page;
+//! - an event's definition changed by an operator (edit, pause, end, stock):
+//!   taken at once by the process that made the change, and by the others
+//!   within [`DEFINITION_REFRESH`] (one query of the cached ids' versions).
+//!   Nothing here can accept a purchase: only `purchase.lua` does, with the
+//!   window and pause Redis holds, so a lagging copy only delays what the
+//!   event page shows and lets a purchase reach Redis to be refused there;
 //! - unknown ids: remembered briefly, ids above the highest event id are
 //!   unknown without asking, and at most [`LOOKUPS_AT_ONCE`] lookups reach
 //!   Postgres at a time, so a flood of random ids cannot starve the writers
@@ -33,6 +39,8 @@ use crate::db::{self, events::Event, DbError};
 pub const STOCK_REFRESH: Duration = Duration::from_millis(100);
 /// An event not viewed for this long is no longer refreshed.
 const VIEWED_WITHIN: Duration = Duration::from_secs(10);
+/// How often the cached events' definitions are compared with Postgres.
+pub const DEFINITION_REFRESH: Duration = Duration::from_secs(1);
 /// Postgres lookups of events not in the cache, at most this many at once.
 pub const LOOKUPS_AT_ONCE: usize = 2;
 /// How long an unknown id is remembered as unknown.
@@ -199,6 +207,45 @@ impl Catalog {
         if matches!(entries.get(&id), Some(Entry::Missing(_))) {
             entries.remove(&id);
         }
+    }
+
+    /// A newer definition of an event (an operator's change): later
+    /// requests see it. The local sold-out flag and stock read carry over.
+    pub fn refresh(&self, event: Event) {
+        let mut entries = self.entries.write().expect("catalog lock poisoned");
+        if let Some(Entry::Known(slot)) = entries.get(&event.id) {
+            if slot.event.version >= event.version {
+                return;
+            }
+            let fresh = EventSlot::new(event);
+            fresh
+                .sold_out
+                .store(slot.sold_out.load(Ordering::Acquire), Ordering::Release);
+            fresh
+                .stock
+                .store(slot.stock.load(Ordering::Acquire), Ordering::Release);
+            fresh.stock_read_ms.store(
+                slot.stock_read_ms.load(Ordering::Acquire),
+                Ordering::Release,
+            );
+            fresh
+                .viewed_ms
+                .store(slot.viewed_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+            entries.insert(fresh.event.id, Entry::Known(Arc::new(fresh)));
+        }
+    }
+
+    /// (id, version) of every cached event: what [`DEFINITION_REFRESH`] checks.
+    pub fn cached_versions(&self) -> Vec<(i64, i64)> {
+        self.entries
+            .read()
+            .expect("catalog lock poisoned")
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Known(slot) => Some((*id, slot.event.version)),
+                Entry::Missing(_) => None,
+            })
+            .collect()
     }
 
     /// The highest event id in Postgres (refreshed by the background task).

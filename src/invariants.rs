@@ -5,6 +5,9 @@
 //! I5 (every acknowledged order persisted) and I6 (idempotent replies) need
 //! the client's view: the load generator and the tests check those.
 //!
+//! I1 also covers stock adjustments: the initial stock plus the applied
+//! adjustments is `stock_total`, in Postgres and in Redis's meta total.
+//!
 //! It reads Redis in bounded steps (the counters, and the ledger in flight):
 //! I1 uses the `held` counter, I8 the aggregates of [`crate::drift`]. Buyer
 //! by buyer comparison is the reconciler's sweep.
@@ -104,6 +107,21 @@ pub async fn check_event(
             ),
         );
     }
+    // Stock adjustments: stock_total = initial + Σ applied, once in Redis
+    // and in Postgres, none left pending.
+    let initial = db::events::stock_initial(db, event.id).await?;
+    let (adjusted, adjustments_pending) = db::adjustments::totals(db, event.id).await?;
+    check(
+        "I1 stock adjustments",
+        initial + adjusted == event.stock_total
+            && adjustments_pending == 0
+            && (!state.loaded || state.total == event.stock_total),
+        format!(
+            "initial {initial} + applied adjustments {adjusted} = stock_total {} (redis total {}); pending adjustments {adjustments_pending}",
+            event.stock_total,
+            if state.loaded { state.total.to_string() } else { "-".into() },
+        ),
+    );
     let expected_left = event.stock_total - money.nonfailed_quantity - pending_qty;
     check(
         "I1 conservation (postgres)",

@@ -52,6 +52,8 @@
 //!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
 //!   that bought); [`drift`]: what Redis should hold and how far it is;
 //!   [`loading`]: fenced preheat and rebuild of a sale in Redis;
+//!   [`lifecycle`]: the operator's fenced changes to a sale (edit, pause,
+//!   end now, stock adjustments applied once);
 //!   [`writer`]: the channel, the batching workers, one batch's algorithm
 //!   ([`writer::persist`]), its admission and its settlement in Redis.
 //! - [`db`]: every Postgres query, one module per table, executor-generic;
@@ -71,6 +73,7 @@ pub mod http;
 pub mod idempotency;
 pub mod intent;
 pub mod invariants;
+pub mod lifecycle;
 pub mod loading;
 pub mod ratelimit;
 pub mod reconciler;

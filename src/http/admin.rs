@@ -13,6 +13,7 @@ use super::{
 use crate::{
     db::{self, events::Event, wallets::Wallet},
     error::ApiError,
+    lifecycle::{MAX_SALE_VALUE, MAX_STOCK},
     loading,
     state::AppState,
 };
@@ -29,14 +30,10 @@ pub struct CreateEvent {
 }
 
 /// Upper bounds that keep every amount exact in Lua (doubles) and i64.
-const MAX_PRICE: i64 = 1_000_000_000_000;
-const MAX_STOCK: i64 = 1_000_000_000;
-const MAX_LIMIT: i32 = 1_000;
+pub(super) const MAX_PRICE: i64 = 1_000_000_000_000;
+pub(super) const MAX_LIMIT: i32 = 1_000;
 const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 const MAX_SEED: i64 = 1_000_000;
-/// Price × stock of one sale at most 2^53 − 1: every amount and every sum of
-/// a sale is then exact in Lua's doubles and in i64 alike.
-const MAX_SALE_VALUE: i64 = (1 << 53) - 1;
 
 /// The operator's view: the public view plus live figures.
 #[derive(Debug, Serialize)]
@@ -53,6 +50,13 @@ pub struct AdminEventView {
     pub confirmed_amount: i64,
     pub preheated: bool,
     pub channel_depth: usize,
+    /// `scheduled`, `running`, `paused`, `ended` or `sold_out`: the filter
+    /// of `GET /admin/events?status=` (see [`super::lifecycle::Lifecycle`]).
+    pub lifecycle: &'static str,
+    /// When an operator paused the sale (`null`: not paused).
+    pub paused_at: Option<DateTime<Utc>>,
+    /// The definition's version: `PATCH` sends it back (stale: 409).
+    pub version: i64,
 }
 
 pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
@@ -73,6 +77,9 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
         confirmed_amount: figures.confirmed_amount,
         preheated: stock.is_some(),
         channel_depth: app.writers.depth(),
+        lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()).as_str(),
+        paused_at: event.paused_at,
+        version: event.version,
     })
 }
 

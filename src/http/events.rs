@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::extract::Id;
 use crate::{catalog::SeenStock, db::events::Event, error::ApiError, state::AppState};
 
-/// The public view (SPEC §3).
+/// The public view (SPEC §3); `status` is `scheduled`, `active`, `paused`
+/// (by an operator), `sold_out` or `ended`.
 #[derive(Debug, Serialize)]
 pub struct EventView {
     pub id: i64,
@@ -35,6 +36,8 @@ impl EventView {
         let now = Utc::now();
         let status = if now >= event.ends_at {
             "ended"
+        } else if event.paused_at.is_some() {
+            "paused"
         } else if now < event.starts_at || redis_stock.is_none() {
             "scheduled"
         } else if stock_left <= 0 {

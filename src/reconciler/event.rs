@@ -66,6 +66,17 @@ impl Reconciler {
         }
 
         self.settle_stale_intents(event, &seen, report).await?;
+        if crate::lifecycle::sync_params(&self.db, &self.redis, event.id).await? {
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "sale_params_drift",
+                subject: None,
+                before: "redis sale parameters differ from postgres".into(),
+                after: "postgres's window, pause, price and limit loaded".into(),
+                repaired: true,
+            });
+        }
         self.repair_drift(event, seen, report).await?;
         self.sweep_some_buyers(event, report).await
     }

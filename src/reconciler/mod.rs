@@ -16,6 +16,12 @@
 //!    intents ([`crate::drift`]) → observed twice, then corrected by
 //!    `repair.lua`, which writes only if the state is still exactly as observed.
 //!
+//! Before the events, each pass finishes the stock adjustments a crash left
+//! pending ([`crate::lifecycle::settle_adjustment`]: applied once, as Redis
+//! recorded it), and after a sale's intents it puts Postgres's sale
+//! parameters (window, pause, price, limit) back into Redis where they
+//! differ ([`crate::lifecycle::sync_params`]).
+//!
 //! Every finding is written to `reconcile_discrepancies`, every pass to
 //! `reconcile_runs`, and counted in `/metrics`.
 
@@ -50,6 +56,8 @@ pub struct Report {
     pub events_closed_out: usize,
     pub intents_replayed: usize,
     pub intents_acked: usize,
+    /// Stock adjustments a crash left pending, settled.
+    pub adjustments_settled: usize,
     pub repairs: usize,
     pub discrepancies: Vec<Discrepancy>,
 }
@@ -65,6 +73,8 @@ pub enum ReconcileError {
     Db(#[from] DbError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
 }
 
 impl From<crate::drift::DriftError> for ReconcileError {
@@ -90,6 +100,9 @@ pub struct ReconcileSettings {
 /// How long after its end an event's Redis state is kept: as long as its
 /// shoppers' idempotency records, and until its ledger is empty.
 const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
+
+/// How old a pending stock adjustment must be before the reconciler settles it.
+const ADJUSTMENT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
@@ -197,6 +210,7 @@ impl Reconciler {
             started_at: Some(started_at),
             ..Default::default()
         };
+        self.settle_pending_adjustments(&mut report).await?;
         for event in self.events_to_check().await? {
             if lost.is_cancelled() {
                 tracing::warn!("reconciler lost its lock mid-pass; stopping");
@@ -229,6 +243,40 @@ impl Reconciler {
         metrics::gauge!("seckill_reconcile_last_success_timestamp_seconds")
             .set(finished_at.timestamp_millis() as f64 / 1000.0);
         Ok(report)
+    }
+
+    /// Settles the stock adjustments left pending (a crash between the row
+    /// and its settlement), a bounded number per pass. Only those older than
+    /// [`ADJUSTMENT_GRACE`]: a younger one may be an operator's call still
+    /// waiting for the fence (an edit settles its own in its step).
+    async fn settle_pending_adjustments(&self, report: &mut Report) -> Result<(), ReconcileError> {
+        let older_than = ADJUSTMENT_GRACE.max(self.settings.grace);
+        for id in db::adjustments::pending(&self.db, older_than, 100).await? {
+            let settled = match crate::lifecycle::settle_adjustment(&self.db, &self.redis, id).await
+            {
+                Ok(settled) => settled,
+                Err(err) => {
+                    tracing::warn!(adjustment = id, error = %err, "could not settle a pending stock adjustment");
+                    continue;
+                }
+            };
+            report.adjustments_settled += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: settled.event_id,
+                kind: "pending_adjustment",
+                subject: Some(id.to_string()),
+                before: format!("pending (delta {})", settled.delta),
+                after: match &settled.refusal {
+                    None => format!(
+                        "applied: stock_total {}",
+                        settled.stock_total_after.unwrap_or_default()
+                    ),
+                    Some(why) => format!("refused: {why}"),
+                },
+                repaired: true,
+            });
+        }
+        Ok(())
     }
 
     /// Events worth a look: loaded in Redis, or preheated in Postgres and not

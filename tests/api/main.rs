@@ -11,6 +11,7 @@ mod event_page;
 mod exactness;
 mod helpers;
 mod idempotency;
+mod lifecycle;
 mod model;
 mod ops;
 mod purchase;

@@ -1,0 +1,511 @@
+//! The operator's changes to a sale: edit (versioned), pause and resume,
+//! end now, and stock adjustments, each one fenced step.
+//!
+//! A fenced step holds the event row `FOR UPDATE` (the fence of
+//! [`crate::loading`]: writer batches, rebuilds and other operator steps
+//! wait), reads the event as the fence sees it, writes Redis with one script
+//! (`sale.lua`, `adjust.lua`), writes Postgres, and commits. While the row
+//! is held nothing else changes the sale, so Redis and Postgres move
+//! together. A crash between the Redis write and the commit leaves Redis
+//! ahead of Postgres, and the operator without an answer:
+//!
+//! - the sale's parameters: the reconciler puts Postgres's back into Redis
+//!   ([`sync_params`]), as if the call had not been made;
+//! - a stock adjustment: its row was committed as `pending` before Redis was
+//!   touched, and `adjust.lua` remembers it applied, so the reconciler
+//!   finishes it ([`settle_adjustment`]) with the outcome Redis recorded:
+//!   applied exactly once in both.
+//!
+//! What may change when (the README's "Sale lifecycle" has the table):
+//! before the start everything; once started only the end of the window, the
+//! pause and the stock; once ended nothing.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::{
+    db::{
+        self,
+        adjustments::Adjustment,
+        events::{Definition, Event},
+        DbError,
+    },
+    intent::from_millis,
+    loading::sale_params,
+    redis::{AdjustOutcome, Redis, RedisError},
+};
+
+/// Why an operator's change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("event not found")]
+    NotFound,
+    /// The event changed since the version the operator read.
+    #[error("the event is at version {current}")]
+    VersionConflict { current: i64 },
+    /// A field that may not change once the sale started.
+    #[error("{0} cannot change once the sale has started")]
+    SaleStarted(&'static str),
+    #[error("the sale has ended")]
+    SaleEnded,
+    /// A withdrawal of more than the unsold stock.
+    #[error("only {stock_left} units are left unsold")]
+    InsufficientStock { stock_left: i64 },
+    /// Redis lost the sale and it is not rebuilt yet.
+    #[error("the sale is being restored after a Redis loss; retry shortly")]
+    NotLoaded,
+    /// The same Idempotency-Key with a different request.
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for LifecycleError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Db(err.into())
+    }
+}
+
+/// Price × stock of one sale at most 2^53 − 1: every amount and every sum of
+/// a sale is then exact in Lua's doubles and in i64 alike.
+pub const MAX_SALE_VALUE: i64 = (1 << 53) - 1;
+/// Most units one sale may hold.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+
+/// A versioned edit: the fields to change (`None`: keep).
+#[derive(Clone, Debug, Default)]
+pub struct Edit {
+    pub version: i64,
+    pub name: Option<String>,
+    pub price: Option<i64>,
+    pub per_user_limit: Option<i32>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    /// The new total stock; applied as an adjustment of the difference.
+    pub stock: Option<i64>,
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Begins a fenced step: the event row held, as the transaction sees it.
+async fn fence(db: &PgPool, id: i64) -> Result<(Tx, Event), LifecycleError> {
+    let mut tx = db.begin().await?;
+    let event = db::events::lock_fresh(&mut *tx, id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
+    Ok((tx, event))
+}
+
+fn definition(event: &Event) -> Definition<'_> {
+    Definition {
+        name: &event.name,
+        price: event.price,
+        per_user_limit: event.per_user_limit,
+        starts_at: event.starts_at,
+        ends_at: event.ends_at,
+        paused_at: event.paused_at,
+    }
+}
+
+/// Pauses (`paused`) or resumes a sale that has not ended. Once this
+/// returns, `purchase.lua` refuses every attempt (resp. takes them again).
+/// Pausing a paused sale changes nothing.
+pub async fn set_paused(
+    db: &PgPool,
+    redis: &Redis,
+    id: i64,
+    paused: bool,
+) -> Result<Event, LifecycleError> {
+    let (mut tx, event) = fence(db, id).await?;
+    if Utc::now() >= event.ends_at {
+        return Err(LifecycleError::SaleEnded);
+    }
+    if event.paused_at.is_some() == paused {
+        return Ok(event);
+    }
+    let mut next = sale_params(&event);
+    next.paused = paused;
+    // Redis first, for its clock: `paused_at` is the instant from which
+    // purchase.lua refuses.
+    let written = redis.set_sale(id, next).await?;
+    let def = Definition {
+        paused_at: paused.then(|| from_millis(written.now_ms)),
+        ..definition(&event)
+    };
+    let updated = db::events::update_definition(&mut *tx, id, event.version, &def, 0)
+        .await?
+        .ok_or(LifecycleError::VersionConflict {
+            current: event.version,
+        })?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Ends the sale now, by Redis's clock (the clock purchase.lua compares
+/// with): `ends_at` becomes that instant in Redis and in Postgres. Returns
+/// the event after and the instant. Ending an ended sale changes nothing.
+pub async fn end_now(
+    db: &PgPool,
+    redis: &Redis,
+    id: i64,
+) -> Result<(Event, DateTime<Utc>), LifecycleError> {
+    let (mut tx, event) = fence(db, id).await?;
+    let written = redis
+        .end_sale(
+            id,
+            event.starts_at.timestamp_millis(),
+            event.ends_at.timestamp_millis(),
+        )
+        .await?;
+    let (starts_at, ends_at) = (from_millis(written.starts_ms), from_millis(written.ends_ms));
+    if ends_at >= event.ends_at {
+        // Over already (by Redis's clock): nothing to change.
+        return Ok((event.clone(), event.ends_at));
+    }
+    let def = Definition {
+        starts_at: starts_at.min(event.starts_at),
+        ends_at,
+        ..definition(&event)
+    };
+    let updated = db::events::update_definition(&mut *tx, id, event.version, &def, 0)
+        .await?
+        .ok_or(LifecycleError::VersionConflict {
+            current: event.version,
+        })?;
+    tx.commit().await?;
+    Ok((updated, ends_at))
+}
+
+/// A versioned edit (see the module docs for what may change when). A stock
+/// change is a stock adjustment of the difference, recorded and applied
+/// like [`adjust`], in the same step as the rest of the edit.
+pub async fn edit(
+    db: &PgPool,
+    redis: &Redis,
+    id: i64,
+    edit: &Edit,
+) -> Result<Event, LifecycleError> {
+    let seen = db::events::get(db, id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
+    if seen.version != edit.version {
+        return Err(LifecycleError::VersionConflict {
+            current: seen.version,
+        });
+    }
+    // The adjustment's row is committed before Redis is touched (see the
+    // module docs); refused below if the edit is.
+    let adjustment = match edit.stock.map(|s| s - seen.stock_total) {
+        Some(delta) if delta != 0 => {
+            let reason = format!("edit of version {}", edit.version);
+            db::adjustments::insert(db, id, delta, &reason, None).await?
+        }
+        _ => None,
+    };
+    let result = edit_fenced(db, redis, id, edit, adjustment.as_ref()).await;
+    if let (Err(err), Some(adjustment)) = (&result, &adjustment) {
+        refuse_if_pending(db, adjustment.id, err).await;
+    }
+    result
+}
+
+async fn edit_fenced(
+    db: &PgPool,
+    redis: &Redis,
+    id: i64,
+    edit: &Edit,
+    adjustment: Option<&Adjustment>,
+) -> Result<Event, LifecycleError> {
+    let (mut tx, event) = fence(db, id).await?;
+    if event.version != edit.version {
+        return Err(LifecycleError::VersionConflict {
+            current: event.version,
+        });
+    }
+    let now = Utc::now();
+    if now >= event.ends_at {
+        return Err(LifecycleError::SaleEnded);
+    }
+    let def = Definition {
+        name: edit.name.as_deref().unwrap_or(&event.name),
+        price: edit.price.unwrap_or(event.price),
+        per_user_limit: edit.per_user_limit.unwrap_or(event.per_user_limit),
+        starts_at: edit.starts_at.unwrap_or(event.starts_at),
+        ends_at: edit.ends_at.unwrap_or(event.ends_at),
+        paused_at: event.paused_at,
+    };
+    if now >= event.starts_at {
+        // Started: the price of units already sold, the limit buyers were
+        // held to and the start that is past stay as they are.
+        let unchanged = [
+            ("name", def.name == event.name),
+            ("price", def.price == event.price),
+            ("per_user_limit", def.per_user_limit == event.per_user_limit),
+            ("starts_at", def.starts_at == event.starts_at),
+        ];
+        if let Some((field, _)) = unchanged.iter().find(|(_, same)| !same) {
+            return Err(LifecycleError::SaleStarted(field));
+        }
+    }
+    if def.ends_at <= def.starts_at {
+        return Err(LifecycleError::Invalid(
+            "ends_at must be after starts_at".into(),
+        ));
+    }
+    if def.ends_at <= now {
+        return Err(LifecycleError::Invalid(
+            "ends_at must be in the future; POST /admin/events/{id}/end ends a sale now".into(),
+        ));
+    }
+    let total = edit.stock.unwrap_or(event.stock_total);
+    if def
+        .price
+        .checked_mul(total)
+        .is_none_or(|v| v > MAX_SALE_VALUE)
+    {
+        return Err(LifecycleError::Invalid(format!(
+            "price × stock must be at most {MAX_SALE_VALUE}, so every sum of the sale is exact"
+        )));
+    }
+    let mut delta = 0;
+    if let Some(adjustment) = adjustment {
+        // Settled meanwhile by the reconciler (the call waited longer than
+        // its grace): the stock moved, so this edit is stale.
+        let still = db::adjustments::lock(&mut *tx, adjustment.id).await?;
+        if still.is_none_or(|a| a.state != "pending") {
+            return Err(LifecycleError::VersionConflict {
+                current: event.version + 1,
+            });
+        }
+        match apply_in_redis(redis, &event, adjustment).await? {
+            Applied::Yes { .. } => delta = adjustment.delta,
+            Applied::No(err) => return Err(err),
+        }
+    }
+    let updated = db::events::update_definition(&mut *tx, id, event.version, &def, delta)
+        .await?
+        .ok_or(LifecycleError::VersionConflict {
+            current: event.version,
+        })?;
+    redis.set_sale(id, sale_params(&updated)).await?;
+    if let Some(adjustment) = adjustment {
+        let left = redis.stock_left(id).await?;
+        db::adjustments::mark_applied(&mut *tx, adjustment.id, updated.stock_total, left).await?;
+    }
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Records a stock adjustment and applies it (see [`settle_adjustment`]).
+/// With a `request_key`, a retried call answers what the first one did and
+/// applies nothing twice. Returns the settled adjustment: `applied`, or
+/// `refused` with its reason.
+pub async fn adjust(
+    db: &PgPool,
+    redis: &Redis,
+    id: i64,
+    delta: i64,
+    reason: &str,
+    request_key: Option<&str>,
+) -> Result<Adjustment, LifecycleError> {
+    let event = db::events::get(db, id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
+    if let Some(key) = request_key {
+        if let Some(earlier) = db::adjustments::by_key(db, id, key).await? {
+            return replay(db, redis, earlier, delta, reason).await;
+        }
+    }
+    if Utc::now() >= event.ends_at {
+        return Err(LifecycleError::SaleEnded);
+    }
+    let total = event.stock_total.saturating_add(delta);
+    if total > MAX_STOCK
+        || event
+            .price
+            .checked_mul(total)
+            .is_none_or(|v| v > MAX_SALE_VALUE)
+    {
+        return Err(LifecycleError::Invalid(format!(
+            "the stock must stay at most {MAX_STOCK} and price × stock at most {MAX_SALE_VALUE}"
+        )));
+    }
+    match db::adjustments::insert(db, id, delta, reason, request_key).await? {
+        Some(adjustment) => settle_adjustment(db, redis, adjustment.id).await,
+        // The same key, inserted meanwhile by a concurrent retry.
+        None => {
+            let key = request_key.unwrap_or_default();
+            let earlier = db::adjustments::by_key(db, id, key)
+                .await?
+                .ok_or(LifecycleError::NotFound)?;
+            replay(db, redis, earlier, delta, reason).await
+        }
+    }
+}
+
+async fn replay(
+    db: &PgPool,
+    redis: &Redis,
+    earlier: Adjustment,
+    delta: i64,
+    reason: &str,
+) -> Result<Adjustment, LifecycleError> {
+    if earlier.delta != delta || earlier.reason != reason {
+        return Err(LifecycleError::KeyReused);
+    }
+    if earlier.state == "pending" {
+        return settle_adjustment(db, redis, earlier.id).await;
+    }
+    Ok(earlier)
+}
+
+/// Whether `adjust.lua` applied an adjustment.
+enum Applied {
+    Yes { stock_left: Option<i64> },
+    No(LifecycleError),
+}
+
+/// The Redis half of an adjustment, under the caller's fence: `adjust.lua`
+/// on a loaded sale; on one never preheated, the Postgres total is all
+/// there is (the preheat loads it).
+async fn apply_in_redis(
+    redis: &Redis,
+    event: &Event,
+    adjustment: &Adjustment,
+) -> Result<Applied, LifecycleError> {
+    Ok(
+        match redis
+            .adjust_stock(event.id, adjustment.id, adjustment.delta)
+            .await?
+        {
+            AdjustOutcome::Applied { stock_left, .. } => Applied::Yes {
+                stock_left: Some(stock_left),
+            },
+            AdjustOutcome::Refused { stock_left, .. } => {
+                Applied::No(LifecycleError::InsufficientStock { stock_left })
+            }
+            AdjustOutcome::NotLoaded if event.preheated_at.is_none() => {
+                let unsold = event.stock_total - event.sold;
+                if adjustment.delta < 0 && unsold < -adjustment.delta {
+                    Applied::No(LifecycleError::InsufficientStock { stock_left: unsold })
+                } else {
+                    Applied::Yes { stock_left: None }
+                }
+            }
+            AdjustOutcome::NotLoaded => Applied::No(LifecycleError::NotLoaded),
+        },
+    )
+}
+
+/// Settles a pending adjustment, once, in one fenced step: `adjust.lua`
+/// (which answers a replay with the outcome it recorded), then the row and
+/// `events.stock_total` in the same commit. Used by the operator's route
+/// and by the reconciler for adjustments a crash left pending; a settled one
+/// is returned as it is.
+pub async fn settle_adjustment(
+    db: &PgPool,
+    redis: &Redis,
+    adjustment_id: i64,
+) -> Result<Adjustment, LifecycleError> {
+    let event_id = db::adjustments::by_id(db, adjustment_id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?
+        .event_id;
+    let (mut tx, event) = fence(db, event_id).await?;
+    let adjustment = db::adjustments::lock(&mut *tx, adjustment_id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
+    if adjustment.state != "pending" {
+        return Ok(adjustment);
+    }
+    let settled = match apply_in_redis(redis, &event, &adjustment).await? {
+        Applied::Yes { stock_left } => {
+            let after = db::events::add_stock(&mut *tx, event.id, adjustment.delta).await?;
+            db::adjustments::mark_applied(&mut *tx, adjustment.id, after.stock_total, stock_left)
+                .await?
+        }
+        Applied::No(err) => {
+            let (refusal, left) = refusal_of(&err);
+            db::adjustments::mark_refused(&mut *tx, adjustment.id, refusal, left).await?
+        }
+    };
+    tx.commit().await?;
+    if settled.state == "applied" && settled.delta > 0 {
+        redis.publish_stock_back(event.id).await?;
+    }
+    Ok(settled)
+}
+
+/// The refusal recorded for an adjustment that was not applied.
+fn refusal_of(err: &LifecycleError) -> (&'static str, Option<i64>) {
+    match err {
+        LifecycleError::InsufficientStock { stock_left } => {
+            ("insufficient_stock", Some(*stock_left))
+        }
+        LifecycleError::NotLoaded => ("not_loaded", None),
+        LifecycleError::VersionConflict { .. } => ("version_conflict", None),
+        LifecycleError::SaleStarted(_) => ("sale_started", None),
+        LifecycleError::SaleEnded => ("sale_ended", None),
+        LifecycleError::Invalid(_) | LifecycleError::KeyReused => ("invalid_request", None),
+        LifecycleError::NotFound => ("not_found", None),
+        LifecycleError::Redis(_) | LifecycleError::Db(_) => ("unavailable", None),
+    }
+}
+
+/// An edit that failed before its adjustment was applied: the adjustment is
+/// refused, unless the failure left it unknown (Redis or Postgres down: the
+/// reconciler settles it by what Redis recorded).
+async fn refuse_if_pending(db: &PgPool, adjustment_id: i64, err: &LifecycleError) {
+    if matches!(err, LifecycleError::Redis(_) | LifecycleError::Db(_)) {
+        return;
+    }
+    let (refusal, left) = refusal_of(err);
+    let result = async {
+        let mut tx = db.begin().await?;
+        if let Some(a) = db::adjustments::lock(&mut *tx, adjustment_id).await? {
+            if a.state == "pending" {
+                db::adjustments::mark_refused(&mut *tx, adjustment_id, refusal, left).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok::<_, LifecycleError>(())
+    };
+    if let Err(err) = result.await {
+        tracing::warn!(adjustment_id, error = %err, "could not mark an edit's adjustment refused; the reconciler will settle it");
+    }
+}
+
+/// Puts Postgres's sale parameters back into Redis when they differ (a crash
+/// between an operator's Redis write and its commit, a Redis back from an
+/// older state). Checked without the fence, written under it with the event
+/// read again. True when something was corrected.
+pub async fn sync_params(db: &PgPool, redis: &Redis, id: i64) -> Result<bool, LifecycleError> {
+    let differs = |event: &Event, loaded: Option<crate::redis::LoadedParams>| {
+        let want = sale_params(event);
+        loaded.is_some_and(|have| {
+            have.price != want.price
+                || have.per_user_limit != want.per_user_limit as i64
+                || have.starts_ms != want.starts_ms
+                || have.ends_ms != want.ends_ms
+                || have.paused != want.paused
+        })
+    };
+    let Some(event) = db::events::get(db, id).await? else {
+        return Ok(false);
+    };
+    if !differs(&event, redis.loaded_params(id).await?) {
+        return Ok(false);
+    }
+    let (tx, event) = fence(db, id).await?;
+    if !differs(&event, redis.loaded_params(id).await?) {
+        return Ok(false);
+    }
+    redis.set_sale(id, sale_params(&event)).await?;
+    tx.commit().await?;
+    Ok(true)
+}
