@@ -19,6 +19,12 @@
            is never empty). Computed even when the event is not loaded, so
            Postgres records the same end.
 
+    "pause" ARGV[2] "1" (pause) or "0" (resume): only the pause flag.
+
+  The kill switch ("end", "pause") runs first without the fence, so it
+  holds at once even while writer batches keep the event row busy; the
+  fenced step then writes Postgres and "set"s everything again from it.
+
   Nothing is written to an event that is not loaded (not preheated, or lost
   and not rebuilt yet: the rebuild loads Postgres's values).
 
@@ -60,4 +66,14 @@ if mode == 'end' then
   return {loaded, now, starts, ends}
 end
 
-return redis.error_reply('ERR mode must be set or end')
+if mode == 'pause' then
+  if ARGV[2] ~= '1' and ARGV[2] ~= '0' then
+    return redis.error_reply('ERR pause takes 1 or 0')
+  end
+  if loaded == 1 then
+    redis.call('HSET', KEYS[1], 'paused', ARGV[2])
+  end
+  return {loaded, now, 0, 0}
+end
+
+return redis.error_reply('ERR mode must be set, end or pause')

@@ -14,7 +14,8 @@
 //! - a stock adjustment: its row was committed as `pending` before Redis was
 //!   touched, and `adjust.lua` remembers it applied, so the reconciler
 //!   finishes it ([`settle_adjustment`]) with the outcome Redis recorded:
-//!   applied exactly once in both.
+//!   applied exactly once in both. Meanwhile a writer whose batch holds
+//!   units of a pending addition retries instead of failing them.
 //!
 //! What may change when (the README's "Sale lifecycle" has the table):
 //! before the start everything; once started only the end of the window, the
@@ -95,10 +96,16 @@ type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 /// Begins a fenced step: the event row held, as the transaction sees it.
 async fn fence(db: &PgPool, id: i64) -> Result<(Tx, Event), LifecycleError> {
     let mut tx = db.begin().await?;
-    let event = db::events::lock_fresh(&mut *tx, id)
-        .await?
-        .ok_or(LifecycleError::NotFound)?;
+    let event = fence_in(&mut tx, id).await?;
     Ok((tx, event))
+}
+
+/// The fence in a transaction that already holds an adjustment's row (lock
+/// order: the adjustment, then the event).
+async fn fence_in(tx: &mut Tx, id: i64) -> Result<Event, LifecycleError> {
+    db::events::lock_fresh(&mut **tx, id)
+        .await?
+        .ok_or(LifecycleError::NotFound)
 }
 
 fn definition(event: &Event) -> Definition<'_> {
@@ -112,57 +119,70 @@ fn definition(event: &Event) -> Definition<'_> {
     }
 }
 
-/// Pauses (`paused`) or resumes a sale that has not ended. Once this
-/// returns, `purchase.lua` refuses every attempt (resp. takes them again).
-/// Pausing a paused sale changes nothing.
+/// Pauses (`paused`) or resumes a sale that has not ended. The flag is
+/// set in Redis first, outside the fence, so purchases are refused at once
+/// even while writer batches keep the event row busy; then the fenced step
+/// records it (`paused_at`: that instant by Redis's clock) and loads the
+/// whole sale again from Postgres, so concurrent calls converge on what
+/// committed last. Once this returns, `purchase.lua` refuses every attempt
+/// (resp. takes them again). Pausing a paused sale changes nothing.
 pub async fn set_paused(
     db: &PgPool,
     redis: &Redis,
     id: i64,
     paused: bool,
 ) -> Result<Event, LifecycleError> {
-    let (mut tx, event) = fence(db, id).await?;
-    if Utc::now() >= event.ends_at {
+    let seen = db::events::get(db, id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
+    if Utc::now() >= seen.ends_at {
         return Err(LifecycleError::SaleEnded);
     }
-    if event.paused_at.is_some() == paused {
-        return Ok(event);
+    if seen.paused_at.is_some() == paused {
+        return Ok(seen);
     }
-    let mut next = sale_params(&event);
-    next.paused = paused;
-    // Redis first, for its clock: `paused_at` is the instant from which
-    // purchase.lua refuses.
-    let written = redis.set_sale(id, next).await?;
-    let def = Definition {
-        paused_at: paused.then(|| from_millis(written.now_ms)),
-        ..definition(&event)
+    let written = redis.pause_sale(id, paused).await?;
+    let (mut tx, event) = fence(db, id).await?;
+    let updated = if event.paused_at.is_some() == paused {
+        event
+    } else {
+        let def = Definition {
+            paused_at: paused.then(|| from_millis(written.now_ms)),
+            ..definition(&event)
+        };
+        db::events::update_definition(&mut *tx, id, event.version, &def, 0)
+            .await?
+            .ok_or(LifecycleError::VersionConflict {
+                current: event.version,
+            })?
     };
-    let updated = db::events::update_definition(&mut *tx, id, event.version, &def, 0)
-        .await?
-        .ok_or(LifecycleError::VersionConflict {
-            current: event.version,
-        })?;
+    redis.set_sale(id, sale_params(&updated)).await?;
     tx.commit().await?;
     Ok(updated)
 }
 
 /// Ends the sale now, by Redis's clock (the clock purchase.lua compares
-/// with): `ends_at` becomes that instant in Redis and in Postgres. Returns
-/// the event after and the instant. Ending an ended sale changes nothing.
+/// with): `ends_at` becomes that instant in Redis and in Postgres. As for a
+/// pause, Redis is written first, outside the fence, then the fenced step
+/// records it and loads the sale again from Postgres. Returns the event
+/// after and the instant. Ending an ended sale changes nothing.
 pub async fn end_now(
     db: &PgPool,
     redis: &Redis,
     id: i64,
 ) -> Result<(Event, DateTime<Utc>), LifecycleError> {
-    let (mut tx, event) = fence(db, id).await?;
+    let seen = db::events::get(db, id)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
     let written = redis
         .end_sale(
             id,
-            event.starts_at.timestamp_millis(),
-            event.ends_at.timestamp_millis(),
+            seen.starts_at.timestamp_millis(),
+            seen.ends_at.timestamp_millis(),
         )
         .await?;
     let (starts_at, ends_at) = (from_millis(written.starts_ms), from_millis(written.ends_ms));
+    let (mut tx, event) = fence(db, id).await?;
     if ends_at >= event.ends_at {
         // Over already (by Redis's clock): nothing to change.
         return Ok((event.clone(), event.ends_at));
@@ -177,6 +197,7 @@ pub async fn end_now(
         .ok_or(LifecycleError::VersionConflict {
             current: event.version,
         })?;
+    redis.set_sale(id, sale_params(&updated)).await?;
     tx.commit().await?;
     Ok((updated, ends_at))
 }
@@ -221,7 +242,17 @@ async fn edit_fenced(
     edit: &Edit,
     adjustment: Option<&Adjustment>,
 ) -> Result<Event, LifecycleError> {
-    let (mut tx, event) = fence(db, id).await?;
+    let mut tx = db.begin().await?;
+    if let Some(adjustment) = adjustment {
+        // Settled meanwhile by the reconciler (the call waited longer than
+        // its grace): the stock moved, so this edit is stale.
+        let still = db::adjustments::lock(&mut *tx, adjustment.id).await?;
+        if still.is_none_or(|a| a.state != "pending") {
+            let current = db::events::get(db, id).await?.map_or(0, |e| e.version);
+            return Err(LifecycleError::VersionConflict { current });
+        }
+    }
+    let event = fence_in(&mut tx, id).await?;
     if event.version != edit.version {
         return Err(LifecycleError::VersionConflict {
             current: event.version,
@@ -274,14 +305,6 @@ async fn edit_fenced(
     }
     let mut delta = 0;
     if let Some(adjustment) = adjustment {
-        // Settled meanwhile by the reconciler (the call waited longer than
-        // its grace): the stock moved, so this edit is stale.
-        let still = db::adjustments::lock(&mut *tx, adjustment.id).await?;
-        if still.is_none_or(|a| a.state != "pending") {
-            return Err(LifecycleError::VersionConflict {
-                current: event.version + 1,
-            });
-        }
         match apply_in_redis(redis, &event, adjustment).await? {
             Applied::Yes { .. } => delta = adjustment.delta,
             Applied::No(err) => return Err(err),
@@ -336,7 +359,9 @@ pub async fn adjust(
         )));
     }
     match db::adjustments::insert(db, id, delta, reason, request_key).await? {
-        Some(adjustment) => settle_adjustment(db, redis, adjustment.id).await,
+        Some(adjustment) => settle(db, redis, adjustment.id, Wait::Yes)
+            .await?
+            .ok_or(LifecycleError::NotFound),
         // The same key, inserted meanwhile by a concurrent retry.
         None => {
             let key = request_key.unwrap_or_default();
@@ -359,7 +384,9 @@ async fn replay(
         return Err(LifecycleError::KeyReused);
     }
     if earlier.state == "pending" {
-        return settle_adjustment(db, redis, earlier.id).await;
+        return settle(db, redis, earlier.id, Wait::Yes)
+            .await?
+            .ok_or(LifecycleError::NotFound);
     }
     Ok(earlier)
 }
@@ -402,27 +429,46 @@ async fn apply_in_redis(
     )
 }
 
-/// Settles a pending adjustment, once, in one fenced step: `adjust.lua`
-/// (which answers a replay with the outcome it recorded), then the row and
-/// `events.stock_total` in the same commit. Used by the operator's route
-/// and by the reconciler for adjustments a crash left pending; a settled one
-/// is returned as it is.
+/// Whether to wait for an adjustment another transaction is settling.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// The reconciler: skip it (the operator's call is settling it).
+    No,
+}
+
+/// Settles an adjustment a crash left pending: as [`settle`], skipping one
+/// that an operator's call is settling right now (`None`).
 pub async fn settle_adjustment(
     db: &PgPool,
     redis: &Redis,
     adjustment_id: i64,
-) -> Result<Adjustment, LifecycleError> {
-    let event_id = db::adjustments::by_id(db, adjustment_id)
-        .await?
-        .ok_or(LifecycleError::NotFound)?
-        .event_id;
-    let (mut tx, event) = fence(db, event_id).await?;
-    let adjustment = db::adjustments::lock(&mut *tx, adjustment_id)
-        .await?
-        .ok_or(LifecycleError::NotFound)?;
+) -> Result<Option<Adjustment>, LifecycleError> {
+    settle(db, redis, adjustment_id, Wait::No).await
+}
+
+/// Settles a pending adjustment, once, in one fenced step (the adjustment's
+/// row, then the event's): `adjust.lua` (which answers a replay with the
+/// outcome it recorded), then the row and `events.stock_total` in the same
+/// commit. A settled one is returned as it is.
+async fn settle(
+    db: &PgPool,
+    redis: &Redis,
+    adjustment_id: i64,
+    wait: Wait,
+) -> Result<Option<Adjustment>, LifecycleError> {
+    let mut tx = db.begin().await?;
+    let locked = match wait {
+        Wait::Yes => db::adjustments::lock(&mut *tx, adjustment_id).await?,
+        Wait::No => db::adjustments::lock_unless_busy(&mut *tx, adjustment_id).await?,
+    };
+    let Some(adjustment) = locked else {
+        return Ok(None);
+    };
     if adjustment.state != "pending" {
-        return Ok(adjustment);
+        return Ok(Some(adjustment));
     }
+    let event = fence_in(&mut tx, adjustment.event_id).await?;
     let settled = match apply_in_redis(redis, &event, &adjustment).await? {
         Applied::Yes { stock_left } => {
             let after = db::events::add_stock(&mut *tx, event.id, adjustment.delta).await?;
@@ -438,7 +484,7 @@ pub async fn settle_adjustment(
     if settled.state == "applied" && settled.delta > 0 {
         redis.publish_stock_back(event.id).await?;
     }
-    Ok(settled)
+    Ok(Some(settled))
 }
 
 /// The refusal recorded for an adjustment that was not applied.

@@ -146,3 +146,30 @@ pub async fn totals(db: impl PgExecutor<'_>, event_id: i64) -> Result<(i64, i64)
     .fetch_one(db)
     .await?)
 }
+
+/// Of these events, those with a stock addition still pending: Redis may
+/// sell its units before Postgres's `stock_total` counts them.
+pub async fn with_pending_addition(
+    db: impl PgExecutor<'_>,
+    event_ids: &[i64],
+) -> Result<Vec<i64>, DbError> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT DISTINCT event_id FROM stock_adjustments
+         WHERE event_id = ANY($1) AND state = 'pending' AND delta > 0 ORDER BY event_id",
+    )
+    .bind(event_ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// The adjustment taken `FOR UPDATE SKIP LOCKED`: `None` when it does not
+/// exist or someone (the operator's call) is settling it right now.
+pub async fn lock_unless_busy(
+    db: impl PgExecutor<'_>,
+    id: i64,
+) -> Result<Option<Adjustment>, DbError> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM stock_adjustments WHERE id = $1 FOR UPDATE SKIP LOCKED");
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
+}

@@ -101,8 +101,9 @@ pub struct ReconcileSettings {
 /// shoppers' idempotency records, and until its ledger is empty.
 const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
 
-/// How old a pending stock adjustment must be before the reconciler settles it.
-const ADJUSTMENT_GRACE: Duration = Duration::from_secs(10);
+/// How old a pending stock adjustment must be before the reconciler settles
+/// it: an operator's call locks its row a moment after writing it.
+const ADJUSTMENT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
@@ -247,14 +248,15 @@ impl Reconciler {
 
     /// Settles the stock adjustments left pending (a crash between the row
     /// and its settlement), a bounded number per pass. Only those older than
-    /// [`ADJUSTMENT_GRACE`]: a younger one may be an operator's call still
-    /// waiting for the fence (an edit settles its own in its step).
+    /// [`ADJUSTMENT_GRACE`], and not locked by an operator's call settling it
+    /// (which holds its row from before the fence to the commit).
     async fn settle_pending_adjustments(&self, report: &mut Report) -> Result<(), ReconcileError> {
-        let older_than = ADJUSTMENT_GRACE.max(self.settings.grace);
-        for id in db::adjustments::pending(&self.db, older_than, 100).await? {
+        for id in db::adjustments::pending(&self.db, ADJUSTMENT_GRACE, 100).await? {
             let settled = match crate::lifecycle::settle_adjustment(&self.db, &self.redis, id).await
             {
-                Ok(settled) => settled,
+                Ok(Some(settled)) => settled,
+                // An operator's call is settling it right now.
+                Ok(None) => continue,
                 Err(err) => {
                     tracing::warn!(adjustment = id, error = %err, "could not settle a pending stock adjustment");
                     continue;

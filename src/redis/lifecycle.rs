@@ -77,6 +77,18 @@ impl Redis {
         .await
     }
 
+    /// Runs `sale.lua` "pause": only the pause flag (`paused` false: resume).
+    pub async fn pause_sale(&self, event_id: i64, paused: bool) -> Result<SaleWrite, RedisError> {
+        self.sale_script(
+            event_id,
+            vec![
+                Value::from("pause"),
+                Value::from(if paused { "1" } else { "0" }),
+            ],
+        )
+        .await
+    }
+
     async fn sale_script(&self, event_id: i64, args: Vec<Value>) -> Result<SaleWrite, RedisError> {
         let reply = self
             .run(

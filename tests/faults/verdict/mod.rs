@@ -31,6 +31,14 @@ pub struct Allow {
     pub repair_kinds: &'static [&'static str],
     /// A healthy sale: not even intents left for the reconciler.
     pub no_discrepancies_at_all: bool,
+    /// An operator ended the sale (`POST …/end` returned) at this point of
+    /// the load: `not_active` answers are expected, units may be left
+    /// unsold, and no request sent after it may get a 202.
+    pub ended_by_operator: Option<Duration>,
+    /// Units may be left unsold (stock added after the crowd had gone).
+    pub unsold_may_remain: bool,
+    /// An operator added stock mid-sale: a sold-out sale may sell again.
+    pub stock_added: bool,
 }
 
 struct Line {
@@ -301,8 +309,11 @@ impl Verdict {
             ),
         );
         let detail = format!("stock_left {stock:?}, units sold {held} of {}", sale.stock);
-        if allow.lost_state_before.is_some() {
-            // Stock a lost 202 gave back may be left if the load ended first.
+        if allow.lost_state_before.is_some()
+            || allow.ended_by_operator.is_some()
+            || allow.unsold_may_remain
+        {
+            // Stock a lost 202 gave back, or the end, may leave units unsold.
             self.info("undersell", detail);
         } else {
             self.check("no undersell (stock_left = 0)", stock == Some(0), detail);
