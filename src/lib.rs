@@ -10,8 +10,8 @@
 //!                    │ local "sold out" flag per event: once sold out, answer 409 here
 //!                    ▼
 //!             EVALSHA purchase.lua   one atomic step in Redis on the event's hash tag:
-//!                    │               window, per-user limit, stock, decrement, buyer
-//!                    │               record, order intent in the event's ledger
+//!                    │               window, operator's pause, per-user limit, stock,
+//!                    │               decrement, buyer record, order intent in the ledger
 //!                    ▼
 //!       202 Accepted {order_no, status: pending}       (SECKILL_ACK=durable: after the commit)
 //!                    │
@@ -27,7 +27,12 @@
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
 //! acks intents already in Postgres, repairs stock/buyer drift with a
-//! compare-then-write script, rebuilds an event Redis lost.
+//! compare-then-write script, rebuilds an event Redis lost, settles stock
+//! adjustments a crash left pending.
+//!
+//! operator (lifecycle): end / pause write the sale's meta hash that
+//! purchase.lua reads (decided in Redis: no purchase after the call on any
+//! process); edits and stock adjustments are fenced steps on the event row.
 //! ```
 //!
 //! The in-process channel dies with the process; the ledger entry written in

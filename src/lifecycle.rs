@@ -526,32 +526,68 @@ async fn refuse_if_pending(db: &PgPool, adjustment_id: i64, err: &LifecycleError
     }
 }
 
+/// How Redis's sale parameters compare with Postgres's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamsSync {
+    /// The same (or the sale is not loaded).
+    InSync,
+    /// They differed; Postgres's are loaded now.
+    Corrected,
+    /// Redis is only more closed than Postgres (paused, or ending earlier):
+    /// what an end or a pause looks like between its Redis write and its
+    /// commit. Left alone unless `revert_closing`.
+    Closing,
+}
+
+fn compare(event: &Event, loaded: Option<crate::redis::LoadedParams>) -> ParamsSync {
+    let want = sale_params(event);
+    let Some(have) = loaded else {
+        return ParamsSync::InSync;
+    };
+    let same_terms = have.price == want.price && have.per_user_limit == want.per_user_limit as i64;
+    if same_terms
+        && have.starts_ms == want.starts_ms
+        && have.ends_ms == want.ends_ms
+        && have.paused == want.paused
+    {
+        return ParamsSync::InSync;
+    }
+    let closing = same_terms
+        && (have.paused || !want.paused)
+        && have.ends_ms <= want.ends_ms
+        && have.starts_ms <= want.starts_ms;
+    if closing {
+        ParamsSync::Closing
+    } else {
+        ParamsSync::Corrected
+    }
+}
+
 /// Puts Postgres's sale parameters back into Redis when they differ (a crash
 /// between an operator's Redis write and its commit, a Redis back from an
 /// older state). Checked without the fence, written under it with the event
-/// read again. True when something was corrected.
-pub async fn sync_params(db: &PgPool, redis: &Redis, id: i64) -> Result<bool, LifecycleError> {
-    let differs = |event: &Event, loaded: Option<crate::redis::LoadedParams>| {
-        let want = sale_params(event);
-        loaded.is_some_and(|have| {
-            have.price != want.price
-                || have.per_user_limit != want.per_user_limit as i64
-                || have.starts_ms != want.starts_ms
-                || have.ends_ms != want.ends_ms
-                || have.paused != want.paused
-        })
-    };
+/// read again. A difference that only closes the sale more than Postgres
+/// says is an end or a pause in flight: it is reverted only with
+/// `revert_closing` (the reconciler, once it has outlasted any call).
+pub async fn sync_params(
+    db: &PgPool,
+    redis: &Redis,
+    id: i64,
+    revert_closing: bool,
+) -> Result<ParamsSync, LifecycleError> {
     let Some(event) = db::events::get(db, id).await? else {
-        return Ok(false);
+        return Ok(ParamsSync::InSync);
     };
-    if !differs(&event, redis.loaded_params(id).await?) {
-        return Ok(false);
+    let seen = compare(&event, redis.loaded_params(id).await?);
+    if seen == ParamsSync::InSync || (seen == ParamsSync::Closing && !revert_closing) {
+        return Ok(seen);
     }
     let (tx, event) = fence(db, id).await?;
-    if !differs(&event, redis.loaded_params(id).await?) {
-        return Ok(false);
+    let now = compare(&event, redis.loaded_params(id).await?);
+    if now == ParamsSync::InSync || (now == ParamsSync::Closing && !revert_closing) {
+        return Ok(now);
     }
     redis.set_sale(id, sale_params(&event)).await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(ParamsSync::Corrected)
 }

@@ -105,6 +105,11 @@ const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
 /// it: an operator's call locks its row a moment after writing it.
 const ADJUSTMENT_GRACE: Duration = Duration::from_secs(1);
 
+/// How long Redis may hold a sale more closed than Postgres (an end or a
+/// pause between its Redis write and its commit) before the reconciler
+/// takes it for a crash's leftover and loads Postgres's parameters.
+const CLOSING_SETTLES_IN: Duration = Duration::from_secs(10);
+
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 
@@ -122,6 +127,8 @@ pub struct Reconciler {
     holder: String,
     /// Where the background sweep of each event's buyers stands.
     sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
+    /// Since when each event's Redis has been seen more closed than Postgres.
+    closing_since: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
 }
 
 impl Reconciler {
@@ -143,6 +150,7 @@ impl Reconciler {
             gate: tokio::sync::Mutex::new(()),
             holder,
             sweeps: Default::default(),
+            closing_since: Default::default(),
         }
     }
 
