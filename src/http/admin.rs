@@ -66,8 +66,19 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
     // The counters: O(1) in Redis, however large the sale.
     let state = app.redis.sale_state(event.id).await?;
     let figures = db::orders::figures(&app.db, event.id).await?;
+    Ok(view_of(app, event, state, figures))
+}
+
+/// The view from a Redis read (`state.lua`) and Postgres's figures taken
+/// after it (see [`event_view`]).
+pub fn view_of(
+    app: &AppState,
+    event: &Event,
+    state: crate::redis::SaleState,
+    figures: db::orders::EventFigures,
+) -> AdminEventView {
     let stock = state.stock_left.filter(|_| state.loaded);
-    Ok(AdminEventView {
+    AdminEventView {
         public: EventView::new(event, stock),
         sold: figures.confirmed_quantity,
         pending: state.pending,
@@ -80,7 +91,7 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
         lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()).as_str(),
         paused_at: event.paused_at,
         version: event.version,
-    })
+    }
 }
 
 pub async fn create_event(
