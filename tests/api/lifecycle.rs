@@ -906,3 +906,33 @@ async fn the_reconciler_puts_postgres_sale_parameters_back_into_redis() {
     );
     app.cleanup().await;
 }
+
+/// A sale not preheated yet has its stock in Postgres only: an adjustment
+/// changes `stock_total`, and the preheat loads the adjusted total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adjustment_before_the_preheat_is_loaded_by_it() {
+    let app = spawn_app().await;
+    let id = app
+        .create_event(
+            10,
+            100,
+            1,
+            chrono::Duration::seconds(-1),
+            chrono::Duration::hours(1),
+        )
+        .await
+        .id;
+    let (status, added) = adjust(&app, id, 5, None).await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added["event"]["stock_total"], 15);
+    let (status, body) = adjust(&app, id, -16, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("insufficient_stock"))
+    );
+    assert_eq!(app.stock_left(id).await, None, "nothing in Redis yet");
+    app.preheat(id).await;
+    assert_eq!(app.stock_left(id).await, Some(15));
+    app.assert_invariants(id).await;
+    app.cleanup().await;
+}

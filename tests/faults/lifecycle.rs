@@ -25,7 +25,7 @@ async fn stock_total(rig: &crate::harness::Rig, event_id: i64) -> i64 {
     total
 }
 
-/// 11. Unsold stock withdrawn while a crowd buys, then some added back:
+/// L1. Unsold stock withdrawn while a crowd buys, then some added back:
 /// every withdrawal atomic against the purchases (never below what is
 /// held), nothing oversold, sold out at exactly the adjusted stock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -107,7 +107,7 @@ async fn stock_withdrawn_during_a_crowd() {
     s.conclude(&api, &attempts, allow).await;
 }
 
-/// 12. The sale ended now while a crowd buys through two engines: no
+/// L2. The sale ended now while a crowd buys through two engines: no
 /// request sent after the end returned gets a 202, on either engine, and
 /// no order was accepted (Redis's clock) after the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -194,7 +194,7 @@ async fn end_now_during_a_crowd() {
     s.conclude(&api, &attempts, allow).await;
 }
 
-/// 13. `kill -9` of the engine in the middle of a stock adjustment: Redis
+/// L3. `kill -9` of the engine in the middle of a stock adjustment: Redis
 /// stalled (SIGSTOP) after the adjustment's Postgres row was written and
 /// while the engine holds the fence and waits for `adjust.lua`; the engine
 /// is killed, Redis resumes (running the script if it had been sent), the

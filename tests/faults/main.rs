@@ -5,8 +5,8 @@
 //! client was told (every 202 persisted, no order for a rejected request, an
 //! unknown outcome at most once).
 //!
-//! Scenarios 1, 4 and 8, two of [`exactness`] and 11 and 12 of
-//! [`lifecycle`] run in `cargo test`; the others are `#[ignore]`d and run by `make faults`
+//! Scenarios 1, 4 and 8, two of [`exactness`] and two of [`lifecycle`] (L1,
+//! L2) run in `cargo test`; the others are `#[ignore]`d and run by `make faults`
 //! (`cargo test --test faults -- --include-ignored --test-threads=1 --nocapture`).
 
 mod exactness;
