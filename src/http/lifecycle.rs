@@ -265,6 +265,7 @@ pub async fn edit(
         stock: body.stock,
     };
     let event = lifecycle::edit(&app.db, &app.redis, id, &edit).await?;
+    count("edit");
     changed(&app, &event, body.stock.is_some()).await?;
     Ok(Json(event_view(&app, &event).await?))
 }
@@ -277,6 +278,7 @@ pub async fn end(
     Id(id): Id,
 ) -> Result<Json<AdminEventView>, ApiError> {
     let (event, _) = lifecycle::end_now(&app.db, &app.redis, id).await?;
+    count("end");
     changed(&app, &event, false).await?;
     Ok(Json(event_view(&app, &event).await?))
 }
@@ -289,6 +291,7 @@ pub async fn pause(
     Id(id): Id,
 ) -> Result<Json<AdminEventView>, ApiError> {
     let event = lifecycle::set_paused(&app.db, &app.redis, id, true).await?;
+    count("pause");
     changed(&app, &event, false).await?;
     Ok(Json(event_view(&app, &event).await?))
 }
@@ -300,6 +303,7 @@ pub async fn resume(
     Id(id): Id,
 ) -> Result<Json<AdminEventView>, ApiError> {
     let event = lifecycle::set_paused(&app.db, &app.redis, id, false).await?;
+    count("resume");
     changed(&app, &event, true).await?;
     Ok(Json(event_view(&app, &event).await?))
 }
@@ -347,6 +351,10 @@ pub async fn adjust_stock(
         }
     };
     let adjustment = lifecycle::adjust(&app.db, &app.redis, id, body.delta, reason, key).await?;
+    count(match adjustment.state.as_str() {
+        "applied" => "stock_applied",
+        _ => "stock_refused",
+    });
     match adjustment.refusal.as_deref() {
         None => {}
         Some("insufficient_stock") => {
@@ -371,6 +379,12 @@ pub async fn adjust_stock(
         event: event_view(&app, &event).await?,
         adjustment,
     }))
+}
+
+/// Counts an operator's lifecycle call that changed (or settled) something:
+/// `seckill_sale_controls_total{action}`.
+fn count(action: &'static str) {
+    metrics::counter!("seckill_sale_controls_total", "action" => action).increment(1);
 }
 
 /// This process's catalog takes the new definition at once; when units may
