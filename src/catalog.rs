@@ -58,6 +58,13 @@ const NOT_LOADED: i64 = i64::MIN + 1;
 /// One cached event, its local sold-out flag and its last-read stock.
 pub struct EventSlot {
     pub event: Event,
+    /// Shared by every definition of the event the catalog has held: a
+    /// request still holding an older slot marks the current one sold out.
+    live: Arc<LiveState>,
+}
+
+/// What the catalog learns of an event while it sells.
+struct LiveState {
     sold_out: AtomicBool,
     stock: AtomicI64,
     /// Milliseconds since the catalog's start: when `stock` was read, and
@@ -70,19 +77,21 @@ impl EventSlot {
     fn new(event: Event) -> Self {
         Self {
             event,
-            sold_out: AtomicBool::new(false),
-            stock: AtomicI64::new(UNREAD),
-            stock_read_ms: AtomicU64::new(0),
-            viewed_ms: AtomicU64::new(0),
+            live: Arc::new(LiveState {
+                sold_out: AtomicBool::new(false),
+                stock: AtomicI64::new(UNREAD),
+                stock_read_ms: AtomicU64::new(0),
+                viewed_ms: AtomicU64::new(0),
+            }),
         }
     }
 
     pub fn is_sold_out(&self) -> bool {
-        self.sold_out.load(Ordering::Acquire)
+        self.live.sold_out.load(Ordering::Acquire)
     }
 
     pub fn mark_sold_out(&self) {
-        self.sold_out.store(true, Ordering::Release);
+        self.live.sold_out.store(true, Ordering::Release);
     }
 
     pub fn starts_ms(&self) -> i64 {
@@ -210,27 +219,17 @@ impl Catalog {
     }
 
     /// A newer definition of an event (an operator's change): later
-    /// requests see it. The local sold-out flag and stock read carry over.
+    /// requests see it. The local sold-out flag and stock read are shared.
     pub fn refresh(&self, event: Event) {
         let mut entries = self.entries.write().expect("catalog lock poisoned");
         if let Some(Entry::Known(slot)) = entries.get(&event.id) {
             if slot.event.version >= event.version {
                 return;
             }
-            let fresh = EventSlot::new(event);
-            fresh
-                .sold_out
-                .store(slot.sold_out.load(Ordering::Acquire), Ordering::Release);
-            fresh
-                .stock
-                .store(slot.stock.load(Ordering::Acquire), Ordering::Release);
-            fresh.stock_read_ms.store(
-                slot.stock_read_ms.load(Ordering::Acquire),
-                Ordering::Release,
-            );
-            fresh
-                .viewed_ms
-                .store(slot.viewed_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+            let fresh = EventSlot {
+                event,
+                live: slot.live.clone(),
+            };
             entries.insert(fresh.event.id, Entry::Known(Arc::new(fresh)));
         }
     }
@@ -260,12 +259,12 @@ impl Catalog {
     /// so the refresher keeps it fresh. A local sold-out flag shows 0 at once.
     pub fn seen_stock(&self, slot: &EventSlot) -> Option<SeenStock> {
         let now = self.now_ms();
-        slot.viewed_ms.store(now, Ordering::Relaxed);
-        let stock = slot.stock.load(Ordering::Acquire);
+        slot.live.viewed_ms.store(now, Ordering::Relaxed);
+        let stock = slot.live.stock.load(Ordering::Acquire);
         if stock == UNREAD {
             return None;
         }
-        let read = slot.stock_read_ms.load(Ordering::Acquire);
+        let read = slot.live.stock_read_ms.load(Ordering::Acquire);
         let age = Duration::from_millis(now.saturating_sub(read));
         if age > STOCK_REFRESH * 5 {
             return None;
@@ -283,9 +282,12 @@ impl Catalog {
 
     /// Records the stock Redis just reported for an event.
     pub fn saw_stock(&self, slot: &EventSlot, left: Option<i64>) {
-        slot.stock
+        slot.live
+            .stock
             .store(left.unwrap_or(NOT_LOADED), Ordering::Release);
-        slot.stock_read_ms.store(self.now_ms(), Ordering::Release);
+        slot.live
+            .stock_read_ms
+            .store(self.now_ms(), Ordering::Release);
     }
 
     /// Cached events viewed within the last few seconds: those to refresh.
@@ -298,7 +300,7 @@ impl Catalog {
             .values()
             .filter_map(|e| match e {
                 Entry::Known(slot)
-                    if now.saturating_sub(slot.viewed_ms.load(Ordering::Relaxed)) < within =>
+                    if now.saturating_sub(slot.live.viewed_ms.load(Ordering::Relaxed)) < within =>
                 {
                     Some(slot.clone())
                 }
@@ -312,7 +314,7 @@ impl Catalog {
         if let Some(Entry::Known(slot)) =
             self.entries.read().expect("catalog lock poisoned").get(&id)
         {
-            slot.sold_out.store(false, Ordering::Release);
+            slot.live.sold_out.store(false, Ordering::Release);
         }
     }
 
