@@ -141,12 +141,20 @@ impl Observation {
         self.stock_total - self.expected_held()
     }
 
+    /// Redis's total is Postgres's `stock_total`. Not so only while a stock
+    /// adjustment is between its two halves (applied in Redis, not yet
+    /// committed, or left pending by a crash for the reconciler to settle):
+    /// the expected stock is then unknown, and no stock drift is reported.
+    pub fn totals_agree(&self) -> bool {
+        !self.state.loaded || self.state.total == self.stock_total
+    }
+
     pub fn drift(&self) -> AggregateDrift {
         let stock = self.state.stock_left.unwrap_or(-1);
         let held = self.state.held.unwrap_or(-1);
         let (want_stock, want_held) = (self.expected_stock(), self.expected_held());
         AggregateDrift {
-            stock: (stock != want_stock).then_some((stock, want_stock)),
+            stock: (stock != want_stock && self.totals_agree()).then_some((stock, want_stock)),
             held: (held != want_held).then_some((held, want_held)),
         }
     }

@@ -12,6 +12,9 @@
 //! refunded payment and one credit row per refunded order; I9: every wallet
 //! of the event's buyers has a ledger that sums to its balance.
 //!
+//! I1 also covers stock adjustments: the initial stock plus the applied
+//! adjustments is `stock_total`, in Postgres and in Redis's meta total.
+//!
 //! It reads Redis in bounded steps (the counters, and the ledger in flight):
 //! I1 uses the `held` counter, I8 the aggregates of [`crate::drift`]. Buyer
 //! by buyer comparison is the reconciler's sweep.
@@ -111,6 +114,21 @@ pub async fn check_event(
             ),
         );
     }
+    // Stock adjustments: stock_total = initial + Σ applied, once in Redis
+    // and in Postgres, none left pending.
+    let initial = db::events::stock_initial(db, event.id).await?;
+    let (adjusted, adjustments_pending) = db::adjustments::totals(db, event.id).await?;
+    check(
+        "I1 stock adjustments",
+        initial + adjusted == event.stock_total
+            && adjustments_pending == 0
+            && (!state.loaded || state.total == event.stock_total),
+        format!(
+            "initial {initial} + applied adjustments {adjusted} = stock_total {} (redis total {}); pending adjustments {adjustments_pending}",
+            event.stock_total,
+            if state.loaded { state.total.to_string() } else { "-".into() },
+        ),
+    );
     // Units refunded and back in the sale: refunded ones less those Redis
     // has not taken back yet (all of them are back once drained).
     let returned = money.refunded_quantity - seen.unreturned_units();

@@ -10,8 +10,8 @@
 //!                    │ local "sold out" flag per event: once sold out, answer 409 here
 //!                    ▼
 //!             EVALSHA purchase.lua   one atomic step in Redis on the event's hash tag:
-//!                    │               window, per-user limit, stock, decrement, buyer
-//!                    │               record, order intent in the event's ledger
+//!                    │               window, operator's pause, per-user limit, stock,
+//!                    │               decrement, buyer record, order intent in the ledger
 //!                    ▼
 //!       202 Accepted {order_no, status: pending}       (SECKILL_ACK=durable: after the commit)
 //!                    │
@@ -27,13 +27,18 @@
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
 //! acks intents already in Postgres, finishes refunds whose units a crash
-//! left unreturned, repairs stock/buyer drift with a compare-then-write
-//! script, rebuilds an event Redis lost.
+//! left unreturned, settles stock adjustments a crash left pending, repairs
+//! stock/buyer drift with a compare-then-write script, rebuilds an event
+//! Redis lost.
 //!
 //! cancel / refund ─> one Postgres transaction (order FOR UPDATE, wallet
 //!                    credit + ledger row, refunds row, order and payment
 //!                    state, events.sold) ─> refund.lua: units back once
 //!                    (the event's `returned` set) ─> stock-back pub/sub
+//!
+//! operator (lifecycle): end / pause write the sale's meta hash that
+//! purchase.lua reads (decided in Redis: no purchase after the call on any
+//! process); edits and stock adjustments are fenced steps on the event row.
 //! ```
 //!
 //! The in-process channel dies with the process; the ledger entry written in
@@ -62,6 +67,8 @@
 //!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
 //!   that bought); [`drift`]: what Redis should hold and how far it is;
 //!   [`loading`]: fenced preheat and rebuild of a sale in Redis;
+//!   [`lifecycle`]: the operator's fenced changes to a sale (edit, pause,
+//!   end now, stock adjustments applied once);
 //!   [`writer`]: the channel, the batching workers, one batch's algorithm
 //!   ([`writer::persist`]), its admission and its settlement in Redis.
 //! - [`db`]: every Postgres query, one module per table, executor-generic;
@@ -81,6 +88,7 @@ pub mod http;
 pub mod idempotency;
 pub mod intent;
 pub mod invariants;
+pub mod lifecycle;
 pub mod loading;
 pub mod operator;
 pub mod ratelimit;

@@ -81,7 +81,7 @@ pub async fn event(command: EventCommand) -> anyhow::Result<()> {
             if !json {
                 println!(
                     "{:>8}  {:<10} {:>10} {:>10} {:>8} {:>8}  {:<25} name",
-                    "id", "status", "left", "total", "sold", "pending", "starts_at"
+                    "id", "lifecycle", "left", "total", "sold", "pending", "starts_at"
                 );
             }
             let mut after = None;
@@ -94,8 +94,10 @@ pub async fn event(command: EventCommand) -> anyhow::Result<()> {
                         println!("{}", table_row(event));
                     }
                 }
+                // A filtered page may hold fewer events than asked, even
+                // none, with more to come: follow `next` until it ends.
                 match page.next {
-                    Some(next) if !page.events.is_empty() => after = Some(next),
+                    Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
                     _ => break,
                 }
             }
@@ -112,7 +114,7 @@ fn table_row(event: &Value) -> String {
     format!(
         "{:>8}  {:<10} {:>10} {:>10} {:>8} {:>8}  {:<25} {}",
         number("id"),
-        event["status"].as_str().unwrap_or("-"),
+        event["lifecycle"].as_str().unwrap_or("-"),
         number("stock_left"),
         number("stock_total"),
         number("sold"),

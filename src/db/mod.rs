@@ -4,6 +4,7 @@
 //! takes any executor (a pool, a connection or a transaction), so the writer
 //! composes them into one transaction per batch.
 
+pub mod adjustments;
 pub mod checks;
 pub mod events;
 pub mod idempotency;

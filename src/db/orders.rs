@@ -87,6 +87,33 @@ pub async fn figures(pool: &PgPool, event_id: i64) -> Result<EventFigures, DbErr
     .await?)
 }
 
+/// [`figures`] of several events in one statement (an operator's page of
+/// events); an event without orders is absent.
+pub async fn figures_of(
+    pool: &PgPool,
+    event_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, EventFigures>, DbError> {
+    #[derive(FromRow)]
+    struct Row {
+        event_id: i64,
+        #[sqlx(flatten)]
+        figures: EventFigures,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id,
+                count(*) FILTER (WHERE status = 'confirmed')                        AS confirmed_orders,
+                coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::int8 AS confirmed_quantity,
+                coalesce(sum(amount)   FILTER (WHERE status = 'confirmed'), 0)::int8 AS confirmed_amount,
+                count(*) FILTER (WHERE status = 'failed')                           AS failed_orders,
+                coalesce(sum(quantity) FILTER (WHERE status = 'failed'), 0)::int8    AS failed_quantity
+         FROM orders WHERE event_id = ANY($1) GROUP BY event_id",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.event_id, r.figures)).collect())
+}
+
 /// An order written as failed without ever being charged.
 pub struct FailedOrder {
     pub order_no: Uuid,

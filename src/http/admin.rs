@@ -13,6 +13,7 @@ use super::{
 use crate::{
     db::{self, events::Event, wallets::Wallet},
     error::ApiError,
+    lifecycle::{MAX_SALE_VALUE, MAX_STOCK},
     loading,
     state::AppState,
 };
@@ -33,16 +34,12 @@ pub struct CreateEvent {
 }
 
 /// Upper bounds that keep every amount exact in Lua (doubles) and i64.
-const MAX_PRICE: i64 = 1_000_000_000_000;
-const MAX_STOCK: i64 = 1_000_000_000;
-const MAX_LIMIT: i32 = 1_000;
+pub(super) const MAX_PRICE: i64 = 1_000_000_000_000;
+pub(super) const MAX_LIMIT: i32 = 1_000;
 const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 const MAX_SEED: i64 = 1_000_000;
 /// Longest cancellation window: 30 days.
 const MAX_CANCEL_WINDOW: i32 = 30 * 24 * 3600;
-/// Price × stock of one sale at most 2^53 − 1: every amount and every sum of
-/// a sale is then exact in Lua's doubles and in i64 alike.
-const MAX_SALE_VALUE: i64 = (1 << 53) - 1;
 
 /// The operator's view: the public view plus live figures.
 #[derive(Debug, Serialize)]
@@ -61,6 +58,13 @@ pub struct AdminEventView {
     pub channel_depth: usize,
     /// Seconds after a purchase its shopper may cancel it (`null`: never).
     pub cancel_window_seconds: Option<i32>,
+    /// `scheduled`, `running`, `paused`, `ended` or `sold_out`: the filter
+    /// of `GET /admin/events?status=` (see [`super::lifecycle::Lifecycle`]).
+    pub lifecycle: &'static str,
+    /// When an operator paused the sale (`null`: not paused).
+    pub paused_at: Option<DateTime<Utc>>,
+    /// The definition's version: `PATCH` sends it back (stale: 409).
+    pub version: i64,
 }
 
 pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
@@ -70,8 +74,19 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
     // The counters: O(1) in Redis, however large the sale.
     let state = app.redis.sale_state(event.id).await?;
     let figures = db::orders::figures(&app.db, event.id).await?;
+    Ok(view_of(app, event, state, figures))
+}
+
+/// The view from a Redis read (`state.lua`) and Postgres's figures taken
+/// after it (see [`event_view`]).
+pub fn view_of(
+    app: &AppState,
+    event: &Event,
+    state: crate::redis::SaleState,
+    figures: db::orders::EventFigures,
+) -> AdminEventView {
     let stock = state.stock_left.filter(|_| state.loaded);
-    Ok(AdminEventView {
+    AdminEventView {
         public: EventView::new(event, stock),
         sold: figures.confirmed_quantity,
         pending: state.pending,
@@ -82,7 +97,10 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
         preheated: stock.is_some(),
         channel_depth: app.writers.depth(),
         cancel_window_seconds: event.cancel_window_seconds,
-    })
+        lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()).as_str(),
+        paused_at: event.paused_at,
+        version: event.version,
+    }
 }
 
 pub async fn create_event(

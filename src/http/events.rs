@@ -18,7 +18,8 @@ use crate::{
     state::AppState,
 };
 
-/// The public view (SPEC §3).
+/// The public view (SPEC §3); `status` is `scheduled`, `active`, `paused`
+/// (by an operator), `sold_out` or `ended`.
 #[derive(Debug, Serialize)]
 pub struct EventView {
     pub id: i64,
@@ -55,6 +56,8 @@ impl EventView {
         let now = Utc::now();
         let status = if now >= event.ends_at {
             "ended"
+        } else if event.paused_at.is_some() {
+            "paused"
         } else if now < event.starts_at || redis_stock.is_none() {
             "scheduled"
         } else if stock_left <= 0 {

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod dashboard;
 pub mod events;
 pub mod extract;
+pub mod lifecycle;
 pub mod operator_orders;
 pub mod ops;
 pub mod orders;
@@ -46,8 +47,15 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{order_no}/cancel", post(refunds::cancel))
         .route("/me/orders", get(orders::mine));
     let operator = Router::new()
-        .route("/events", post(admin::create_event))
-        .route("/events/{id}", get(admin::show_event))
+        .route("/events", post(admin::create_event).get(lifecycle::list))
+        .route(
+            "/events/{id}",
+            get(admin::show_event).patch(lifecycle::edit),
+        )
+        .route("/events/{id}/end", post(lifecycle::end))
+        .route("/events/{id}/pause", post(lifecycle::pause))
+        .route("/events/{id}/resume", post(lifecycle::resume))
+        .route("/events/{id}/stock", post(lifecycle::adjust_stock))
         .route("/events/{id}/preheat", post(admin::preheat))
         .route("/events/{id}/invariants", get(admin::invariants))
         .route("/wallets/seed", post(admin::seed_wallets))

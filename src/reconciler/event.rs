@@ -11,7 +11,10 @@ use std::{
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER, CONFIRM_AFTER};
+use super::{
+    Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER, CLOSING_SETTLES_IN,
+    CONFIRM_AFTER,
+};
 use crate::{
     db::{self, events::Event, DbError},
     drift::Observation,
@@ -67,6 +70,17 @@ impl Reconciler {
         }
 
         self.settle_stale_intents(event, &seen, report).await?;
+        if self.sync_sale_params(event.id).await? {
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "sale_params_drift",
+                subject: None,
+                before: "redis sale parameters differ from postgres".into(),
+                after: "postgres's window, pause, price and limit loaded".into(),
+                repaired: true,
+            });
+        }
         self.repair_drift(event, seen, report).await?;
         self.sweep_some_buyers(event, report).await
     }
@@ -194,6 +208,30 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Postgres's sale parameters into Redis where they differ. A sale Redis
+    /// holds more closed (paused, ending earlier) is an end or pause in
+    /// flight: reverted only once it has lasted [`CLOSING_SETTLES_IN`]
+    /// (then it is a crash between the call's Redis write and its commit).
+    async fn sync_sale_params(&self, event_id: i64) -> Result<bool, ReconcileError> {
+        use crate::lifecycle::{sync_params, ParamsSync};
+        let revert = self
+            .closing_since
+            .lock()
+            .expect("closing map")
+            .get(&event_id)
+            .is_some_and(|since| since.elapsed() >= CLOSING_SETTLES_IN);
+        let outcome = sync_params(&self.db, &self.redis, event_id, revert).await?;
+        let mut closing = self.closing_since.lock().expect("closing map");
+        if outcome == ParamsSync::Closing {
+            closing
+                .entry(event_id)
+                .or_insert_with(std::time::Instant::now);
+        } else {
+            closing.remove(&event_id);
+        }
+        Ok(outcome == ParamsSync::Corrected)
     }
 
     /// Waits (bounded) until no order of the event has been committed for a

@@ -19,6 +19,12 @@
 //!    intents ([`crate::drift`]) → observed twice, then corrected by
 //!    `repair.lua`, which writes only if the state is still exactly as observed.
 //!
+//! Before the events, each pass finishes the stock adjustments a crash left
+//! pending ([`crate::lifecycle::settle_adjustment`]: applied once, as Redis
+//! recorded it), and after a sale's intents it puts Postgres's sale
+//! parameters (window, pause, price, limit) back into Redis where they
+//! differ ([`crate::lifecycle::sync_params`]).
+//!
 //! Every finding is written to `reconcile_discrepancies`, every pass to
 //! `reconcile_runs`, and counted in `/metrics`.
 
@@ -55,6 +61,8 @@ pub struct Report {
     pub intents_acked: usize,
     /// Refunds whose units a crash left unreturned, finished by this pass.
     pub refunds_finished: usize,
+    /// Stock adjustments a crash left pending, settled.
+    pub adjustments_settled: usize,
     pub repairs: usize,
     pub discrepancies: Vec<Discrepancy>,
 }
@@ -70,6 +78,8 @@ pub enum ReconcileError {
     Db(#[from] DbError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
 }
 
 impl From<crate::drift::DriftError> for ReconcileError {
@@ -96,6 +106,15 @@ pub struct ReconcileSettings {
 /// shoppers' idempotency records, and until its ledger is empty.
 const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
 
+/// How old a pending stock adjustment must be before the reconciler settles
+/// it: an operator's call locks its row a moment after writing it.
+const ADJUSTMENT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long Redis may hold a sale more closed than Postgres (an end or a
+/// pause between its Redis write and its commit) before the reconciler
+/// takes it for a crash's leftover and loads Postgres's parameters.
+const CLOSING_SETTLES_IN: Duration = Duration::from_secs(10);
+
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 
@@ -113,6 +132,8 @@ pub struct Reconciler {
     holder: String,
     /// Where the background sweep of each event's buyers stands.
     sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
+    /// Since when each event's Redis has been seen more closed than Postgres.
+    closing_since: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
 }
 
 impl Reconciler {
@@ -134,6 +155,7 @@ impl Reconciler {
             gate: tokio::sync::Mutex::new(()),
             holder,
             sweeps: Default::default(),
+            closing_since: Default::default(),
         }
     }
 
@@ -202,6 +224,7 @@ impl Reconciler {
             started_at: Some(started_at),
             ..Default::default()
         };
+        self.settle_pending_adjustments(&mut report).await?;
         for event in self.events_to_check().await? {
             if lost.is_cancelled() {
                 tracing::warn!("reconciler lost its lock mid-pass; stopping");
@@ -234,6 +257,41 @@ impl Reconciler {
         metrics::gauge!("seckill_reconcile_last_success_timestamp_seconds")
             .set(finished_at.timestamp_millis() as f64 / 1000.0);
         Ok(report)
+    }
+
+    /// Settles the stock adjustments left pending (a crash between the row
+    /// and its settlement), a bounded number per pass. Only those older than
+    /// [`ADJUSTMENT_GRACE`], and not locked by an operator's call settling it
+    /// (which holds its row from before the fence to the commit).
+    async fn settle_pending_adjustments(&self, report: &mut Report) -> Result<(), ReconcileError> {
+        for id in db::adjustments::pending(&self.db, ADJUSTMENT_GRACE, 100).await? {
+            let settled = match crate::lifecycle::settle_adjustment(&self.db, &self.redis, id).await
+            {
+                Ok(Some(settled)) => settled,
+                // An operator's call is settling it right now.
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(adjustment = id, error = %err, "could not settle a pending stock adjustment");
+                    continue;
+                }
+            };
+            report.adjustments_settled += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: settled.event_id,
+                kind: "pending_adjustment",
+                subject: Some(id.to_string()),
+                before: format!("pending (delta {})", settled.delta),
+                after: match &settled.refusal {
+                    None => format!(
+                        "applied: stock_total {}",
+                        settled.stock_total_after.unwrap_or_default()
+                    ),
+                    Some(why) => format!("refused: {why}"),
+                },
+                repaired: true,
+            });
+        }
+        Ok(())
     }
 
     /// Events worth a look: loaded in Redis, or preheated in Postgres and not

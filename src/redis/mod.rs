@@ -15,6 +15,8 @@
 //!   batch of shoppers at one instant), and paged walks of the ledger and
 //!   the buyers: bounded steps whatever the size of the sale.
 //! - [`repair`]: `repair.lua` and `cap.lua`, corrections of drifted state.
+//! - [`lifecycle`]: `sale.lua` (an operator's end, pause or edit of a live
+//!   sale) and `adjust.lua` (a stock adjustment, applied once).
 //! - [`idempotency`]: `idempotency.lua`, Idempotency-Key records.
 //! - [`lock`]: `renew.lua` and `unlock.lua`, the leader lock.
 //! - [`live`]: plain reads of an event's state and the set of live events.
@@ -26,6 +28,7 @@
 pub mod admit;
 pub mod idempotency;
 pub mod keys;
+pub mod lifecycle;
 pub mod live;
 pub mod lock;
 pub mod preheat;
@@ -48,6 +51,7 @@ use fred::{
 pub use admit::Admission;
 pub use idempotency::{KeyClaim, KeyState};
 pub use keys::{EventKeys, Keys};
+pub use lifecycle::{AdjustOutcome, LoadedParams, SaleWrite};
 pub use live::parse_order_list;
 pub use lock::LeaderLock;
 pub use preheat::SaleParams;

@@ -63,6 +63,8 @@ pub struct Scripts {
     pub idempotency: LuaScript,
     pub renew: LuaScript,
     pub unlock: LuaScript,
+    pub sale: LuaScript,
+    pub adjust: LuaScript,
 }
 
 impl Default for Scripts {
@@ -86,12 +88,14 @@ impl Default for Scripts {
             ),
             renew: LuaScript::new("renew", include_str!("../../lua/renew.lua")),
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
+            sale: LuaScript::with_prelude("sale", include_str!("../../lua/sale.lua")),
+            adjust: LuaScript::new("adjust", include_str!("../../lua/adjust.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 15] {
+    pub fn all(&self) -> [&LuaScript; 17] {
         [
             &self.purchase,
             &self.release,
@@ -108,6 +112,8 @@ impl Scripts {
             &self.idempotency,
             &self.renew,
             &self.unlock,
+            &self.sale,
+            &self.adjust,
         ]
     }
 }

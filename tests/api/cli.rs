@@ -114,6 +114,48 @@ async fn an_operator_runs_a_sale_from_the_command_line() {
         (Some(3), Some(4))
     );
 
+    // A second sale, not started: the list walks every page and filters.
+    let (ok, _, err) = seckill(
+        &app,
+        ADMIN_TOKEN,
+        &[
+            "event",
+            "create",
+            "--name",
+            "later sale",
+            "--price",
+            "5",
+            "--stock",
+            "3",
+            "--starts-at",
+            "+1h",
+            "--ends-at",
+            "+2h",
+        ],
+    )
+    .await;
+    assert!(ok, "create: {err}");
+    let (ok, out, err) = seckill(&app, ADMIN_TOKEN, &["event", "list"]).await;
+    assert!(ok, "list: {err}");
+    assert_eq!(out.lines().count(), 3, "a header and two events: {out}");
+    assert!(
+        out.contains("cli sale") && out.contains("later sale"),
+        "{out}"
+    );
+    let (ok, out, err) = seckill(
+        &app,
+        ADMIN_TOKEN,
+        &["event", "list", "--status", "scheduled", "--json"],
+    )
+    .await;
+    assert!(ok, "list: {err}");
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(listed[0]["name"], "later sale");
+
     let (ok, out, err) = seckill(&app, ADMIN_TOKEN, &["reconcile"]).await;
     assert!(ok, "reconcile: {err}");
     let report: Value = serde_json::from_str(&out).expect("the report as JSON");

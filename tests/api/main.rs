@@ -12,6 +12,7 @@ mod event_page;
 mod exactness;
 mod helpers;
 mod idempotency;
+mod lifecycle;
 mod model;
 mod operator_orders;
 mod ops;

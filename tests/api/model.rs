@@ -897,6 +897,7 @@ async fn the_scripts_agree_with_the_reference_model() {
             starts_ms: now - 60_000,
             ends_ms: now + 3_600_000,
             stock_total: total,
+            paused: false,
         };
         let event = 9_000 + i as i64;
         assert!(app.redis.preheat(event, sale).await.unwrap());

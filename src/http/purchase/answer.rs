@@ -41,6 +41,8 @@ pub enum Refusal {
         held: Vec<Uuid>,
     },
     NotActive(&'static str),
+    /// An operator paused the sale (`POST /admin/events/{id}/pause`).
+    Paused,
     /// The same Idempotency-Key is being answered right now.
     InProgress,
 }
@@ -51,6 +53,7 @@ impl Refusal {
             Self::SoldOut => "sold_out",
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::NotActive(_) => "not_active",
+            Self::Paused => "paused",
             Self::InProgress => "in_progress",
         }
     }
@@ -69,6 +72,10 @@ impl Refusal {
                 err
             }
             Self::NotActive(why) => ApiError::conflict("not_active", *why),
+            Self::Paused => ApiError::conflict(
+                "sale_paused",
+                "the sale is paused by the operator; try again later",
+            ),
             Self::InProgress => ApiError::conflict(
                 "in_progress",
                 "a request with this Idempotency-Key is still in progress",

@@ -202,6 +202,7 @@ pub(super) async fn take_stock(
         },
         PurchaseOutcome::NotStarted => Refusal::NotActive("the sale has not started"),
         PurchaseOutcome::Ended => Refusal::NotActive("the sale has ended"),
+        PurchaseOutcome::Paused => Refusal::Paused,
         PurchaseOutcome::NotPreheated if resumed && ever_loaded(app, event_id).await? => {
             // Redis lost the event and the reconciler has not rebuilt it yet:
             // whether the earlier attempt bought is not known here. Retry later.

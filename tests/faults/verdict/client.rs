@@ -69,7 +69,9 @@ impl Truth {
                     first_sold_out = Some(first_sold_out.map_or(a.answered, |t| t.min(a.answered)));
                 }
                 Outcome::Rejected(409, code)
-                    if code == "not_active" && allow.lost_state_before.is_some() => {}
+                    if code == "not_active"
+                        && (allow.lost_state_before.is_some()
+                            || allow.ended_by_operator.is_some()) => {}
                 Outcome::Rejected(status, code) => {
                     *unexpected.entry(format!("{status} {code}")).or_default() += 1
                 }
@@ -299,7 +301,7 @@ impl Verdict {
                 .first_sold_out
                 .map_or("never".into(), |t| format!("{:.3} s", t.as_secs_f64()))
         );
-        if allow.lost_state_before.is_some() || allow.stock_returns {
+        if allow.lost_state_before.is_some() || allow.stock_returns || allow.stock_added {
             self.info("sold_out answers (stock may return)", detail);
         } else {
             self.check("no premature sold_out", after_sold_out == 0, detail);
