@@ -67,6 +67,7 @@ pub mod config;
 pub mod db;
 pub mod drift;
 pub mod error;
+pub mod forwarded;
 pub mod http;
 pub mod idempotency;
 pub mod intent;

@@ -32,6 +32,7 @@ impl Reconciler {
             // Over, every order persisted, idempotency records expired: Redis
             // need not hold the sale any more.
             self.redis.close_out(event.id).await?;
+            self.gauges.closed(event.id);
             report.events_closed_out += 1;
             return Ok(());
         }
@@ -65,6 +66,7 @@ impl Reconciler {
             return Ok(());
         }
 
+        self.gauges.ledger(event.id, &seen);
         self.settle_stale_intents(event, &seen, report).await?;
         self.repair_drift(event, seen, report).await?;
         self.sweep_some_buyers(event, report).await

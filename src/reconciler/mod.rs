@@ -21,6 +21,7 @@
 
 mod drift;
 mod event;
+mod gauges;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -91,6 +92,16 @@ pub struct ReconcileSettings {
 /// shoppers' idempotency records, and until its ledger is empty.
 const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
 
+/// Every `kind` a [`Discrepancy`] can have (the metric's label values).
+pub const DISCREPANCY_KINDS: &[&str] = &[
+    "redis_state_lost",
+    "unacked_intent",
+    "unpersisted_intent",
+    "stock_drift",
+    "oversold",
+    "buyer_drift",
+];
+
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 
@@ -108,6 +119,8 @@ pub struct Reconciler {
     holder: String,
     /// Where the background sweep of each event's buyers stands.
     sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
+    /// Leadership and ledger figures for `/metrics`.
+    gauges: gauges::Gauges,
 }
 
 impl Reconciler {
@@ -129,6 +142,7 @@ impl Reconciler {
             gate: tokio::sync::Mutex::new(()),
             holder,
             sweeps: Default::default(),
+            gauges: Default::default(),
         }
     }
 
@@ -155,6 +169,7 @@ impl Reconciler {
             }
         }
         let _ = self.lock.release().await;
+        self.gauges.leader(false);
     }
 
     /// Runs one pass now (the admin route), waiting briefly for the lock.
@@ -171,7 +186,9 @@ impl Reconciler {
     /// One pass under the leader lock; `None` when another process leads.
     async fn run_guarded(&self) -> Result<Option<Report>, ReconcileError> {
         let _serial = self.gate.lock().await;
-        if !self.lock.hold().await? {
+        let leading = self.lock.hold().await;
+        self.gauges.leader(matches!(leading, Ok(true)));
+        if !leading? {
             return Ok(None);
         }
         let lost = CancellationToken::new();
@@ -179,6 +196,7 @@ impl Reconciler {
             loop {
                 tokio::time::sleep(self.lock.ttl() / 3).await;
                 if !matches!(self.lock.hold().await, Ok(true)) {
+                    self.gauges.leader(false);
                     lost.cancel();
                     std::future::pending::<()>().await;
                 }
