@@ -296,23 +296,15 @@ impl Rig {
     }
 }
 
-/// One `/metrics` scrape: samples and declared types.
+/// One `/metrics` scrape: its samples (name, labels, value).
 pub struct Metrics {
     pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
-    pub types: BTreeMap<String, String>,
 }
 
 impl Metrics {
     pub fn parse(text: &str) -> Self {
         let mut samples = Vec::new();
-        let mut types = BTreeMap::new();
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                if let Some((name, kind)) = rest.split_once(' ') {
-                    types.insert(name.to_owned(), kind.to_owned());
-                }
-                continue;
-            }
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
             }
@@ -335,7 +327,7 @@ impl Metrics {
             };
             samples.push((name, labels, value));
         }
-        Self { samples, types }
+        Self { samples }
     }
 
     /// The value of the one series with these labels (among others), or 0.
