@@ -43,7 +43,7 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("seckill_http_request_duration_seconds".into()),
-                        crate::http::access::DURATION_BUCKETS,
+                        HTTP_DURATION_BUCKETS,
                     )
                 })
                 .and_then(|b| {
@@ -126,6 +126,11 @@ fn describe() {
     );
 }
 
+/// Latency buckets (seconds) for `seckill_http_request_duration_seconds`.
+pub const HTTP_DURATION_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// The commit this binary was built from (see build.rs).
 pub const GIT_SHA: &str = env!("SECKILL_GIT_SHA");
 
@@ -150,9 +155,6 @@ fn announce() {
         "seckill_intents_refused_total",
     ] {
         metrics::counter!(name).increment(0);
-    }
-    for kind in crate::reconciler::DISCREPANCY_KINDS {
-        metrics::counter!("seckill_reconcile_discrepancies_total", "kind" => *kind).increment(0);
     }
     metrics::gauge!("seckill_reconcile_leader").set(0.0);
 }

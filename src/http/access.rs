@@ -38,11 +38,6 @@ use crate::config::AccessLog;
 /// The route label of a request no route matched.
 pub const UNMATCHED: &str = "unmatched";
 
-/// Latency buckets (seconds) for `seckill_http_request_duration_seconds`.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
 /// Wraps a service with [`Access`].
 #[derive(Clone)]
 pub struct AccessLayer {

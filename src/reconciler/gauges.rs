@@ -13,10 +13,23 @@ use std::{collections::HashSet, sync::Mutex};
 
 use crate::drift::Observation;
 
-#[derive(Default)]
 pub(super) struct Gauges {
     /// Events this process reported a ledger for.
     reported: Mutex<HashSet<i64>>,
+}
+
+impl Default for Gauges {
+    /// Also exports every discrepancy counter at 0, so an alert's `increase()`
+    /// sees the first finding of each kind.
+    fn default() -> Self {
+        for kind in super::DISCREPANCY_KINDS {
+            metrics::counter!("seckill_reconcile_discrepancies_total", "kind" => *kind)
+                .increment(0);
+        }
+        Self {
+            reported: Mutex::default(),
+        }
+    }
 }
 
 impl Gauges {

@@ -141,6 +141,23 @@ async fn every_rejection_is_counted_by_route_and_status_and_logged_with_its_requ
         "raw paths never become labels"
     );
 
+    // Counters alerts watch exist from the start, at 0 until something happens.
+    for kind in seckill::reconciler::DISCREPANCY_KINDS {
+        assert!(
+            m.samples
+                .iter()
+                .any(|(n, l, _)| n == "seckill_reconcile_discrepancies_total"
+                    && l.get("kind").map(String::as_str) == Some(*kind)),
+            "discrepancy kind {kind} exported"
+        );
+    }
+    for name in [
+        "seckill_channel_full_total",
+        "seckill_writer_batch_retries_total",
+    ] {
+        assert!(m.has(name), "{name} exported before it happens");
+    }
+
     // The build: version and the commit this binary was built from.
     let info = m
         .samples
