@@ -28,7 +28,7 @@ use std::{
 
 use axum::{
     extract::{MatchedPath, Request},
-    http::{HeaderValue, Method},
+    http::Method,
     response::Response,
 };
 use tower::{Layer, Service};
@@ -97,14 +97,12 @@ where
                 .map(|p| p.as_str()),
         );
         let method = request.method().clone();
-        let request_id = request.headers().get(super::REQUEST_ID).cloned();
         AccessFuture {
             inner: self.inner.call(request),
             seen: Some(Seen {
                 started,
                 route,
                 method,
-                request_id,
                 log: self.log.clone(),
             }),
         }
@@ -124,7 +122,6 @@ struct Seen {
     started: Instant,
     route: Arc<RouteMetrics>,
     method: Method,
-    request_id: Option<HeaderValue>,
     log: Arc<LogSampler>,
 }
 
@@ -138,21 +135,23 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         if let (Some(seen), Ok(response)) = (this.seen.take(), &result) {
-            seen.record(response.status().as_u16());
+            seen.record(response);
         }
         Poll::Ready(result)
     }
 }
 
 impl Seen {
-    fn record(self, status: u16) {
+    fn record(self, response: &Response) {
+        let status = response.status().as_u16();
         let took = self.started.elapsed();
         self.route.count(&self.method, status);
         self.route.latency.record(took.as_secs_f64());
         if self.log.wants(status) {
-            let request_id = self
-                .request_id
-                .as_ref()
+            // The id the request came with or was given, echoed on the response.
+            let request_id = response
+                .headers()
+                .get(super::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             tracing::info!(
