@@ -1,5 +1,6 @@
 //! Two engines behind HAProxy (Debian's `haproxy`, started here on a
-//! loopback port with a generated config, as `docs`/README describe):
+//! loopback port with a generated config, the one README's "Operating it"
+//! shows):
 //! each shopper behind the balancer gets their own per-IP budget (the
 //! engines trust the balancer's `X-Forwarded-For`, and only its hop), and
 //! killing an engine loses no request (health checks and redispatch).
