@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes grafana/dashboards/seckill.json (the file Grafana loads).
+"""Writes grafana/dashboards/seckill.json (the file Grafana loads), or the
+path given as the first argument.
 
 The dashboard is kept as this script so its panels read as a list; run
 `python3 ops/grafana/dashboard.py` after editing and commit both. The test
@@ -8,6 +9,7 @@ by the engine.
 """
 import json
 import os
+import sys
 
 DS = {"type": "prometheus", "uid": "prometheus"}
 PURCHASE = 'route="/api/events/{id}/purchase"'
@@ -103,7 +105,8 @@ dashboard = {
     "templating": {"list": []},
     "annotations": {"list": []},
 }
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards", "seckill.json")
+out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "dashboards", "seckill.json")
 with open(out, "w") as f:
     json.dump(dashboard, f, indent=2)
     f.write("\n")

@@ -119,3 +119,47 @@ fn metric_names_are_whole_identifiers() {
         ]
     );
 }
+
+/// The dashboard Grafana loads is the one `dashboard.py` writes, every panel
+/// queries the provisioned datasource, and every query is non-empty.
+#[test]
+fn the_dashboard_is_generated_and_uses_the_provisioned_datasource() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/grafana");
+    let committed = std::fs::read_to_string(root.join("dashboards/seckill.json")).unwrap();
+    let regenerated =
+        std::env::temp_dir().join(format!("seckill-dashboard-{}.json", std::process::id()));
+    let run = std::process::Command::new("python3")
+        .arg(root.join("dashboard.py"))
+        .arg(&regenerated)
+        .output()
+        .expect("python3 runs ops/grafana/dashboard.py");
+    assert!(run.status.success(), "{run:?}");
+    let fresh = std::fs::read_to_string(&regenerated).unwrap();
+    let _ = std::fs::remove_file(&regenerated);
+    assert!(
+        fresh == committed,
+        "ops/grafana/dashboards/seckill.json is stale: run python3 ops/grafana/dashboard.py"
+    );
+
+    let provisioning =
+        std::fs::read_to_string(root.join("provisioning/datasources/prometheus.yml")).unwrap();
+    assert!(provisioning.contains("uid: prometheus"), "{provisioning}");
+    let dashboard: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut queries = 0;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(
+            panel["datasource"]["uid"], "prometheus",
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(target["datasource"]["uid"], "prometheus");
+            assert!(target["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("seckill_")));
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
+}
