@@ -56,7 +56,9 @@
 //!   background tasks (stock-back watcher, housekeeping).
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
 //!   hot path: gates, typed answers, the keyed flow), extractors that answer
-//!   with the JSON error body, and the accept loop with its timeouts.
+//!   with the JSON error body, and the accept loop with its timeouts;
+//!   [`http::access`] counts, times and logs every request outside all other
+//!   layers, [`http::cors`] answers listed storefront origins.
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
@@ -76,7 +78,8 @@
 //!   builder (the only place key strings are built); no raw Redis command
 //!   leaves it. [`ratelimit`] and [`telemetry`].
 //! - [`intent`]: the order intent, its ledger format and how an order ended;
-//!   [`config`]: typed settings; [`auth`]: tokens. The bottom floor.
+//!   [`config`]: typed settings; [`forwarded`]: the client behind trusted
+//!   proxies; [`auth`]: tokens. The bottom floor.
 
 pub mod auth;
 pub mod catalog;
@@ -84,6 +87,7 @@ pub mod config;
 pub mod db;
 pub mod drift;
 pub mod error;
+pub mod forwarded;
 pub mod http;
 pub mod idempotency;
 pub mod intent;

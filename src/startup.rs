@@ -38,6 +38,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // First: every metric registered from here on (writers, reconciler)
+        // must reach the process's recorder.
+        let metrics = telemetry::metrics_handle();
         let pool = db::connect(&settings.database_url, settings.database_pool, CONNECT_FOR)
             .await
             .context("cannot reach Postgres (SECKILL_DATABASE_URL)")?;
@@ -77,7 +80,7 @@ impl Application {
                 instance.clone(),
             )),
             draining: std::sync::atomic::AtomicBool::new(false),
-            metrics: telemetry::metrics_handle(),
+            metrics,
             writers: queue,
             durable_keys: DurableKeys::spawn(pool.clone()),
             db: pool,

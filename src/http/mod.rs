@@ -1,6 +1,8 @@
 //! The HTTP surface: one module per resource, one router.
 
+pub mod access;
 pub mod admin;
+pub mod cors;
 pub mod dashboard;
 pub mod events;
 pub mod extract;
@@ -36,7 +38,7 @@ use crate::{error::ApiError, state::AppState};
 /// Largest request body accepted anywhere (purchase bodies are ~20 bytes).
 pub const BODY_LIMIT: usize = 4 * 1024;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let body_timeout = state.settings.http.body_timeout;
@@ -78,6 +80,10 @@ pub fn router(state: AppState) -> Router {
         tracing::info_span!("request", method = %req.method(), path, request_id, event_id = tracing::field::Empty, user_id = tracing::field::Empty)
     });
 
+    // Outside every rejection: what the layers below refuse is counted too.
+    let access = access::AccessLayer::new(state.settings.access_log);
+    let cors = cors::layer(&state.settings.cors_origins);
+
     Router::new()
         .nest("/api", shopper)
         .nest("/admin", operator)
@@ -94,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(access)
+                .option_layer(cors)
+                // One body type from here out (axum's own, not boxed again later).
+                .map_response(IntoResponse::into_response)
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(panic_response))

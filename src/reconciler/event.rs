@@ -36,6 +36,7 @@ impl Reconciler {
             // Over, every order persisted, idempotency records expired: Redis
             // need not hold the sale any more.
             self.redis.close_out(event.id).await?;
+            self.gauges.closed(event.id);
             report.events_closed_out += 1;
             return Ok(());
         }
@@ -69,6 +70,7 @@ impl Reconciler {
             return Ok(());
         }
 
+        self.gauges.ledger(event.id, &seen);
         self.settle_stale_intents(event, &seen, report).await?;
         if self.sync_sale_params(event.id).await? {
             report.repairs += 1;

@@ -30,6 +30,7 @@
 
 mod drift;
 mod event;
+mod gauges;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -115,6 +116,19 @@ const ADJUSTMENT_GRACE: Duration = Duration::from_secs(1);
 /// takes it for a crash's leftover and loads Postgres's parameters.
 const CLOSING_SETTLES_IN: Duration = Duration::from_secs(10);
 
+/// Every `kind` a [`Discrepancy`] can have (the metric's label values).
+pub const DISCREPANCY_KINDS: &[&str] = &[
+    "redis_state_lost",
+    "unacked_intent",
+    "unpersisted_intent",
+    "stock_drift",
+    "oversold",
+    "buyer_drift",
+    "sale_params_drift",
+    "pending_adjustment",
+    "refund_stock_unreturned",
+];
+
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 
@@ -134,6 +148,8 @@ pub struct Reconciler {
     sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
     /// Since when each event's Redis has been seen more closed than Postgres.
     closing_since: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
+    /// Leadership and ledger figures for `/metrics`.
+    gauges: gauges::Gauges,
 }
 
 impl Reconciler {
@@ -156,6 +172,7 @@ impl Reconciler {
             holder,
             sweeps: Default::default(),
             closing_since: Default::default(),
+            gauges: Default::default(),
         }
     }
 
@@ -182,6 +199,7 @@ impl Reconciler {
             }
         }
         let _ = self.lock.release().await;
+        self.gauges.leader(false);
     }
 
     /// Runs one pass now (the admin route), waiting briefly for the lock.
@@ -198,7 +216,9 @@ impl Reconciler {
     /// One pass under the leader lock; `None` when another process leads.
     async fn run_guarded(&self) -> Result<Option<Report>, ReconcileError> {
         let _serial = self.gate.lock().await;
-        if !self.lock.hold().await? {
+        let leading = self.lock.hold().await;
+        self.gauges.leader(matches!(leading, Ok(true)));
+        if !leading? {
             return Ok(None);
         }
         let lost = CancellationToken::new();
@@ -206,6 +226,7 @@ impl Reconciler {
             loop {
                 tokio::time::sleep(self.lock.ttl() / 3).await;
                 if !matches!(self.lock.hold().await, Ok(true)) {
+                    self.gauges.leader(false);
                     lost.cancel();
                     std::future::pending::<()>().await;
                 }

@@ -16,6 +16,7 @@ mod lifecycle;
 mod model;
 mod operator_orders;
 mod ops;
+mod proxies;
 mod purchase;
 mod ratelimit;
 mod reconcile;
