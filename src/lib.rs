@@ -20,10 +20,15 @@
 //!                                             │ one Postgres transaction per batch:
 //!                                             │ admission against the ledger, orders
 //!                                             │ (ON CONFLICT order_no), versioned wallet
-//!                                             │ debits, payments, events.sold;
+//!                                             │ debits, payments, events.sold,
+//!                                             │ one outbox row per order;
 //!                                             │ cannot pay → order failed
 //!                                             ▼
 //!                                  ack the ledger (confirmed) / release.lua (failed)
+//!
+//! outbox relay (one leader, Redis lock): the batch transaction also wrote one
+//! outbox row per order (order.confirmed / order.failed); the relay publishes
+//! them to NATS JetStream in id order, awaits the acks, stamps them published.
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
 //! acks intents already in Postgres, repairs stock/buyer drift with a
@@ -47,7 +52,8 @@
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
-//!   explicit dependencies; [`invariants`]: the SPEC §5 checker.
+//!   explicit dependencies; [`invariants`]: the SPEC §5 checker;
+//!   [`outbox`]: the leader-locked relay of order events to NATS JetStream.
 //! - [`catalog`]: cached events and the local sold-out flags;
 //!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
 //!   that bought); [`drift`]: what Redis should hold and how far it is;
@@ -72,6 +78,7 @@ pub mod idempotency;
 pub mod intent;
 pub mod invariants;
 pub mod loading;
+pub mod outbox;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redis;

@@ -15,6 +15,7 @@ use crate::{
     config::{PurchaseLayers, Settings},
     db,
     idempotency::DurableKeys,
+    outbox::Relay,
     ratelimit::RateLimits,
     reconciler::{ReconcileSettings, Reconciler},
     redis::Redis,
@@ -76,6 +77,7 @@ impl Application {
                 },
                 instance.clone(),
             )),
+            outbox: Arc::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics: telemetry::metrics_handle(),
             writers: queue,
@@ -97,6 +99,13 @@ impl Application {
                 "ablation run: purchases are answered without being persisted and no reconciler runs; a benchmark instrument, never a sale"
             );
         }
+        let relay = Relay::new(
+            state.db.clone(),
+            &state.redis,
+            state.settings.outbox.clone(),
+            state.outbox.clone(),
+        );
+        background.spawn(relay.run(stop_background.clone()));
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
         background.spawn(refresh_catalog(state.clone(), stop_background.clone()));

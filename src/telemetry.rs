@@ -83,4 +83,20 @@ fn describe() {
         "seckill_reconcile_replayed_total",
         "Ledger intents persisted by the reconciler"
     );
+    metrics::describe_gauge!(
+        "seckill_outbox_backlog",
+        "Order events in the outbox not yet acknowledged by NATS"
+    );
+    metrics::describe_gauge!(
+        "seckill_outbox_lag_seconds",
+        "Age of the oldest unpublished order event"
+    );
+    metrics::describe_counter!(
+        "seckill_outbox_published_total",
+        "Order events acknowledged by NATS JetStream"
+    );
+    metrics::describe_counter!(
+        "seckill_outbox_publish_errors_total",
+        "Outbox relay steps that failed (NATS down, restarting)"
+    );
 }

@@ -13,6 +13,7 @@ mod helpers;
 mod idempotency;
 mod model;
 mod ops;
+mod outbox;
 mod purchase;
 mod ratelimit;
 mod reconcile;
