@@ -14,7 +14,7 @@ use crate::db::outbox::Unpublished;
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// Longest wait for one publish to be sent and acknowledged.
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A publish that failed; the rows from it on are published again later.
 #[derive(Debug, thiserror::Error)]

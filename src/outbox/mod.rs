@@ -53,9 +53,11 @@ const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// How often the leader deletes old published rows, and how many per statement.
 const CLEANUP_EVERY: Duration = Duration::from_secs(30);
 const CLEANUP_CHUNK: i64 = 5_000;
-/// Leader lock TTL: well above one step (publishes are bounded by
-/// twice [`broker::PUBLISH_TIMEOUT`]).
-const LOCK_TTL: Duration = Duration::from_secs(15);
+/// Leader lock TTL, renewed every step: above one step (its publishes are
+/// bounded by twice [`broker::PUBLISH_TIMEOUT`]), and short, so a relay
+/// that was killed is replaced within seconds. A step that outlives it is
+/// still safe (see the module docs), only possibly duplicated work.
+const LOCK_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
