@@ -45,7 +45,8 @@
 //!
 //! - `main.rs`: the thin binary (`serve`, `migrate`, `token`).
 //! - [`startup`]: build → bind → serve → bounded graceful shutdown; the
-//!   background tasks (stock-back watcher, housekeeping).
+//!   background tasks (stock-back watcher, housekeeping, outbox relay,
+//!   dashboard sampler).
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
 //!   hot path: gates, typed answers, the keyed flow), extractors that answer
 //!   with the JSON error body, and the accept loop with its timeouts.
@@ -53,7 +54,8 @@
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
 //!   explicit dependencies; [`invariants`]: the SPEC §5 checker;
-//!   [`outbox`]: the leader-locked relay of order events to NATS JetStream.
+//!   [`outbox`]: the leader-locked relay of order events to NATS JetStream;
+//!   [`dashboard`]: the 1 s samples and alerts of the live dashboard.
 //! - [`catalog`]: cached events and the local sold-out flags;
 //!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
 //!   that bought); [`drift`]: what Redis should hold and how far it is;
@@ -70,6 +72,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod drift;
 pub mod error;

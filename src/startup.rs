@@ -13,6 +13,7 @@ use crate::{
     auth::Auth,
     catalog::{self, Catalog},
     config::{PurchaseLayers, Settings},
+    dashboard::Sampler,
     db,
     idempotency::DurableKeys,
     outbox::Relay,
@@ -78,6 +79,7 @@ impl Application {
                 instance.clone(),
             )),
             outbox: Arc::default(),
+            dashboard: Arc::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics: telemetry::metrics_handle(),
             writers: queue,
@@ -106,6 +108,16 @@ impl Application {
             state.outbox.clone(),
         );
         background.spawn(relay.run(stop_background.clone()));
+        let sampler = Sampler {
+            db: state.db.clone(),
+            redis: state.redis.clone(),
+            writers: state.writers.clone(),
+            metrics: state.metrics.clone(),
+            outbox: state.outbox.clone(),
+            instance: state.instance.clone(),
+            samples: state.dashboard.clone(),
+        };
+        background.spawn(sampler.run(stop_background.clone()));
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
         background.spawn(refresh_catalog(state.clone(), stop_background.clone()));

@@ -6,6 +6,7 @@ mod bad_input;
 mod bench_script;
 mod cluster;
 mod connections;
+mod dashboard;
 mod durable_ack;
 mod event_page;
 mod exactness;
