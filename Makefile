@@ -36,13 +36,14 @@ migrate: services ## apply the migrations to SECKILL_DATABASE_URL
 run: services migrate ## run the engine in the foreground
 	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- serve
 
-test: services ## the whole test suite against real Redis and Postgres
+test: services ## the whole suite against real Redis, Postgres and NATS, then the dashboard in Chromium
 	@if docker compose version >/dev/null 2>&1; then \
 		echo "docker compose config -q"; docker compose config -q; \
 	else \
 		echo "docker compose not available: skipping docker-compose.yml validation"; \
 	fi
 	$(CARGO) test --workspace
+	scripts/dashboard-browser.sh
 
 lint: ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
