@@ -125,12 +125,20 @@ pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), 
     Ok(())
 }
 
-/// What the relay owes: unpublished rows and the age of the oldest, in seconds.
+/// Most unpublished rows [`backlog`] counts: past it the figure is a floor,
+/// and the cost of a measure stays bounded (a relay switched off for days).
+pub const BACKLOG_COUNT_CAP: i64 = 100_000;
+
+/// What the relay owes: unpublished rows (at most [`BACKLOG_COUNT_CAP`]) and
+/// the age of the oldest, in seconds. Both walk the partial index of
+/// unpublished rows only.
 pub async fn backlog(db: impl PgExecutor<'_>) -> Result<(i64, f64), DbError> {
     Ok(sqlx::query_as(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-         FROM outbox WHERE published_at IS NULL",
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT $1) t),
+                coalesce((SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox
+                          WHERE published_at IS NULL ORDER BY id LIMIT 1), 0)",
     )
+    .bind(BACKLOG_COUNT_CAP)
     .fetch_one(db)
     .await?)
 }

@@ -192,6 +192,9 @@ async fn old_published_rows_are_deleted_and_unpublished_ones_kept() {
     seckill::db::outbox::mark_published(&app.db, &[ids[1].0])
         .await
         .unwrap();
+    let (owed, oldest) = seckill::db::outbox::backlog(&app.db).await.unwrap();
+    assert_eq!(owed, 1, "one row never published");
+    assert!((0.0..60.0).contains(&oldest), "{oldest}");
     let deleted = seckill::db::outbox::delete_published(
         &app.db,
         Utc::now() - chrono::Duration::hours(1),
