@@ -1,5 +1,5 @@
 # Everyday tasks. `make demo` and `make test` are the two set-up commands;
-# both bring Redis and Postgres up first when they are not reachable.
+# both bring Redis, Postgres and NATS up first when they are not reachable.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,6 +12,7 @@ SCENARIO ?= burst
 # Redis key prefixes, so they never touch the demo's data.
 export SECKILL_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export SECKILL_TEST_REDIS_URL ?= redis://127.0.0.1:6379
+export SECKILL_TEST_NATS_URL ?= nats://127.0.0.1:4222
 
 # DEV-ONLY secrets for `make demo` / `make run` / `make loadtest` on a
 # laptop. Never use these values anywhere reachable: set your own
@@ -24,7 +25,7 @@ DEMO_ENV := SECKILL_ADMIN_TOKEN="$${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-ch
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-services: ## make sure Redis and Postgres answer and the database exists
+services: ## make sure Redis, Postgres and NATS (JetStream) answer and the database exists
 	scripts/services.sh
 
 build: ## release build of the whole workspace
@@ -36,7 +37,7 @@ migrate: services ## apply the migrations to SECKILL_DATABASE_URL
 run: services migrate ## run the engine in the foreground
 	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- serve
 
-test: services ## the whole test suite against real Redis and Postgres
+test: services ## the whole suite against real Redis, Postgres and NATS, promtool, then the dashboard in Chromium
 	scripts/ensure-tools.sh haproxy:haproxy
 	scripts/promtool.sh
 	@if docker compose version >/dev/null 2>&1; then \
@@ -45,6 +46,7 @@ test: services ## the whole test suite against real Redis and Postgres
 		echo "docker compose not available: skipping docker-compose.yml validation"; \
 	fi
 	$(CARGO) test --workspace
+	scripts/dashboard-browser.sh
 
 alerts: ## promtool: check the Prometheus config and alert rules, run their unit tests
 	scripts/promtool.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure Redis (127.0.0.1:6379) and Postgres (127.0.0.1:5432) answer, and
-# that the database named in SECKILL_DATABASE_URL exists.
+# Make sure Redis (127.0.0.1:6379), Postgres (127.0.0.1:5432) and NATS with
+# JetStream (127.0.0.1:4222, the outbox relay's broker) answer, and that the
+# database named in SECKILL_DATABASE_URL exists.
 #
 # Idempotent: services that already answer are left alone. A service that is
 # down is started the way this machine runs it (the Debian packages) when
@@ -16,6 +17,8 @@ REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
 PG_HOST=127.0.0.1
 PG_PORT=5432
+NATS_HOST=127.0.0.1
+NATS_PORT=4222
 WAIT_SECS=30
 DATABASE_URL="${SECKILL_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/seckill}}"
 
@@ -87,6 +90,34 @@ start_postgres() {
     echo "postgres: was down, $what a project-local cluster (data in .local/pg)"
 }
 
+# The server's INFO line, which says whether JetStream is on.
+nats_info() {
+    local info
+    info="$(timeout 2 bash -c "exec 3<>/dev/tcp/$NATS_HOST/$NATS_PORT && IFS= read -r line <&3 && printf '%s' \"\$line\"" 2>/dev/null)" || return 1
+    [[ "$info" == INFO* ]] && printf '%s' "$info"
+}
+
+nats_up() {
+    nats_info >/dev/null
+}
+
+start_nats() {
+    if ! command -v nats-server >/dev/null 2>&1; then
+        if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            echo "nats: nats-server not installed; installing the Debian package"
+            (apt-get install -y -q nats-server >/dev/null 2>&1 \
+                || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nats-server >/dev/null 2>&1; }) \
+                || die "nats is down and installing nats-server failed"
+        else
+            die "nats is down and nats-server is not installed (apt-get install nats-server)"
+        fi
+    fi
+    mkdir -p "$LOCAL/nats"
+    setsid nohup nats-server -a "$NATS_HOST" -p "$NATS_PORT" -js -sd "$LOCAL/nats" \
+        -l "$LOCAL/nats/nats.log" </dev/null >/dev/null 2>&1 &
+    echo "nats: was down, started a project-local nats-server with JetStream (data in .local/nats)"
+}
+
 wait_for() {
     local name="$1" check="$2" waited=0
     until "$check"; do
@@ -112,8 +143,19 @@ else
     start_postgres
 fi
 
+# --- NATS (JetStream) ---------------------------------------------------------
+if nats_up; then
+    echo "nats: already answering on $NATS_HOST:$NATS_PORT"
+else
+    start_nats
+fi
+
 wait_for "redis at $REDIS_HOST:$REDIS_PORT" redis_up
 wait_for "postgres at $PG_HOST:$PG_PORT" pg_up
+wait_for "nats at $NATS_HOST:$NATS_PORT" nats_up
+if [[ "$(nats_info)" != *'"jetstream":true'* ]]; then
+    die "the NATS server on $NATS_HOST:$NATS_PORT runs without JetStream (start it with -js)"
+fi
 
 # --- Database ----------------------------------------------------------------
 # The database name is the URL's path, without any ?query.

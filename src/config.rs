@@ -46,6 +46,23 @@ pub struct Settings {
     /// Benchmark only (`seckill serve --ablation`): how much of the purchase
     /// path runs. Never read from the environment.
     pub purchase_layers: PurchaseLayers,
+    /// The outbox relay to NATS JetStream.
+    pub outbox: OutboxSettings,
+}
+
+/// Where the outbox relay publishes order events, and how long published
+/// rows are kept (`SECKILL_NATS_*`, `SECKILL_OUTBOX_KEEP_MINUTES`).
+#[derive(Clone, Debug)]
+pub struct OutboxSettings {
+    /// `None` (`SECKILL_NATS_URL` empty or `off`): no relay runs; the outbox
+    /// still records every event, published once a relay runs again.
+    pub nats_url: Option<String>,
+    /// JetStream stream, created on start if missing.
+    pub stream: String,
+    /// Subjects are `<prefix>.<event_id>.<kind without "order.">`.
+    pub subject_prefix: String,
+    /// Published rows older than this are deleted.
+    pub keep: Duration,
 }
 
 /// The purchase path's layers, cumulative, for the cost ablation in
@@ -186,6 +203,7 @@ impl fmt::Debug for Settings {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("cors_origins", &self.cors_origins)
             .field("purchase_layers", &self.purchase_layers)
+            .field("outbox", &self.outbox)
             .finish()
     }
 }
@@ -306,6 +324,25 @@ impl Settings {
 
         let reconcile_interval =
             Duration::from_millis(parsed("SECKILL_RECONCILE_INTERVAL_MS", 5_000)?.max(10));
+        let outbox = OutboxSettings {
+            nats_url: match get("SECKILL_NATS_URL") {
+                None => Some("nats://127.0.0.1:4222".into()),
+                Some(url) if url.trim().is_empty() || url.trim() == "off" => None,
+                Some(url) => Some(url.trim().to_owned()),
+            },
+            stream: var("SECKILL_NATS_STREAM").unwrap_or_else(|| "SECKILL_ORDERS".into()),
+            subject_prefix: var("SECKILL_NATS_SUBJECT_PREFIX")
+                .unwrap_or_else(|| "seckill.orders".into()),
+            keep: Duration::from_secs(60 * parsed("SECKILL_OUTBOX_KEEP_MINUTES", 60)?),
+        };
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !token_ok(&outbox.stream) || !outbox.subject_prefix.split('.').all(token_ok) {
+            bail!("SECKILL_NATS_STREAM must be [A-Za-z0-9_-]+ and SECKILL_NATS_SUBJECT_PREFIX dot-separated tokens of them");
+        }
         Ok(Self {
             bind,
             database_url: var("SECKILL_DATABASE_URL")
@@ -335,6 +372,7 @@ impl Settings {
             access_log,
             trusted_proxies,
             cors_origins,
+            outbox,
         })
     }
 }
@@ -441,6 +479,17 @@ mod tests {
             let err = with(&[OK[0], OK[1], (name, bad)]).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn nats_relay_on_by_default_and_off_when_asked() {
+        let s = with(&OK).unwrap();
+        assert_eq!(s.outbox.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        for off in ["off", "", " "] {
+            let s = with(&[OK[0], OK[1], ("SECKILL_NATS_URL", off)]).unwrap();
+            assert_eq!(s.outbox.nats_url, None, "{off:?}");
+        }
+        assert!(with(&[OK[0], OK[1], ("SECKILL_NATS_SUBJECT_PREFIX", "a.>")]).is_err());
     }
 
     #[test]

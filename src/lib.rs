@@ -20,10 +20,15 @@
 //!                                             │ one Postgres transaction per batch:
 //!                                             │ admission against the ledger, orders
 //!                                             │ (ON CONFLICT order_no), versioned wallet
-//!                                             │ debits, payments, events.sold;
+//!                                             │ debits, payments, events.sold,
+//!                                             │ one outbox row per order;
 //!                                             │ cannot pay → order failed
 //!                                             ▼
 //!                                  ack the ledger (confirmed) / release.lua (failed)
+//!
+//! outbox relay (one leader, Redis lock): the batch transaction also wrote one
+//! outbox row per order (order.confirmed / order.failed); the relay publishes
+//! them to NATS JetStream in id order, awaits the acks, stamps them published.
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
 //! acks intents already in Postgres, finishes refunds whose units a crash
@@ -53,7 +58,8 @@
 //!   operator's commands in `operator_cli.rs`, which call the admin API
 //!   through [`operator`], a client that never opens Redis or Postgres).
 //! - [`startup`]: build → bind → serve → bounded graceful shutdown; the
-//!   background tasks (stock-back watcher, housekeeping).
+//!   background tasks (stock-back watcher, housekeeping, outbox relay,
+//!   dashboard sampler).
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
 //!   hot path: gates, typed answers, the keyed flow), extractors that answer
 //!   with the JSON error body, and the accept loop with its timeouts;
@@ -62,7 +68,9 @@
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
-//!   explicit dependencies; [`invariants`]: the SPEC §5 checker.
+//!   explicit dependencies; [`invariants`]: the SPEC §5 checker;
+//!   [`outbox`]: the leader-locked relay of order events to NATS JetStream;
+//!   [`dashboard`]: the 1 s samples and alerts of the live dashboard.
 //! - [`refunds`]: a cancellation or refund exactly once (the transaction,
 //!   then the units back in Redis; the reconciler's finishing step).
 //! - [`catalog`]: cached events and the local sold-out flags;
@@ -84,6 +92,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod drift;
 pub mod error;
@@ -95,6 +104,7 @@ pub mod invariants;
 pub mod lifecycle;
 pub mod loading;
 pub mod operator;
+pub mod outbox;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redis;

@@ -53,6 +53,14 @@ impl Requester {
         }
     }
 
+    /// The order event downstream systems receive (through the outbox).
+    fn event_kind(self) -> &'static str {
+        match self {
+            Self::Shopper(_) => db::outbox::kind::CANCELLED,
+            Self::Operator => db::outbox::kind::REFUNDED,
+        }
+    }
+
     /// The order's status once refunded.
     fn status(self) -> &'static str {
         match self {
@@ -245,6 +253,7 @@ async fn commit(
             DbError::Batch(format!("order {order_no} left confirmed under its lock")).into(),
         );
     }
+    db::outbox::record_order_now(&mut *tx, order_no, requester.event_kind()).await?;
     if !db::money::mark_payment_refunded(&mut *tx, order_no).await? {
         return Err(DbError::Batch(format!(
             "confirmed order {order_no} has no captured payment"

@@ -13,8 +13,10 @@ use crate::{
     auth::Auth,
     catalog::{self, Catalog},
     config::{PurchaseLayers, Settings},
+    dashboard::Sampler,
     db,
     idempotency::DurableKeys,
+    outbox::Relay,
     ratelimit::RateLimits,
     reconciler::{ReconcileSettings, Reconciler},
     redis::Redis,
@@ -79,6 +81,8 @@ impl Application {
                 },
                 instance.clone(),
             )),
+            outbox: Arc::default(),
+            dashboard: Arc::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics,
             writers: queue,
@@ -100,6 +104,23 @@ impl Application {
                 "ablation run: purchases are answered without being persisted and no reconciler runs; a benchmark instrument, never a sale"
             );
         }
+        let relay = Relay::new(
+            state.db.clone(),
+            &state.redis,
+            state.settings.outbox.clone(),
+            state.outbox.clone(),
+        );
+        background.spawn(relay.run(stop_background.clone()));
+        let sampler = Sampler {
+            db: state.db.clone(),
+            redis: state.redis.clone(),
+            writers: state.writers.clone(),
+            metrics: state.metrics.clone(),
+            outbox: state.outbox.clone(),
+            instance: state.instance.clone(),
+            samples: state.dashboard.clone(),
+        };
+        background.spawn(sampler.run(stop_background.clone()));
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
         background.spawn(refresh_catalog(state.clone(), stop_background.clone()));

@@ -22,6 +22,10 @@ pub struct App {
     pub durable_keys: DurableKeys,
     pub metrics: PrometheusHandle,
     pub reconciler: Arc<Reconciler>,
+    /// The outbox relay's last measure of what it owes NATS.
+    pub outbox: Arc<crate::outbox::Backlog>,
+    /// The live dashboard's samples, shared by every open tab.
+    pub dashboard: Arc<crate::dashboard::Samples>,
     /// A unique name for this process (reconciler lock holder, logs).
     pub instance: String,
     /// Set when graceful shutdown starts: `/readyz` answers 503 from then on.

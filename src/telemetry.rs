@@ -124,6 +124,22 @@ fn describe() {
         "seckill_ledger_oldest_intent_age_seconds",
         "Age of the event's oldest pending ledger intent at the leader's last pass (0: none)"
     );
+    metrics::describe_gauge!(
+        "seckill_outbox_backlog",
+        "Order events in the outbox not yet acknowledged by NATS"
+    );
+    metrics::describe_gauge!(
+        "seckill_outbox_lag_seconds",
+        "Age of the oldest unpublished order event"
+    );
+    metrics::describe_counter!(
+        "seckill_outbox_published_total",
+        "Order events acknowledged by NATS JetStream"
+    );
+    metrics::describe_counter!(
+        "seckill_outbox_publish_errors_total",
+        "Outbox relay steps that failed (NATS down, restarting)"
+    );
 }
 
 /// Latency buckets (seconds) for `seckill_http_request_duration_seconds`.

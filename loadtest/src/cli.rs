@@ -250,6 +250,25 @@ pub struct RunArgs {
     )]
     pub database_url: String,
 
+    /// NATS server whose JetStream holds the engine's order events
+    /// (the outbox relay's); `off` skips the stream check.
+    #[arg(
+        long,
+        env = "SECKILL_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// The engine's order-event stream.
+    #[arg(long, env = "SECKILL_NATS_STREAM", default_value = "SECKILL_ORDERS")]
+    pub nats_stream: String,
+    /// The engine's subject prefix: events are `<prefix>.<event_id>.<kind>`.
+    #[arg(
+        long,
+        env = "SECKILL_NATS_SUBJECT_PREFIX",
+        default_value = "seckill.orders"
+    )]
+    pub nats_subject_prefix: String,
+
     /// Where report-<scenario>.json and chart-<scenario>.svg go.
     #[arg(long, env = "SECKILL_LOADTEST_OUT_DIR", default_value = "loadtest/out")]
     pub out_dir: PathBuf,

@@ -175,11 +175,22 @@ pub struct Plan {
     pub drain_timeout_secs: u64,
     #[serde(skip)]
     pub database_url: String,
+    /// Where the engine's order events are read back (`None`: not checked).
+    #[serde(skip)]
+    pub order_stream: Option<OrderStream>,
     pub out_dir: PathBuf,
     #[serde(skip)]
     pub admin_token: String,
     #[serde(skip)]
     pub jwt_secret: String,
+}
+
+/// The engine's order events in NATS JetStream (its outbox relay's stream).
+#[derive(Debug, Clone)]
+pub struct OrderStream {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
 }
 
 /// Shopper ids a run may use: `first_user_id + users` must stay a valid id.
@@ -236,6 +247,11 @@ impl Plan {
             timeout_ms: args.timeout_ms.max(1),
             drain_timeout_secs: args.drain_timeout_secs,
             database_url: args.database_url,
+            order_stream: (!matches!(args.nats_url.trim(), "" | "off")).then(|| OrderStream {
+                url: args.nats_url.trim().to_owned(),
+                stream: args.nats_stream,
+                subject_prefix: args.nats_subject_prefix,
+            }),
             out_dir: args.out_dir,
             admin_token: engine.admin_token,
             jwt_secret: engine.jwt_secret,

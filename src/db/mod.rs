@@ -10,6 +10,7 @@ pub mod events;
 pub mod idempotency;
 pub mod money;
 pub mod orders;
+pub mod outbox;
 pub mod reconcile;
 pub mod refunds;
 pub mod wallets;

@@ -124,28 +124,31 @@ pub struct FailedOrder {
     pub reason: &'static str,
 }
 
-/// Writes the order as failed unless Postgres has it already; true when this
-/// call wrote it. A writer that later persists the same order_no finds it
-/// there and charges nothing.
+/// Writes the order as failed unless Postgres has it already, with its
+/// `order.failed` outbox row in the same statement; true when this call
+/// wrote it. A writer that later persists the same order_no finds it there
+/// and charges nothing.
 pub async fn insert_failed_unless_present(
     db: impl sqlx::PgExecutor<'_>,
     order: &FailedOrder,
 ) -> Result<bool, DbError> {
-    Ok(sqlx::query(
+    let sql = super::outbox::with_event_of_inserted(
         "INSERT INTO orders (order_no, event_id, user_id, quantity, amount, status, failure_reason, created_at)
          VALUES ($1, $2, $3, $4, $5, 'failed', $6, now())
-         ON CONFLICT (order_no) DO NOTHING",
-    )
-    .bind(order.order_no)
-    .bind(order.event_id)
-    .bind(order.user_id)
-    .bind(order.quantity)
-    .bind(order.amount)
-    .bind(order.reason)
-    .execute(db)
-    .await?
-    .rows_affected()
-        == 1)
+         ON CONFLICT (order_no) DO NOTHING
+         RETURNING order_no, event_id, user_id, quantity, amount, status, failure_reason, created_at",
+        super::outbox::kind::FAILED,
+    );
+    let (inserted,): (i64,) = sqlx::query_as(&sql)
+        .bind(order.order_no)
+        .bind(order.event_id)
+        .bind(order.user_id)
+        .bind(order.quantity)
+        .bind(order.amount)
+        .bind(order.reason)
+        .fetch_one(db)
+        .await?;
+    Ok(inserted == 1)
 }
 
 /// Orders of an event in Postgres, failed ones included.

@@ -2,28 +2,35 @@
 //!
 //! The page itself holds no data; it asks for the operator token once (kept
 //! in the tab's sessionStorage) and polls `/admin/dashboard/data` every
-//! second, drawing stock left, accepted/confirmed/failed, money, channel
-//! depth and the invariant checks of each recent event.
+//! second. That answer is the snapshot the engine's sampler built at its
+//! last tick ([`crate::dashboard`]): five minutes of one-second samples
+//! (requests/s by outcome, purchase p99, stock left, pending intents, drain
+//! rate, outbox backlog), the recent events with their start, end and
+//! sell-out times, and the alerts that hold. Serving it reads no database
+//! and no Redis, however many tabs poll. The invariant checker (which walks
+//! every buyer and wallet of an event) runs only when the operator presses
+//! its button, through `GET /admin/events/{id}/invariants`.
 
-use axum::{extract::State, response::Html, Json};
-use serde_json::{json, Value};
+use axum::{
+    extract::State,
+    http::header,
+    response::{Html, IntoResponse},
+};
 
-use super::{admin, extract::Operator};
-use crate::{db, error::ApiError, state::AppState};
+use super::extract::Operator;
+use crate::state::AppState;
 
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
 }
 
-/// Figures of the most recent events.
-pub async fn data(State(app): State<AppState>, _: Operator) -> Result<Json<Value>, ApiError> {
-    let mut events = Vec::new();
-    for event in db::events::list_recent(&app.db, 10).await? {
-        let view = admin::event_view(&app, &event).await?;
-        let invariants = crate::invariants::check_event(&app.db, &app.redis, &event).await?;
-        events.push(json!({"event": view, "invariants": invariants}));
-    }
-    Ok(Json(
-        json!({"instance": app.instance, "channel_depth": app.writers.depth(), "events": events}),
-    ))
+/// The sampler's last snapshot, as JSON.
+pub async fn data(State(app): State<AppState>, _: Operator) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.dashboard.snapshot().to_string(),
+    )
 }

@@ -69,6 +69,11 @@ impl Keys {
     pub fn reconcile_lock(&self) -> String {
         format!("{}:reconciler-lock", self.prefix)
     }
+
+    /// The outbox relay's leader lock: one process publishes at a time.
+    pub fn outbox_lock(&self) -> String {
+        format!("{}:outbox-relay-lock", self.prefix)
+    }
 }
 
 impl EventKeys {

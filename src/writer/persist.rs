@@ -7,6 +7,10 @@
 //! is a conflict, counted and retried with a fresh read. Everything goes in as
 //! arrays (`UNNEST`), a statement per step, not per row (see `db/`).
 //!
+//! The same transaction writes one outbox row per order it inserted
+//! (`order.confirmed` or `order.failed`, see [`crate::outbox`]); a replayed
+//! order inserts nothing, so it owes no second event.
+//!
 //! After commit the batch is settled in Redis ([`super::settle`]). A crash
 //! between commit and settle leaves the intents pending; the reconciler finds
 //! them in Postgres and settles them.
@@ -18,7 +22,7 @@ use uuid::Uuid;
 
 use super::{admission, settle::Settlement};
 use crate::{
-    db::{self, money::Debit, wallets::PlannedDebit, DbError},
+    db::{self, money::Debit, outbox::OrderEvent, wallets::PlannedDebit, DbError},
     intent::{Intent, Settled, INSUFFICIENT_FUNDS, NO_WALLET, STOCK_LOST},
     redis::{Redis, RedisError},
 };
@@ -160,6 +164,21 @@ pub async fn persist_batch(
     result.version_conflicts = conflicts;
     db::money::insert(&mut tx, &debits).await?;
     db::orders::mark_failed(&mut *tx, &failed).await?;
+    // The orders' events for the broker, committed with them (one statement),
+    // before the `sold` UPDATE so the event row's lock is held no longer.
+    let events: Vec<OrderEvent> = fresh
+        .iter()
+        .map(|i| OrderEvent {
+            order_no: i.order_no,
+            event_id: i.event_id,
+            user_id: i.user_id,
+            quantity: i.quantity,
+            amount: i.amount,
+            accepted_at: i.accepted_at,
+            failure_reason: failed.get(&i.order_no).copied(),
+        })
+        .collect();
+    db::outbox::record(&mut *tx, &events).await?;
     let mut sold: BTreeMap<i64, i64> = BTreeMap::new();
     for intent in fresh.iter().filter(|i| !failed.contains_key(&i.order_no)) {
         *sold.entry(intent.event_id).or_default() += intent.quantity as i64;

@@ -90,6 +90,8 @@ pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
         ("SECKILL_RECONCILE_INTERVAL_MS", "60000"),
         ("SECKILL_DATABASE_POOL", "8"),
         ("SECKILL_SHUTDOWN_READY_DELAY_MS", "0"),
+        // No outbox relay unless a test asks for one (tests/api/outbox.rs).
+        ("SECKILL_NATS_URL", "off"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -301,6 +301,20 @@ async fn a_double_click_makes_one_refund_and_returns_the_unit_once() {
         .await,
         1
     );
+    // Downstream systems hear of it once, after its confirmation, through
+    // the outbox written in the refund's transaction.
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM outbox WHERE order_no = $1::uuid ORDER BY id")
+            .bind(&order_no)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert!(
+        kinds.len() == 2
+            && kinds[0] == "order.confirmed"
+            && ["order.cancelled", "order.refunded"].contains(&kinds[1].as_str()),
+        "{kinds:?}"
+    );
     app.assert_invariants(sale.id).await;
     app.cleanup().await;
 }

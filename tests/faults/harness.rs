@@ -522,6 +522,8 @@ impl Rig {
             ("SECKILL_RECONCILE_GRACE_MS", "500".into()),
             ("SECKILL_REDIS_TIMEOUT_MS", "500".into()),
             ("SECKILL_LOG_FORMAT", "json".into()),
+            // No outbox relay unless the scenario starts its own NATS.
+            ("SECKILL_NATS_URL", "off".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -5,15 +5,18 @@
 //! client was told (every 202 persisted, no order for a rejected request, an
 //! unknown outcome at most once).
 //!
-//! Scenarios 1, 4 and 8, two of [`exactness`], two of [`refunds`] and two of
-//! [`lifecycle`] (L1, L2) run in `cargo test`; the others are `#[ignore]`d and
-//! run by `make faults`
+//! Scenarios 1, 4 and 8, two of [`exactness`], two of [`refunds`], two of
+//! [`lifecycle`] (L1, L2) and [`outbox`] (the relay killed and NATS restarted
+//! mid-stream) run in `cargo test`; the others are `#[ignore]`d and run by
+//! `make faults`
 //! (`cargo test --test faults -- --include-ignored --test-threads=1 --nocapture`).
 
 mod exactness;
 mod harness;
 mod lifecycle;
 mod load;
+mod nats;
+mod outbox;
 mod refunds;
 mod scenario;
 mod verdict;

@@ -2,7 +2,8 @@
 //! (SPEC §5) is asked first; then the client-side truths that only the crowd
 //! knows are checked against Postgres (read-only): every 202 persisted for
 //! its shopper, no order the crowd was not given, idempotent retries,
-//! per-user limits, conservation, money, and no undersell.
+//! per-user limits, conservation, money, no undersell, and (`events`) one
+//! order event per persisted order state in the engine's NATS stream.
 //!
 //! Layout: `check` (the verdict's vocabulary), `answers` (checks of the
 //! crowd's log alone), `orders` and `money` (against Postgres),
@@ -10,6 +11,7 @@
 
 mod answers;
 mod check;
+mod events;
 mod money;
 mod order_route;
 mod orders;
@@ -113,6 +115,7 @@ async fn client_checks(
         orders::conservation_check(&rows, event),
         money_check(&pool, setup, &rows).await?,
         orders::undersell_check(plan, log, event),
+        events::stream_check(plan.order_stream.as_ref(), setup.event_id, &rows).await,
     ];
     if plan.knobs.cancel_share > 0.0 {
         let (refund_rows,): (i64,) =

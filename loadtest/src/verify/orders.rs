@@ -23,6 +23,8 @@ pub(super) struct Row {
     pub failed: bool,
     /// Cancelled by its shopper or refunded by an operator: paid, then paid back.
     pub refunded: bool,
+    /// The order event of its refund: `order.cancelled` or `order.refunded`.
+    pub refund_event: Option<&'static str>,
 }
 
 impl Row {
@@ -53,6 +55,11 @@ pub(super) async fn read(pool: &PgPool, event_id: i64) -> anyhow::Result<HashMap
                     amount,
                     failed: status == "failed",
                     refunded: status == "cancelled" || status == "refunded",
+                    refund_event: match status.as_str() {
+                        "cancelled" => Some("order.cancelled"),
+                        "refunded" => Some("order.refunded"),
+                        _ => None,
+                    },
                 },
             )
         })

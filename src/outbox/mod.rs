@@ -1,0 +1,303 @@
+//! The outbox relay: publishes the order events the writers committed to the
+//! `outbox` table ([`crate::db::outbox`]) to NATS JetStream, at least once,
+//! in order per order, with a message id the broker deduplicates on.
+//!
+//! One relay publishes at a time: it runs in every engine process, and a
+//! step runs only while holding the Redis leader lock `outbox_lock` (renewed
+//! every step). Several relays would still be safe: a row is published only
+//! once every earlier row of its order is stamped published (= acknowledged
+//! by the broker, so stored before it), and a row two relays both publish is
+//! one message for the broker (same `Nats-Msg-Id` within the duplicate
+//! window). The lock only spares the duplicate work.
+//!
+//! A step: the oldest unpublished rows (id order), at most one per order
+//! (a later state of an order waits for the next step), published pipelined,
+//! every acknowledgement awaited, then the acknowledged rows stamped
+//! `published_at`. A failure (NATS down, restarting, no stream) stops the
+//! step; the rows not stamped are published again after a backoff. The
+//! purchase path never waits for any of this: it only writes rows.
+//!
+//! Published rows older than `SECKILL_OUTBOX_KEEP_MINUTES` are deleted by
+//! the leader in bounded chunks. Every process reports the backlog and the
+//! age of the oldest unpublished row in `/metrics`.
+
+pub mod broker;
+pub mod reader;
+
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
+    sync::Arc,
+    time::Duration,
+};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::OutboxSettings,
+    db::{self, outbox::Unpublished, DbError},
+    redis::{LeaderLock, Redis, RedisError},
+};
+use broker::{Broker, BrokerError};
+
+/// Most rows published in one step.
+const BATCH: i64 = 512;
+/// Pause when nothing is owed.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Pause when another process relays.
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the backlog gauges are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
+/// How often the leader deletes old published rows, and how many per statement.
+const CLEANUP_EVERY: Duration = Duration::from_secs(30);
+const CLEANUP_CHUNK: i64 = 5_000;
+/// Leader lock TTL, renewed every step: above one step (its publishes are
+/// bounded by twice [`broker::PUBLISH_TIMEOUT`]), and short, so a relay
+/// that was killed is replaced within seconds. A step that outlives it is
+/// still safe (see the module docs), only possibly duplicated work.
+const LOCK_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// What the relay owes, as last measured (for the dashboard and `/metrics`).
+#[derive(Debug, Default)]
+pub struct Backlog {
+    rows: AtomicI64,
+    oldest_ms: AtomicU64,
+}
+
+impl Backlog {
+    /// Unpublished rows and the age of the oldest, in seconds.
+    pub fn get(&self) -> (i64, f64) {
+        (
+            self.rows.load(Ordering::Relaxed),
+            self.oldest_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
+
+    fn set(&self, rows: i64, oldest_seconds: f64) {
+        self.rows.store(rows, Ordering::Relaxed);
+        self.oldest_ms
+            .store((oldest_seconds * 1000.0) as u64, Ordering::Relaxed);
+        metrics::gauge!("seckill_outbox_backlog").set(rows as f64);
+        metrics::gauge!("seckill_outbox_lag_seconds").set(oldest_seconds);
+    }
+}
+
+/// The relay of one engine process, and what it works with.
+pub struct Relay {
+    db: PgPool,
+    lock: LeaderLock,
+    settings: OutboxSettings,
+    backlog: Arc<Backlog>,
+}
+
+enum Step {
+    Published(usize),
+    Idle,
+    Follower,
+}
+
+impl Relay {
+    pub fn new(db: PgPool, redis: &Redis, settings: OutboxSettings, backlog: Arc<Backlog>) -> Self {
+        let lock = LeaderLock::new(redis.clone(), redis.keys().outbox_lock(), LOCK_TTL);
+        Self {
+            db,
+            lock,
+            settings,
+            backlog,
+        }
+    }
+
+    /// Measures the backlog every second until `stop`; publishes too when a
+    /// NATS URL is configured.
+    pub async fn run(self, stop: CancellationToken) {
+        let gauges = tokio::spawn(measure_backlog(
+            self.db.clone(),
+            self.backlog.clone(),
+            stop.clone(),
+        ));
+        if let Some(url) = self.settings.nats_url.clone() {
+            self.relay(&url, &stop).await;
+        } else {
+            tracing::info!("SECKILL_NATS_URL is off: order events stay in the outbox, unpublished");
+        }
+        let _ = gauges.await;
+    }
+
+    async fn relay(&self, url: &str, stop: &CancellationToken) {
+        let mut broker = loop {
+            match Broker::connect(url, &self.settings.stream, &self.settings.subject_prefix).await {
+                Ok(broker) => break broker,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox relay: bad NATS settings; retrying");
+                    if sleep_or_stop(MAX_BACKOFF, stop).await {
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::info!(url, stream = %self.settings.stream, "outbox relay started");
+        let mut backoff = Duration::from_millis(100);
+        let mut last_cleanup = tokio::time::Instant::now();
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            let pause = match self.step(&mut broker).await {
+                Ok(Step::Published(n)) => {
+                    backoff = Duration::from_millis(100);
+                    if last_cleanup.elapsed() >= CLEANUP_EVERY {
+                        last_cleanup = tokio::time::Instant::now();
+                        self.clean_up().await;
+                    }
+                    if n as i64 >= BATCH / 2 {
+                        Duration::ZERO
+                    } else {
+                        IDLE_POLL
+                    }
+                }
+                Ok(Step::Idle) => {
+                    if last_cleanup.elapsed() >= CLEANUP_EVERY {
+                        last_cleanup = tokio::time::Instant::now();
+                        self.clean_up().await;
+                    }
+                    IDLE_POLL
+                }
+                Ok(Step::Follower) => FOLLOWER_POLL,
+                Err(err) => {
+                    metrics::counter!("seckill_outbox_publish_errors_total").increment(1);
+                    tracing::warn!(error = %err, retry_in = ?backoff, "outbox relay step failed");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pause
+                }
+            };
+            if !pause.is_zero() && sleep_or_stop(pause, stop).await {
+                break;
+            }
+        }
+        let _ = self.lock.release().await;
+    }
+
+    async fn step(&self, broker: &mut Broker) -> Result<Step, RelayError> {
+        if !self.lock.hold().await? {
+            return Ok(Step::Follower);
+        }
+        let rows = first_per_order(db::outbox::unpublished(&self.db, BATCH).await?);
+        if rows.is_empty() {
+            return Ok(Step::Idle);
+        }
+        let (stored, error) = broker.publish(&rows).await;
+        db::outbox::mark_published(&self.db, &stored).await?;
+        metrics::counter!("seckill_outbox_published_total").increment(stored.len() as u64);
+        match error {
+            Some(err) => Err(err.into()),
+            None => Ok(Step::Published(stored.len())),
+        }
+    }
+
+    /// Deletes published rows past the retention, a chunk at a time.
+    async fn clean_up(&self) {
+        let Ok(keep) = chrono::TimeDelta::from_std(self.settings.keep) else {
+            return;
+        };
+        let before = chrono::Utc::now() - keep;
+        loop {
+            match db::outbox::delete_published(&self.db, before, CLEANUP_CHUNK).await {
+                Ok(n) => {
+                    metrics::counter!("seckill_outbox_deleted_total").increment(n);
+                    if (n as i64) < CLEANUP_CHUNK {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox clean-up failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the first (oldest) row of each order: a later state of an order is
+/// published only after the earlier one was acknowledged and stamped.
+fn first_per_order(rows: Vec<Unpublished>) -> Vec<Unpublished> {
+    let mut seen = HashSet::with_capacity(rows.len());
+    rows.into_iter()
+        .filter(|r| seen.insert(r.order_no))
+        .collect()
+}
+
+async fn measure_backlog(db: PgPool, backlog: Arc<Backlog>, stop: CancellationToken) {
+    loop {
+        match db::outbox::backlog(&db).await {
+            Ok((rows, oldest)) => backlog.set(rows, oldest),
+            Err(err) => tracing::debug!(error = %err, "outbox backlog not measured"),
+        }
+        if sleep_or_stop(GAUGE_EVERY, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps; true when `stop` was cancelled meanwhile.
+async fn sleep_or_stop(pause: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn row(id: i64, order_no: Uuid, kind: &str) -> Unpublished {
+        Unpublished {
+            id,
+            order_no,
+            event_id: 7,
+            kind: kind.into(),
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_later_state_of_an_order_waits_for_the_earlier_one() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let rows = vec![
+            row(1, a, "order.confirmed"),
+            row(2, b, "order.failed"),
+            row(3, a, "order.refunded"),
+        ];
+        let ids: Vec<i64> = first_per_order(rows).iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn subjects_and_message_ids() {
+        let order_no = Uuid::nil();
+        let r = row(5, order_no, "order.confirmed");
+        assert_eq!(
+            broker::subject("seckill.orders", &r),
+            "seckill.orders.7.confirmed"
+        );
+        assert_eq!(
+            broker::message_id(&r),
+            "00000000-0000-0000-0000-000000000000:order.confirmed"
+        );
+    }
+}
