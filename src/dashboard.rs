@@ -42,6 +42,12 @@ pub struct EventSample {
     pub stock_left: Option<i64>,
     pub pending: i64,
     pub sold: i64,
+    /// Orders cancelled by their shoppers and refunded by operators.
+    pub cancelled: i64,
+    pub refunded: i64,
+    /// Σ of the applied stock adjustments (units added or withdrawn).
+    pub adjusted: i64,
+    pub paused: bool,
 }
 
 /// One second of the engine.
@@ -258,6 +264,13 @@ impl Sampler {
         if let Ok(recent) = db::events::list_recent(&self.db, EVENTS).await {
             let ids: Vec<i64> = recent.iter().map(|e| e.id).collect();
             infos.retain(|id, _| ids.contains(id));
+            // Two grouped reads for all the events shown, once a second.
+            let refunds = db::refunds::counts_by_event(&self.db, &ids)
+                .await
+                .unwrap_or_default();
+            let adjusted = db::adjustments::applied_by_event(&self.db, &ids)
+                .await
+                .unwrap_or_default();
             for event in recent {
                 let state = self.redis.sale_state(event.id).await.ok();
                 let stock_left = state.and_then(|s| s.stock_left.filter(|_| s.loaded));
@@ -280,11 +293,19 @@ impl Sampler {
                 } else if stock_left.is_some_and(|s| s > 0) {
                     info.sold_out_at_ms = None;
                 }
+                let (cancelled, refunded) = refunds
+                    .iter()
+                    .find(|r| r.0 == event.id)
+                    .map_or((0, 0), |r| (r.1, r.2));
                 events.push(EventSample {
                     id: event.id,
                     stock_left,
                     pending: state.map_or(0, |s| s.pending),
                     sold: event.sold,
+                    cancelled,
+                    refunded,
+                    adjusted: adjusted.iter().find(|a| a.0 == event.id).map_or(0, |a| a.1),
+                    paused: event.paused_at.is_some(),
                 });
             }
         }
@@ -421,6 +442,10 @@ seckill_orders_persisted_total{status="failed"} 1
                 stock_left: Some(3),
                 pending,
                 sold: 0,
+                cancelled: 0,
+                refunded: 0,
+                adjusted: 0,
+                paused: false,
             }],
             counters: Counters {
                 discrepancies,

@@ -173,3 +173,18 @@ pub async fn lock_unless_busy(
         format!("SELECT {COLUMNS} FROM stock_adjustments WHERE id = $1 FOR UPDATE SKIP LOCKED");
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
 }
+
+/// Σ delta of the applied adjustments of these events: (event_id, units),
+/// for the dashboard.
+pub async fn applied_by_event(
+    db: impl PgExecutor<'_>,
+    event_ids: &[i64],
+) -> Result<Vec<(i64, i64)>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT event_id, sum(delta)::int8 FROM stock_adjustments
+         WHERE event_id = ANY($1) AND state = 'applied' GROUP BY event_id",
+    )
+    .bind(event_ids)
+    .fetch_all(db)
+    .await?)
+}

@@ -131,3 +131,21 @@ pub async fn mark_event_returned(db: impl PgExecutor<'_>, event_id: i64) -> Resu
     .await?
     .rows_affected())
 }
+
+/// Cancellations (by shoppers) and refunds (by operators) of these events:
+/// (event_id, cancelled, refunded), for the dashboard.
+pub async fn counts_by_event(
+    db: impl PgExecutor<'_>,
+    event_ids: &[i64],
+) -> Result<Vec<(i64, i64, i64)>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT r.event_id,
+                count(*) FILTER (WHERE o.status = 'cancelled'),
+                count(*) FILTER (WHERE o.status = 'refunded')
+         FROM refunds r JOIN orders o USING (order_no)
+         WHERE r.event_id = ANY($1) GROUP BY r.event_id",
+    )
+    .bind(event_ids)
+    .fetch_all(db)
+    .await?)
+}

@@ -79,3 +79,77 @@ async fn samples_follow_the_sale_and_polls_share_one_snapshot() {
     assert!(page.contains("<canvas"), "the page draws charts");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_cancellations_refunds_adjustments_and_a_pause() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now();
+    let created: Value = app
+        .admin_post(
+            "/admin/events",
+            json!({"name": "watched", "price": 100, "stock": 10, "per_user_limit": 1,
+                   "starts_at": now - chrono::Duration::seconds(1),
+                   "ends_at": now + chrono::Duration::hours(1),
+                   "cancel_window_seconds": 600}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    app.preheat(id).await;
+    app.fund(1, 3, 1_000).await;
+    let mut orders = Vec::new();
+    for user in 1..=3 {
+        let (status, body) = app.purchase(id, user, json!(1)).await;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+        orders.push(body["order_no"].as_str().unwrap().to_owned());
+    }
+    app.drain(id).await;
+    let cancel = app
+        .http
+        .post(app.url(&format!("/api/orders/{}/cancel", orders[0])))
+        .bearer_auth(app.token(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), reqwest::StatusCode::OK);
+    let refund = app
+        .admin_post(
+            &format!("/admin/orders/{}/refund", orders[1]),
+            json!({"reason": "damaged"}),
+        )
+        .await;
+    assert_eq!(refund.status(), reqwest::StatusCode::OK);
+    let adjusted = app
+        .admin_post(
+            &format!("/admin/events/{id}/stock"),
+            json!({"delta": 5, "reason": "delivery"}),
+        )
+        .await;
+    assert_eq!(adjusted.status(), reqwest::StatusCode::OK);
+    let paused = app
+        .admin_post(&format!("/admin/events/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(paused.status(), reqwest::StatusCode::OK);
+
+    let data = data_when(&app, |d| {
+        let e = d["samples"]
+            .as_array()
+            .and_then(|s| s.last())
+            .and_then(|s| s["events"].as_array())
+            .and_then(|es| es.iter().find(|e| e["id"] == id).cloned())
+            .unwrap_or(Value::Null);
+        e["cancelled"] == 1 && e["refunded"] == 1 && e["adjusted"] == 5 && e["paused"] == true
+    })
+    .await;
+    let page = app
+        .get_as("/admin/dashboard", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("refunded") && page.contains("stock adjusted"));
+    assert!(data["samples"].as_array().is_some_and(|s| !s.is_empty()));
+    app.cleanup().await;
+}
