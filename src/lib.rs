@@ -43,7 +43,10 @@
 //!   background tasks (stock-back watcher, housekeeping).
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
 //!   hot path: gates, typed answers, the keyed flow), extractors that answer
-//!   with the JSON error body, and the accept loop with its timeouts.
+//!   with the JSON error body, and the accept loop with its timeouts;
+//!   [`http::openapi`]: the OpenAPI 3.1 document generated from the
+//!   handlers' annotations and types (`GET /openapi.json`), held to every
+//!   route of [`http::route_table`] by a test.
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with

@@ -7,7 +7,7 @@ use sqlx::{FromRow, PgExecutor, PgPool};
 
 use super::DbError;
 
-#[derive(Clone, Copy, Debug, FromRow, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, FromRow, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Wallet {
     pub user_id: i64,
     pub balance: i64,

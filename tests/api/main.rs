@@ -12,6 +12,7 @@ mod exactness;
 mod helpers;
 mod idempotency;
 mod model;
+mod openapi;
 mod ops;
 mod purchase;
 mod ratelimit;

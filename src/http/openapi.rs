@@ -1,0 +1,108 @@
+//! The OpenAPI 3.1 document, generated from the code: every handler carries
+//! its `#[utoipa::path]` (method, path, parameters, body, each status it
+//! answers), the request and response types derive `ToSchema`, and this
+//! module gathers them with the two security schemes. Served at
+//! `GET /openapi.json`; `tests/api/openapi.rs` holds it to the router.
+
+use std::sync::OnceLock;
+
+use axum::{http::header, response::IntoResponse};
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi,
+};
+
+use super::{admin, dashboard, events, ops, orders, purchase};
+
+/// The document. A route added to [`super::routes`] must be listed here too.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "seckill",
+        description = "A flash-sale engine: sells exactly the stock, charges every wallet once, \
+                       loses no acknowledged purchase. Money is in integer minor units; every \
+                       error is `{\"error\": code, \"message\": text}`."
+    ),
+    paths(
+        events::show,
+        purchase::purchase,
+        orders::show,
+        orders::mine,
+        admin::create_event,
+        admin::show_event,
+        admin::preheat,
+        admin::invariants,
+        admin::seed_wallets,
+        admin::set_wallet,
+        admin::show_wallet,
+        admin::reconcile,
+        dashboard::page,
+        dashboard::data,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        document,
+    ),
+    components(schemas(crate::error::ErrorCode)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "shopper", description = "Shoppers' routes (`shopper_jwt`, except the event page)"),
+        (name = "operator", description = "Operators' routes (`admin_token`)"),
+        (name = "ops", description = "Probes, metrics and this document (no auth)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Both read `Authorization: Bearer <token>` (see `http::extract`).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SHOPPER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A shopper's HS256 JWT: `sub` is the user id as a string, `exp` required",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            OPERATOR,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "SECKILL_ADMIN_TOKEN; a valid shopper token on an operator route is 403",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The security scheme names the handlers' annotations use.
+pub const SHOPPER: &str = "shopper_jwt";
+pub const OPERATOR: &str = "admin_token";
+
+/// The document as JSON, built once.
+pub fn json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+#[utoipa::path(
+    get, path = "/openapi.json", operation_id = "openapi", tag = "ops",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)),
+)]
+pub async fn document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json())
+}
