@@ -19,7 +19,7 @@ export SECKILL_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 DEMO_ENV := SECKILL_ADMIN_TOKEN="$${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}" \
             SECKILL_JWT_SECRET="$${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
 
-.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model
+.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model fuzz-api
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,13 +36,17 @@ migrate: services ## apply the migrations to SECKILL_DATABASE_URL
 run: services migrate ## run the engine in the foreground
 	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- serve
 
-test: services ## the whole test suite against real Redis and Postgres
+test: services ## the whole test suite against real Redis and Postgres, then a short schemathesis run
 	@if docker compose version >/dev/null 2>&1; then \
 		echo "docker compose config -q"; docker compose config -q; \
 	else \
 		echo "docker compose not available: skipping docker-compose.yml validation"; \
 	fi
 	$(CARGO) test --workspace
+	scripts/fuzz-api.sh --short
+
+fuzz-api: services ## schemathesis against /openapi.json, long (FUZZ_MAX_TIME=600 FUZZ_MAX_EXAMPLES=500 FUZZ_SEED=)
+	scripts/fuzz-api.sh
 
 lint: ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

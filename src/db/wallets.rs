@@ -27,7 +27,8 @@ pub async fn set_balance(pool: &PgPool, user_id: i64, balance: i64) -> Result<Wa
     .await?)
 }
 
-/// Creates or sets `count` wallets from `first_user_id` in one statement.
+/// Creates or sets `count` wallets from `first_user_id` in one statement
+/// (the last id is computed without passing it: up to 2^63 − 1 is fine).
 pub async fn seed(
     pool: &PgPool,
     first_user_id: i64,
@@ -36,7 +37,7 @@ pub async fn seed(
 ) -> Result<u64, DbError> {
     let done = sqlx::query(
         "INSERT INTO wallets (user_id, balance)
-         SELECT g, $3 FROM generate_series($1::bigint, $1::bigint + $2::bigint - 1) AS g
+         SELECT g, $3 FROM generate_series($1::bigint, $1::bigint + ($2::bigint - 1)) AS g
          ON CONFLICT (user_id) DO UPDATE SET balance = EXCLUDED.balance, version = wallets.version + 1, updated_at = now()",
     )
     .bind(first_user_id)

@@ -20,8 +20,13 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEvent {
-    /// 1..=200 characters once trimmed.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1..=200 characters once trimmed, no control characters (Postgres
+    /// text cannot hold NUL).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     name: String,
     /// Minor units, 0..=10^12; price × stock at most 2^53 − 1.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
@@ -111,8 +116,10 @@ pub async fn create_event(
     AppJson(body): AppJson<CreateEvent>,
 ) -> Result<(StatusCode, Json<AdminEventView>), ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::unprocessable("name must be 1..=200 characters"));
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "name must be 1..=200 characters, none of them a control character",
+        ));
     }
     if !(0..=MAX_PRICE).contains(&body.price) {
         return Err(ApiError::unprocessable(format!(

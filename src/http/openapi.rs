@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use axum::{http::header, response::IntoResponse};
+use serde_json::Value;
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
@@ -92,11 +93,45 @@ pub const OPERATOR: &str = "admin_token";
 /// The document as JSON, built once.
 pub fn json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
-    })
+    JSON.get_or_init(|| document_value().to_string())
+}
+
+/// The document as a JSON value, links spelled as OpenAPI spells them.
+pub fn document_value() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let operations = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let responses = operation["responses"].as_object_mut().into_iter().flatten();
+        for (_, response) in responses {
+            let links = response.get_mut("links").and_then(Value::as_object_mut);
+            for link in links.into_iter().flat_map(|l| l.values_mut()) {
+                camel_case_link(link);
+            }
+        }
+    }
+    doc
+}
+
+/// utoipa 5 writes a Link's fields in snake case (`operation_id`); OpenAPI
+/// and the tools reading it (schemathesis) want `operationId`.
+fn camel_case_link(link: &mut Value) {
+    let Some(link) = link.as_object_mut() else {
+        return;
+    };
+    for (snake, camel) in [
+        ("operation_id", "operationId"),
+        ("operation_ref", "operationRef"),
+        ("request_body", "requestBody"),
+    ] {
+        if let Some(value) = link.remove(snake) {
+            link.insert(camel.into(), value);
+        }
+    }
 }
 
 #[utoipa::path(

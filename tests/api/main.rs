@@ -9,6 +9,7 @@ mod connections;
 mod durable_ack;
 mod event_page;
 mod exactness;
+mod fuzz_findings;
 mod helpers;
 mod idempotency;
 mod model;
