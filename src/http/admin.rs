@@ -2,7 +2,7 @@
 //! check invariants, run the reconciler.
 
 use axum::{extract::State, http::StatusCode, Json};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -35,8 +35,9 @@ pub struct CreateEvent {
     stock: i64,
     #[schema(minimum = 1, maximum = 1_000)]
     per_user_limit: i32,
+    /// RFC 3339, in years 1970..=9999.
     starts_at: DateTime<Utc>,
-    /// After `starts_at`.
+    /// After `starts_at`, in years 1970..=9999.
     ends_at: DateTime<Utc>,
 }
 
@@ -144,6 +145,16 @@ pub async fn create_event(
         return Err(ApiError::unprocessable(format!(
             "price × stock must be at most {MAX_SALE_VALUE}, so every sum of the sale is exact"
         )));
+    }
+    if ![body.starts_at, body.ends_at]
+        .iter()
+        .all(|t| (1970..=9999).contains(&t.year()))
+    {
+        // Postgres stores 4713 BC..294276 AD, RFC 3339 writes four-digit
+        // years, and the sale scripts take Unix milliseconds.
+        return Err(ApiError::unprocessable(
+            "starts_at and ends_at must be in the years 1970..=9999",
+        ));
     }
     if body.ends_at <= body.starts_at {
         return Err(ApiError::unprocessable("ends_at must be after starts_at"));

@@ -60,3 +60,35 @@ async fn a_control_character_in_an_event_name_is_refused_and_creates_nothing() {
     assert_eq!(events, 0);
     app.cleanup().await;
 }
+
+/// A sale window outside the years 1970..=9999: a year Postgres cannot
+/// store was a 500, a five-digit year was stored and then rendered as no
+/// RFC 3339 date-time. Now 422, and no event is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_window_outside_four_digit_years_is_refused_and_creates_nothing() {
+    let app = spawn_app().await;
+    for (starts_at, ends_at) in [
+        ("-4800-01-01T00:00:00Z", "2030-01-01T00:00:00Z"),
+        ("0059-01-01T00:07:14Z", "0913-12-19T14:46:28.5Z"),
+        ("2030-01-01T00:00:00Z", "+10000-01-01T00:00:00Z"),
+    ] {
+        let r = app
+            .admin_post(
+                "/admin/events",
+                json!({"name": "window", "price": 1, "stock": 1, "per_user_limit": 1,
+                       "starts_at": starts_at, "ends_at": ends_at}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{starts_at} {ends_at}"
+        );
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+    app.cleanup().await;
+}
