@@ -36,7 +36,7 @@ SEED_ARGS=()
 if [[ -n "${FUZZ_SEED:-}" ]]; then
     SEED_ARGS=(--seed "$FUZZ_SEED")
 fi
-CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection
+CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection,ignored_auth,missing_required_header,unsupported_method,allow_header_conformance
 
 PG_ADMIN_URL="${SECKILL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"

@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod purchase;
+pub mod reference;
 pub mod route_table;
 pub mod server;
 
@@ -68,6 +69,7 @@ pub fn routes() -> RouteTable {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(reference::page))
 }
 
 pub fn router(state: AppState) -> Router {

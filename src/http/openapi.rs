@@ -43,6 +43,7 @@ use super::{admin, dashboard, events, ops, orders, purchase};
         ops::readyz,
         ops::metrics,
         document,
+        super::reference::page,
     ),
     components(schemas(crate::error::ErrorCode)),
     modifiers(&SecuritySchemes),

@@ -158,3 +158,22 @@ async fn the_served_document_is_the_generated_one() {
     assert!(links["Preheat"].get("operation_id").is_none());
     app.cleanup().await;
 }
+
+#[test]
+fn the_reference_page_shows_every_operation_and_schema_and_loads_nothing() {
+    let doc = seckill::http::openapi::document_value();
+    let page = seckill::http::reference::render(&doc);
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(page.contains(&format!("id=\"op-{id}\"")), "{id}");
+        }
+    }
+    for name in doc["components"]["schemas"].as_object().unwrap().keys() {
+        assert!(page.contains(&format!("id=\"schema-{name}\"")), "{name}");
+    }
+    assert!(
+        !page.contains("<script") && !page.contains("src="),
+        "loads nothing"
+    );
+}
