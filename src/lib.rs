@@ -45,8 +45,9 @@
 //!   hot path: gates, typed answers, the keyed flow), extractors that answer
 //!   with the JSON error body, and the accept loop with its timeouts;
 //!   [`http::openapi`]: the OpenAPI 3.1 document generated from the
-//!   handlers' annotations and types (`GET /openapi.json`), held to every
-//!   route of [`http::route_table`] by a test.
+//!   handlers' annotations and types (`GET /openapi.json`; `GET /docs`
+//!   renders it, [`http::reference`]), held to every route of
+//!   [`http::route_table`] by a test.
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with

@@ -28,7 +28,7 @@ pub fn render(doc: &Value) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} API reference</title>\
          <style>{CSS}</style></head><body><h1>{title} API <small>{version}</small></h1>\
          <p>{}</p><p>Machine-readable: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI {}).</p>",
-        esc(doc["info"]["description"].as_str().unwrap_or("")),
+        prose(doc["info"]["description"].as_str().unwrap_or("")),
         esc(doc["openapi"].as_str().unwrap_or("")),
     );
     security_schemes(&mut out, doc);
@@ -47,7 +47,7 @@ fn security_schemes(out: &mut String, doc: &Value) {
             esc(name),
             esc(scheme["scheme"].as_str().unwrap_or("")),
             esc(scheme["bearerFormat"].as_str().unwrap_or("")),
-            esc(scheme["description"].as_str().unwrap_or("")),
+            prose(scheme["description"].as_str().unwrap_or("")),
         );
     }
     out.push_str("</table>");
@@ -96,7 +96,7 @@ fn operation(out: &mut String, path: &str, method: &str, op: &Value) {
     );
     for text in [&op["summary"], &op["description"]] {
         if let Some(text) = text.as_str() {
-            let _ = write!(out, "<p>{}</p>", esc(text));
+            let _ = write!(out, "<p>{}</p>", prose(text));
         }
     }
     let schemes: Vec<&str> = op["security"]
@@ -124,7 +124,7 @@ fn operation(out: &mut String, path: &str, method: &str, op: &Value) {
                 if p["required"] == true { " *" } else { "" },
                 esc(p["in"].as_str().unwrap_or("")),
                 schema_summary(&p["schema"]),
-                esc(p["description"].as_str().unwrap_or("")),
+                prose(p["description"].as_str().unwrap_or("")),
             );
         }
         out.push_str("</table>");
@@ -143,7 +143,7 @@ fn operation(out: &mut String, path: &str, method: &str, op: &Value) {
             .into_iter()
             .map(|(media, c)| format!("{} {}", esc(media), schema_summary(&c["schema"])))
             .collect();
-        let mut notes = esc(response["description"].as_str().unwrap_or(""));
+        let mut notes = prose(response["description"].as_str().unwrap_or(""));
         for (header, _) in object(&response["headers"]) {
             let _ = write!(notes, " <code>{}</code>", esc(header));
         }
@@ -175,7 +175,7 @@ fn schemas(out: &mut String, doc: &Value) {
             n = esc(name)
         );
         if let Some(text) = schema["description"].as_str() {
-            let _ = write!(out, "<p>{}</p>", esc(text));
+            let _ = write!(out, "<p>{}</p>", prose(text));
         }
         if let Some(values) = schema["enum"].as_array() {
             let listed: Vec<String> = values
@@ -210,7 +210,7 @@ fn schemas(out: &mut String, doc: &Value) {
                         ""
                     },
                     schema_summary(prop),
-                    esc(prop["description"].as_str().unwrap_or("")),
+                    prose(prop["description"].as_str().unwrap_or("")),
                 );
             }
             out.push_str("</table>");
@@ -273,6 +273,19 @@ fn object(value: &Value) -> Vec<(&String, &Value)> {
     value
         .as_object()
         .map_or_else(Vec::new, |m: &Map<String, Value>| m.iter().collect())
+}
+
+/// Escaped text with its `code` spans rendered.
+fn prose(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in esc(text).split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 fn esc(text: &str) -> String {
