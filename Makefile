@@ -19,7 +19,7 @@ export SECKILL_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 DEMO_ENV := SECKILL_ADMIN_TOKEN="$${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}" \
             SECKILL_JWT_SECRET="$${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
 
-.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model fuzz-api
+.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model fuzz-api alerts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,8 @@ run: services migrate ## run the engine in the foreground
 	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- serve
 
 test: services ## the whole test suite against real Redis and Postgres, then a short schemathesis run
+	scripts/ensure-tools.sh haproxy:haproxy
+	scripts/promtool.sh
 	@if docker compose version >/dev/null 2>&1; then \
 		echo "docker compose config -q"; docker compose config -q; \
 	else \
@@ -47,6 +49,9 @@ test: services ## the whole test suite against real Redis and Postgres, then a s
 
 fuzz-api: services ## schemathesis against /openapi.json, long (FUZZ_MAX_TIME=600 FUZZ_MAX_EXAMPLES=500 FUZZ_SEED=)
 	scripts/fuzz-api.sh
+
+alerts: ## promtool: check the Prometheus config and alert rules, run their unit tests
+	scripts/promtool.sh
 
 lint: ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -70,6 +70,7 @@ fn purchase_script(c: &mut Criterion) {
         starts_ms: now - 1_000,
         ends_ms: now + 3_600_000,
         stock_total: 1_000_000_000,
+        paused: false,
     };
     rt.block_on(redis.preheat(1, sale)).unwrap();
     let user = AtomicI64::new(1);

@@ -57,6 +57,7 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
         starts_ms: event.starts_at.timestamp_millis(),
         ends_ms: event.ends_at.timestamp_millis(),
         stock_total: orders,
+        paused: false,
     };
     redis.preheat(event.id, sale).await.unwrap();
     seckill::db::wallets::seed(db, first_user, orders, 1_000_000)

@@ -10,6 +10,7 @@
   KEYS[1] meta  KEYS[2] stock  KEYS[3] bought  KEYS[4] orders  KEYS[5] ledger
 
   ARGV[1] price  ARGV[2] limit  ARGV[3] starts_ms  ARGV[4] ends_ms  ARGV[5] total
+  ARGV[6] paused ("1" or "0")
 
   Returns: 1 loaded, 0 already loaded
 ]]
@@ -17,7 +18,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'price', ARGV[1], 'limit', ARGV[2],
-  'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'total', ARGV[5],
+  'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'total', ARGV[5], 'paused', ARGV[6],
   'held', 0, 'pending', 0)
 redis.call('SET', KEYS[2], ARGV[5])
 redis.call('UNLINK', KEYS[3], KEYS[4])

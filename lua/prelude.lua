@@ -89,3 +89,36 @@ local function add_held(meta_key, bought_key, user, delta)
   end
   redis.call('HINCRBY', meta_key, 'held', after - before)
 end
+
+-- Marks order_no failed ("!") in a shopper's list and keeps only the newest
+-- `keep_failed` failed ones, so the list (and every script's work on it)
+-- stays within per_user_limit + keep_failed. A refunded order is marked the
+-- same way: it holds no units any more.
+local function mark_failed(orders_key, user, order_no, keep_failed)
+  local mine = redis.call('HGET', orders_key, user)
+  if not mine then
+    return
+  end
+  -- Plain comparison: order_nos hold '-', a Lua pattern character.
+  local items = {}
+  local failed = 0
+  for item in string.gmatch(mine, '[^,]+') do
+    if item == order_no then
+      item = item .. '!'
+    end
+    if string.sub(item, -1) == '!' then
+      failed = failed + 1
+    end
+    items[#items + 1] = item
+  end
+  local drop = failed - keep_failed
+  local kept = {}
+  for _, item in ipairs(items) do
+    if drop > 0 and string.sub(item, -1) == '!' then
+      drop = drop - 1
+    else
+      kept[#kept + 1] = item
+    end
+  end
+  redis.call('HSET', orders_key, user, table.concat(kept, ','))
+end

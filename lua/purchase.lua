@@ -3,11 +3,14 @@
 
   Checks, in order, before the first write: the event is preheated, this
   order_no is not already recorded (a re-sent command returns the same
-  acceptance), the sale window against Redis server time, the per-user limit,
-  the stock. Then: decrement stock, add to the buyer's count, append the
+  acceptance), the end of the sale window against Redis server time, the
+  operator's pause, the start of the window, the per-user limit, the stock.
+  The end and the pause are read in the same HMGET as the rest of the sale:
+  an operator's end or pause (sale.lua) holds for every purchase that runs
+  after it, on every engine process, at no extra cost. Then: decrement stock, add to the buyer's count, append the
   order_no to the buyer's orders, and write the order intent to the ledger.
 
-  KEYS[1] meta     hash   price, limit, starts_ms, ends_ms, total
+  KEYS[1] meta     hash   price, limit, starts_ms, ends_ms, paused, total
   KEYS[2] stock    string units left
   KEYS[3] bought   hash   user_id -> units held by non-failed orders
   KEYS[4] orders   hash   user_id -> comma-separated order_nos ("!" suffix = failed)
@@ -25,6 +28,7 @@
     {5}                         before starts_ms
     {6}                         at or after ends_ms
     {7}                         event not preheated
+    {8}                         paused by an operator
 ]]
 local user = ARGV[1]
 local quantity = tonumber(ARGV[2])
@@ -33,7 +37,7 @@ if quantity == nil or quantity < 1 then
   return redis.error_reply('ERR quantity must be a positive integer')
 end
 
-local meta = redis.call('HMGET', KEYS[1], 'price', 'limit', 'starts_ms', 'ends_ms')
+local meta = redis.call('HMGET', KEYS[1], 'price', 'limit', 'starts_ms', 'ends_ms', 'paused')
 if not meta[1] then
   return {7}
 end
@@ -51,11 +55,14 @@ if listed(mine, order_no) then
 end
 
 local now = now_ms()
-if now < tonumber(meta[3]) then
-  return {5}
-end
 if now >= tonumber(meta[4]) then
   return {6}
+end
+if meta[5] == '1' then
+  return {8}
+end
+if now < tonumber(meta[3]) then
+  return {5}
 end
 
 if held_by(KEYS[3], user) + quantity > tonumber(meta[2]) then

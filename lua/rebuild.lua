@@ -10,19 +10,28 @@
   interleaves with the steps. Each step touches a bounded batch.
 
   KEYS[1] meta  KEYS[2] stock  KEYS[3] bought  KEYS[4] orders  KEYS[5] ledger
+  KEYS[6] returned (order_nos of refunds whose units are back)
 
   ARGV[1] step:
-    "begin"   forget the old state (the ledger stays).          Returns 1.
+    "begin"   forget the old state (the ledger stays; the meta hash
+              goes with the stock adjustments it recorded: the
+              rebuilt total counts only those Postgres applied).  Returns 1.
     "buyers"  then groups of 3: user_id, order list, units held
               (the list as Postgres has it, oldest first, failed ones
               marked "!"; units of their non-failed orders).    Returns 1.
+    "returned" then order_nos of refunded orders: Postgres has
+              them refunded, the buyers step counted them as
+              holding nothing, so their units are in the stock
+              "finish" sets; they join the `returned` set, so
+              refund.lua does not return them again.        Returns 1.
     "ledger"  then groups of 2: order_no, "1" if Postgres has it else "0".
               A persisted one is settled and leaves the ledger; the others
               are pending: their buyer holds their units.
               Returns {intents kept, units kept}.
     "finish"  ARGV[2] price  ARGV[3] limit  ARGV[4] starts_ms  ARGV[5] ends_ms
-              ARGV[6] total  ARGV[7] units of Postgres's non-failed orders
-              ARGV[8] units pending in the ledger.
+              ARGV[6] total  ARGV[7] paused ("1" or "0")
+              ARGV[8] units of Postgres's non-failed orders
+              ARGV[9] units pending in the ledger.
               Loads the sale; refuses (error, nothing written) when more is
               sold than stocked.                                Returns stock_left.
 
@@ -45,6 +54,13 @@ if step == 'buyers' then
     if tonumber(ARGV[i + 2]) > 0 then
       redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     end
+  end
+  return 1
+end
+
+if step == 'returned' then
+  for i = 2, #ARGV do
+    redis.call('SADD', KEYS[6], ARGV[i])
   end
   return 1
 end
@@ -76,16 +92,16 @@ if step == 'ledger' then
 end
 
 if step == 'finish' then
-  local total, settled, pending = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local total, settled, pending = tonumber(ARGV[6]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local left = total - settled - pending
   if left < 0 then
     return redis.error_reply('ERR orders exceed stock_total; refusing to rebuild')
   end
   redis.call('HSET', KEYS[1], 'price', ARGV[2], 'limit', ARGV[3],
-    'starts_ms', ARGV[4], 'ends_ms', ARGV[5], 'total', ARGV[6],
+    'starts_ms', ARGV[4], 'ends_ms', ARGV[5], 'total', ARGV[6], 'paused', ARGV[7],
     'held', settled + pending, 'pending', pending)
   redis.call('SET', KEYS[2], left)
   return left
 end
 
-return redis.error_reply('ERR step must be begin, buyers, ledger or finish')
+return redis.error_reply('ERR step must be begin, buyers, returned, ledger or finish')

@@ -30,7 +30,7 @@
   one older than the kept ones would take stock again, and its writer would
   find the order failed in Postgres and release it: never a second charge.
 
-  Uses prelude.lua (unpend, add_held).
+  Uses prelude.lua (unpend, add_held, mark_failed).
 ]]
 local KEEP_FAILED = tonumber(ARGV[1])
 local restock = ARGV[2] == 'restock'
@@ -49,32 +49,7 @@ for i = 3, #ARGV do
       redis.call('INCRBY', KEYS[2], quantity)
     end
     add_held(KEYS[1], KEYS[3], user, -quantity)
-    local mine = redis.call('HGET', KEYS[4], user)
-    if mine then
-      -- Mark it failed in the buyer's list (plain comparison: order_nos hold
-      -- '-', a Lua pattern character), and keep only the newest failed ones.
-      local items = {}
-      local failed = 0
-      for item in string.gmatch(mine, '[^,]+') do
-        if item == order_no then
-          item = item .. '!'
-        end
-        if string.sub(item, -1) == '!' then
-          failed = failed + 1
-        end
-        items[#items + 1] = item
-      end
-      local drop = failed - KEEP_FAILED
-      local kept = {}
-      for _, item in ipairs(items) do
-        if drop > 0 and string.sub(item, -1) == '!' then
-          drop = drop - 1
-        else
-          kept[#kept + 1] = item
-        end
-      end
-      redis.call('HSET', KEYS[4], user, table.concat(kept, ','))
-    end
+    mark_failed(KEYS[4], user, order_no, KEEP_FAILED)
     returned = returned + quantity
   end
 end

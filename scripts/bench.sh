@@ -19,8 +19,8 @@
 # SECKILL_TEST_DATABASE_URL and drops that one, and only that one, on exit.
 # SECKILL_DATABASE_URL from the environment is ignored.
 #
-# BENCH_PARTS selects parts (comma-separated: http,durable,ablation,bigsale,drain,limiter,
-# redis,criterion;
+# BENCH_PARTS selects parts (comma-separated: http,durable,ablation,instructions,bigsale,
+# drain,limiter,redis,criterion;
 # default all; "none" only checks the services and the database lifecycle).
 set -euo pipefail
 
@@ -36,7 +36,7 @@ BENCH_DB_CREATED=""
 PG_SERVER="${SECKILL_TEST_DATABASE_URL%%\?*}"
 PG_SERVER="${PG_SERVER%/*}"
 export SECKILL_DATABASE_URL="$PG_SERVER/$BENCH_DB"
-BENCH_PARTS="${BENCH_PARTS:-http,durable,ablation,bigsale,drain,limiter,redis,criterion}"
+BENCH_PARTS="${BENCH_PARTS:-http,durable,ablation,instructions,bigsale,drain,limiter,redis,criterion}"
 ABLATION_PHASE_SECS="${BENCH_ABLATION_PHASE_SECS:-4}"
 part() { [[ ",$BENCH_PARTS," == *",$1,"* ]]; }
 export SECKILL_TEST_REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
@@ -192,6 +192,16 @@ if part ablation; then
     done
 fi
 
+# --- 1c'. Instructions per request (callgrind): the cost table without noise -
+instructions_rc=skipped
+if part instructions; then
+    section "instructions per request, engine and Redis (callgrind; scripts/bench-instructions.sh)"
+    set +e
+    SECKILL_LOADTEST_OUT_DIR="$OUT_DIR" scripts/bench-instructions.sh
+    instructions_rc=$?
+    set -e
+fi
+
 # --- 1d. A sale of 1 M buyers: cost that must not grow with the sale --------
 bigsale_rc=skipped
 if part bigsale; then
@@ -318,6 +328,15 @@ if ((${#ablation_rows[@]})); then
         "  \(.layer + (" " * (13 - (.layer | length))))  \(.selling.rps | round | tostring | (" " * (11 - length)) + .)  \(.ratio_selling * 1000 | round / 1000 | tostring | .[0:5] | (" " * (5 - length)) + .)  \(.selling.p99_ms * 100 | round / 100 | tostring | (" " * (7 - length)) + .)  \(u($c.engine_us_per_request)) \(u($c.redis_us_per_request)) \(u($c.postgres_us_per_request)) \(u($c.client_us_per_request))")
     ' "${ablation_rows[@]}"
 fi
+if [[ -f "$OUT_DIR/instructions.json" && "$instructions_rc" != skipped ]]; then
+    echo
+    echo "instructions per request (callgrind, deterministic; ratio = /healthz engine instructions ÷ the row's)"
+    jq -r '
+      ([.rows[] | select(.row == "healthz") | .engine_ir_per_request][0]) as $h |
+      "  row           engine Ir  redis Ir   ratio",
+      (.rows[] | "  \(.row + (" " * (12 - (.row | length))))  \(.engine_ir_per_request | tostring | (" " * (9 - length)) + .)  \(.redis_ir_per_request | tostring | (" " * (8 - length)) + .)   \(if $h then ($h / .engine_ir_per_request * 100 | round / 100 | tostring) else "-" end)")
+    ' "$OUT_DIR/instructions.json"
+fi
 if [[ -f "$OUT_DIR/bigsale.json" && "$bigsale_rc" != skipped ]]; then
     echo
     jq -r '
@@ -340,7 +359,8 @@ echo "total time: $(($(date +%s) - started))s"
 # (named from bench.json); the durable run is a comparison (SPEC §7 is for the
 # default ack), so only its other failures count.
 failures=()
-for part in "http $http_rc" "durable $durable_rc" "ablation $ablation_rc" "bigsale $bigsale_rc" \
+for part in "http $http_rc" "durable $durable_rc" "ablation $ablation_rc" \
+    "instructions $instructions_rc" "bigsale $bigsale_rc" \
     "criterion $micro_rc" "drain $drain_rc" "limiter $limiter_rc"; do
     read -r name c <<<"$part"
     if [[ "$c" == skipped || "$c" == 0 || ("$name" == durable && "$c" == 3) ]]; then

@@ -9,6 +9,12 @@
 //! - the stock left as Redis last said, refreshed every
 //!   [`STOCK_REFRESH`] for the events someone looked at lately, for the
 //!   public event page;
+//! - an event's definition changed by an operator (edit, pause, end, stock):
+//!   taken at once by the process that made the change, and by the others
+//!   within [`DEFINITION_REFRESH`] (one query of the cached ids' versions).
+//!   Nothing here can accept a purchase: only `purchase.lua` does, with the
+//!   window and pause Redis holds, so a lagging copy only delays what the
+//!   event page shows and lets a purchase reach Redis to be refused there;
 //! - unknown ids: remembered briefly, ids above the highest event id are
 //!   unknown without asking, and at most [`LOOKUPS_AT_ONCE`] lookups reach
 //!   Postgres at a time, so a flood of random ids cannot starve the writers
@@ -33,6 +39,8 @@ use crate::db::{self, events::Event, DbError};
 pub const STOCK_REFRESH: Duration = Duration::from_millis(100);
 /// An event not viewed for this long is no longer refreshed.
 const VIEWED_WITHIN: Duration = Duration::from_secs(10);
+/// How often the cached events' definitions are compared with Postgres.
+pub const DEFINITION_REFRESH: Duration = Duration::from_secs(1);
 /// Postgres lookups of events not in the cache, at most this many at once.
 pub const LOOKUPS_AT_ONCE: usize = 2;
 /// How long an unknown id is remembered as unknown.
@@ -46,10 +54,24 @@ const MAX_ID_RECHECK: Duration = Duration::from_millis(50);
 const UNREAD: i64 = i64::MIN;
 /// Not loaded into Redis (`stock` field).
 const NOT_LOADED: i64 = i64::MIN + 1;
+/// Never viewed (`viewed_ms`): not "viewed at the catalog's start", which
+/// would count every event as recently viewed in a process's first seconds.
+const NOT_VIEWED: u64 = u64::MAX;
 
-/// One cached event, its local sold-out flag and its last-read stock.
+/// One cached event, its local sold-out flag, its last-read stock and its
+/// last rendered public page.
 pub struct EventSlot {
     pub event: Event,
+    /// The public page as last rendered, for the stock and status it shows:
+    /// the crowd refreshing the page costs a clone, not a serialization.
+    page: RwLock<Option<Arc<RenderedPage>>>,
+    /// Shared by every definition of the event the catalog has held: a
+    /// request still holding an older slot marks the current one sold out.
+    live: Arc<LiveState>,
+}
+
+/// What the catalog learns of an event while it sells.
+struct LiveState {
     sold_out: AtomicBool,
     stock: AtomicI64,
     /// Milliseconds since the catalog's start: when `stock` was read, and
@@ -62,19 +84,37 @@ impl EventSlot {
     fn new(event: Event) -> Self {
         Self {
             event,
-            sold_out: AtomicBool::new(false),
-            stock: AtomicI64::new(UNREAD),
-            stock_read_ms: AtomicU64::new(0),
-            viewed_ms: AtomicU64::new(0),
+            page: RwLock::new(None),
+            live: Arc::new(LiveState {
+                sold_out: AtomicBool::new(false),
+                stock: AtomicI64::new(UNREAD),
+                stock_read_ms: AtomicU64::new(0),
+                viewed_ms: AtomicU64::new(NOT_VIEWED),
+            }),
         }
     }
 
+    /// The page last rendered, if it was rendered for this stock and status.
+    pub fn rendered_page(&self, stock_left: i64, status: &str) -> Option<Arc<RenderedPage>> {
+        self.page
+            .read()
+            .expect("page lock poisoned")
+            .as_ref()
+            .filter(|p| p.stock_left == stock_left && p.status == status)
+            .cloned()
+    }
+
+    /// Keeps a page just rendered for the requests that follow.
+    pub fn keep_page(&self, page: Arc<RenderedPage>) {
+        *self.page.write().expect("page lock poisoned") = Some(page);
+    }
+
     pub fn is_sold_out(&self) -> bool {
-        self.sold_out.load(Ordering::Acquire)
+        self.live.sold_out.load(Ordering::Acquire)
     }
 
     pub fn mark_sold_out(&self) {
-        self.sold_out.store(true, Ordering::Release);
+        self.live.sold_out.store(true, Ordering::Release);
     }
 
     pub fn starts_ms(&self) -> i64 {
@@ -89,6 +129,14 @@ impl EventSlot {
     pub fn has_ended(&self) -> bool {
         Utc::now() >= self.event.ends_at
     }
+}
+
+/// An event's public page, serialized, with the figures it shows.
+pub struct RenderedPage {
+    pub stock_left: i64,
+    pub status: &'static str,
+    pub body: axum::body::Bytes,
+    pub etag: axum::http::HeaderValue,
 }
 
 enum Entry {
@@ -137,15 +185,21 @@ impl Catalog {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// What the cache alone knows: `Some(Some(slot))` a cached event,
+    /// `Some(None)` an id recently found missing, `None` ask [`Catalog::get`].
+    pub fn cached(&self, id: i64) -> Option<Option<Arc<EventSlot>>> {
+        let entries = self.entries.read().expect("catalog lock poisoned");
+        match entries.get(&id) {
+            Some(Entry::Known(slot)) => Some(Some(slot.clone())),
+            Some(Entry::Missing(at)) if at.elapsed() < MISSING_TTL => Some(None),
+            _ => None,
+        }
+    }
+
     /// The event, from cache or Postgres; `None` when it does not exist.
     pub async fn get(&self, db: &PgPool, id: i64) -> Result<Option<Arc<EventSlot>>, DbError> {
-        {
-            let entries = self.entries.read().expect("catalog lock poisoned");
-            match entries.get(&id) {
-                Some(Entry::Known(slot)) => return Ok(Some(slot.clone())),
-                Some(Entry::Missing(at)) if at.elapsed() < MISSING_TTL => return Ok(None),
-                _ => {}
-            }
+        if let Some(known) = self.cached(id) {
+            return Ok(known);
         }
         // Events get ids in order: one above the highest is no event, unless
         // it was created since the highest was read: read it again, at most
@@ -201,6 +255,36 @@ impl Catalog {
         }
     }
 
+    /// A newer definition of an event (an operator's change): later
+    /// requests see it. The local sold-out flag and stock read are shared.
+    pub fn refresh(&self, event: Event) {
+        let mut entries = self.entries.write().expect("catalog lock poisoned");
+        if let Some(Entry::Known(slot)) = entries.get(&event.id) {
+            if slot.event.version >= event.version {
+                return;
+            }
+            let fresh = EventSlot {
+                event,
+                page: RwLock::new(None),
+                live: slot.live.clone(),
+            };
+            entries.insert(fresh.event.id, Entry::Known(Arc::new(fresh)));
+        }
+    }
+
+    /// (id, version) of every cached event: what [`DEFINITION_REFRESH`] checks.
+    pub fn cached_versions(&self) -> Vec<(i64, i64)> {
+        self.entries
+            .read()
+            .expect("catalog lock poisoned")
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Known(slot) => Some((*id, slot.event.version)),
+                Entry::Missing(_) => None,
+            })
+            .collect()
+    }
+
     /// The highest event id in Postgres (refreshed by the background task).
     pub fn set_max_id(&self, id: i64) {
         self.max_id.fetch_max(id, Ordering::AcqRel);
@@ -213,12 +297,12 @@ impl Catalog {
     /// so the refresher keeps it fresh. A local sold-out flag shows 0 at once.
     pub fn seen_stock(&self, slot: &EventSlot) -> Option<SeenStock> {
         let now = self.now_ms();
-        slot.viewed_ms.store(now, Ordering::Relaxed);
-        let stock = slot.stock.load(Ordering::Acquire);
+        slot.live.viewed_ms.store(now, Ordering::Relaxed);
+        let stock = slot.live.stock.load(Ordering::Acquire);
         if stock == UNREAD {
             return None;
         }
-        let read = slot.stock_read_ms.load(Ordering::Acquire);
+        let read = slot.live.stock_read_ms.load(Ordering::Acquire);
         let age = Duration::from_millis(now.saturating_sub(read));
         if age > STOCK_REFRESH * 5 {
             return None;
@@ -236,9 +320,12 @@ impl Catalog {
 
     /// Records the stock Redis just reported for an event.
     pub fn saw_stock(&self, slot: &EventSlot, left: Option<i64>) {
-        slot.stock
+        slot.live
+            .stock
             .store(left.unwrap_or(NOT_LOADED), Ordering::Release);
-        slot.stock_read_ms.store(self.now_ms(), Ordering::Release);
+        slot.live
+            .stock_read_ms
+            .store(self.now_ms(), Ordering::Release);
     }
 
     /// Cached events viewed within the last few seconds: those to refresh.
@@ -250,22 +337,25 @@ impl Catalog {
             .expect("catalog lock poisoned")
             .values()
             .filter_map(|e| match e {
-                Entry::Known(slot)
-                    if now.saturating_sub(slot.viewed_ms.load(Ordering::Relaxed)) < within =>
-                {
-                    Some(slot.clone())
+                Entry::Known(slot) => {
+                    let viewed = slot.live.viewed_ms.load(Ordering::Relaxed);
+                    (viewed != NOT_VIEWED && now.saturating_sub(viewed) < within)
+                        .then(|| slot.clone())
                 }
                 _ => None,
             })
             .collect()
     }
 
-    /// Stock came back for this event: let purchases reach Redis again.
+    /// Stock came back for this event (a refund, a rebuild, a preheat): let
+    /// purchases reach Redis again, and forget the last stock read, which
+    /// predates it, so the next view reads Redis.
     pub fn clear_sold_out(&self, id: i64) {
         if let Some(Entry::Known(slot)) =
             self.entries.read().expect("catalog lock poisoned").get(&id)
         {
-            slot.sold_out.store(false, Ordering::Release);
+            slot.live.sold_out.store(false, Ordering::Release);
+            slot.live.stock.store(UNREAD, Ordering::Release);
         }
     }
 

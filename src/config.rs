@@ -1,9 +1,11 @@
 //! Typed settings: defaults, overridden by `SECKILL_*` environment variables,
 //! validated once at start so a bad deployment refuses to boot with a reason.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroU64, time::Duration};
 
 use anyhow::{bail, Context};
+
+pub use crate::forwarded::TrustedProxies;
 
 /// Everything the engine reads from its environment (SPEC §9).
 #[derive(Clone)]
@@ -33,6 +35,14 @@ pub struct Settings {
     /// Under `durable`: longest wait for the commit before answering 503.
     pub ack_timeout: Duration,
     pub http: HttpSettings,
+    /// Which requests get an access-log line (`SECKILL_ACCESS_LOG`).
+    pub access_log: AccessLog,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` name the client
+    /// (`SECKILL_TRUSTED_PROXIES`); empty: the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Browser origins allowed to call the API (`SECKILL_CORS_ORIGINS`);
+    /// empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
     /// Benchmark only (`seckill serve --ablation`): how much of the purchase
     /// path runs. Never read from the environment.
     pub purchase_layers: PurchaseLayers,
@@ -124,6 +134,31 @@ pub struct WriterSettings {
     pub batch_linger: Duration,
 }
 
+/// `SECKILL_ACCESS_LOG`: `off`, `all`, or `sample:N` (one request in N,
+/// and every 5xx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    All,
+    Sample(NonZeroU64),
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" => Ok(Self::Off),
+            "all" => Ok(Self::All),
+            other => other
+                .strip_prefix("sample:")
+                .and_then(|n| n.trim().parse::<NonZeroU64>().ok())
+                .map(Self::Sample)
+                .ok_or_else(|| format!("expected off, all or sample:<N> (N >= 1), got {other:?}")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -147,6 +182,9 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("ack", &self.ack)
             .field("http", &self.http)
+            .field("access_log", &self.access_log)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("cors_origins", &self.cors_origins)
             .field("purchase_layers", &self.purchase_layers)
             .finish()
     }
@@ -254,6 +292,18 @@ impl Settings {
             bail!("SECKILL_ACK_TIMEOUT_MS must be in 1..=8000 (a request lives at most 10 s)");
         }
 
+        let access_log = match var("SECKILL_ACCESS_LOG") {
+            None => AccessLog::Sample(NonZeroU64::new(100).expect("non-zero")),
+            Some(v) => v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("SECKILL_ACCESS_LOG: {e}"))?,
+        };
+        let trusted_proxies: TrustedProxies = var("SECKILL_TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("SECKILL_TRUSTED_PROXIES: {e}"))?;
+        let cors_origins = cors_origins(var("SECKILL_CORS_ORIGINS").as_deref().unwrap_or(""))?;
+
         let reconcile_interval =
             Duration::from_millis(parsed("SECKILL_RECONCILE_INTERVAL_MS", 5_000)?.max(10));
         Ok(Self {
@@ -282,8 +332,33 @@ impl Settings {
             ack_timeout,
             purchase_layers: PurchaseLayers::Full,
             http,
+            access_log,
+            trusted_proxies,
+            cors_origins,
         })
     }
+}
+
+/// A comma-separated list of origins (`https://shop.example.com`), each a
+/// scheme and host with an optional port and nothing else.
+fn cors_origins(raw: &str) -> anyhow::Result<Vec<String>> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|origin| {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ', '*']) => {
+                    Ok(origin.to_owned())
+                }
+                _ => bail!(
+                    "SECKILL_CORS_ORIGINS: {origin:?} is not an origin like https://shop.example.com"
+                ),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -332,6 +407,40 @@ mod tests {
         assert_eq!(s.database_url, "postgres://x@h/db");
         assert!(with(&[OK[0], OK[1], ("SECKILL_WRITERS", "zero")]).is_err());
         assert!(with(&[OK[0], OK[1], ("SECKILL_REDIS_PREFIX", "a b")]).is_err());
+    }
+
+    #[test]
+    fn access_log_proxies_and_origins() {
+        let s = with(&OK).unwrap();
+        assert_eq!(
+            s.access_log,
+            AccessLog::Sample(NonZeroU64::new(100).unwrap())
+        );
+        assert!(s.trusted_proxies.is_empty() && s.cors_origins.is_empty());
+        let s = with(&[
+            OK[0],
+            OK[1],
+            ("SECKILL_ACCESS_LOG", "sample:7"),
+            ("SECKILL_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+            (
+                "SECKILL_CORS_ORIGINS",
+                "https://shop.example.com, http://localhost:3000",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.access_log, AccessLog::Sample(NonZeroU64::new(7).unwrap()));
+        assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(s.cors_origins.len(), 2);
+        for (name, bad) in [
+            ("SECKILL_ACCESS_LOG", "sample:0"),
+            ("SECKILL_ACCESS_LOG", "some"),
+            ("SECKILL_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("SECKILL_CORS_ORIGINS", "https://shop.example.com/path"),
+            ("SECKILL_CORS_ORIGINS", "*"),
+        ] {
+            let err = with(&[OK[0], OK[1], (name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -32,6 +32,23 @@ pub enum ErrorCode {
     NotActive,
     /// 409: the same Idempotency-Key is being answered right now.
     InProgress,
+    /// 409: the operator paused the sale.
+    SalePaused,
+    /// 409: a PATCH with an `If-Match`/`version` that is not the event's
+    /// current one (`version` carries the current).
+    VersionConflict,
+    /// 409: a field that cannot change once the sale has started (`field` names it).
+    SaleStarted,
+    /// 409: the sale has ended (lifecycle calls).
+    SaleEnded,
+    /// 409: a stock withdrawal beyond the unsold units (`stock_left` carries them).
+    InsufficientStock,
+    /// 409: the order is not persisted yet; retry in a moment.
+    OrderPending,
+    /// 409: the order failed and was never charged.
+    OrderFailed,
+    /// 409: the shopper's cancellation window has closed.
+    CancelWindowClosed,
     /// 409: a preheat without `?force=true` of an event that has orders.
     HasOrders,
     /// 409: another engine process holds the reconciler lock.
@@ -59,6 +76,14 @@ impl ErrorCode {
             Self::LimitExceeded => "limit_exceeded",
             Self::NotActive => "not_active",
             Self::InProgress => "in_progress",
+            Self::SalePaused => "sale_paused",
+            Self::VersionConflict => "version_conflict",
+            Self::SaleStarted => "sale_started",
+            Self::SaleEnded => "sale_ended",
+            Self::InsufficientStock => "insufficient_stock",
+            Self::OrderPending => "order_pending",
+            Self::OrderFailed => "order_failed",
+            Self::CancelWindowClosed => "cancel_window_closed",
             Self::HasOrders => "has_orders",
             Self::ReconcilerBusy => "reconciler_busy",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -82,6 +107,12 @@ pub struct ErrorBody {
     message: String,
     /// `limit_exceeded` only: the shopper's non-failed orders for the sale.
     order_nos: Option<Vec<uuid::Uuid>>,
+    /// `version_conflict` only: the event's current version.
+    version: Option<i64>,
+    /// `sale_started` only: the field that can no longer change.
+    field: Option<String>,
+    /// `insufficient_stock` only: the units left unsold.
+    stock_left: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]

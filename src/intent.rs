@@ -40,6 +40,10 @@ pub enum OrderStatus {
     Pending,
     Confirmed,
     Failed,
+    /// Cancelled by its shopper within the event's window (money and units back).
+    Cancelled,
+    /// Refunded by an operator (money and units back).
+    Refunded,
 }
 
 /// How a persisted order ended.

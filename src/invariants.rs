@@ -5,6 +5,16 @@
 //! I5 (every acknowledged order persisted) and I6 (idempotent replies) need
 //! the client's view: the load generator and the tests check those.
 //!
+//! With refunds (see [`crate::refunds`]): I1 is `stock_total − (confirmed +
+//! refunded units) + returned units − pending = stock_left` (returned: units
+//! of refunds `refund.lua` has taken back); I4 is `Σ payments − Σ refunds =
+//! Σ confirmed amounts = Σ debits − Σ refund credits`, with one refund, one
+//! refunded payment and one credit row per refunded order; I9: every wallet
+//! of the event's buyers has a ledger that sums to its balance.
+//!
+//! I1 also covers stock adjustments: the initial stock plus the applied
+//! adjustments is `stock_total`, in Postgres and in Redis's meta total.
+//!
 //! It reads Redis in bounded steps (the counters, and the ledger in flight):
 //! I1 uses the `held` counter, I8 the aggregates of [`crate::drift`]. Buyer
 //! by buyer comparison is the reconciler's sweep.
@@ -89,7 +99,7 @@ pub async fn check_event(
 
     let stock_left = state
         .stock_left
-        .unwrap_or(event.stock_total - money.nonfailed_quantity);
+        .unwrap_or(event.stock_total - money.confirmed_quantity - seen.unreturned_units());
     let held = state.held.unwrap_or(-1);
     let pending_qty = state.pending_units;
     let drained = state.pending == 0;
@@ -104,13 +114,39 @@ pub async fn check_event(
             ),
         );
     }
-    let expected_left = event.stock_total - money.nonfailed_quantity - pending_qty;
+    // Stock adjustments: stock_total = initial + Σ applied, once in Redis
+    // and in Postgres, none left pending.
+    let initial = db::events::stock_initial(db, event.id).await?;
+    let (adjusted, adjustments_pending) = db::adjustments::totals(db, event.id).await?;
+    check(
+        "I1 stock adjustments",
+        initial + adjusted == event.stock_total
+            && adjustments_pending == 0
+            && (!state.loaded || state.total == event.stock_total),
+        format!(
+            "initial {initial} + applied adjustments {adjusted} = stock_total {} (redis total {}); pending adjustments {adjustments_pending}",
+            event.stock_total,
+            if state.loaded { state.total.to_string() } else { "-".into() },
+        ),
+    );
+    // Units refunded and back in the sale: refunded ones less those Redis
+    // has not taken back yet (all of them are back once drained).
+    let returned = money.refunded_quantity - seen.unreturned_units();
+    let sold_ever = money.confirmed_quantity + money.refunded_quantity;
+    let expected_left = event.stock_total - sold_ever + returned - pending_qty;
     check(
         "I1 conservation (postgres)",
         expected_left == stock_left,
         format!(
-            "stock_total {} - persisted {} - pending {} = {} vs stock_left {}",
-            event.stock_total, money.nonfailed_quantity, pending_qty, expected_left, stock_left
+            "stock_total {} - sold {} (confirmed {} + refunded {}) + returned {} - pending {} = {} vs stock_left {}",
+            event.stock_total,
+            sold_ever,
+            money.confirmed_quantity,
+            money.refunded_quantity,
+            returned,
+            pending_qty,
+            expected_left,
+            stock_left
         ),
     );
 
@@ -132,22 +168,40 @@ pub async fn check_event(
 
     check(
         "I4 money",
-        money.payments_amount == money.confirmed_amount
-            && money.debits_amount == money.confirmed_amount
-            && money.payments == money.confirmed_orders
-            && money.debits == money.confirmed_orders
+        money.payments_amount - money.refunds_amount == money.confirmed_amount
+            && money.debits_amount - money.refund_credits_amount == money.confirmed_amount
+            && money.payments == money.confirmed_orders + money.refunded_orders
+            && money.debits == money.payments
+            && money.refunds == money.refunded_orders
+            && money.payments_refunded == money.refunds
+            && money.refund_credits == money.refunds
+            && money.refund_credits_amount == money.refunds_amount
             && money.payments_on_failed == 0
             && money.confirmed_without_payment == 0,
         format!(
-            "payments {} ({}) = confirmed {} ({}) = debits {} ({}); payments on failed {}, confirmed without payment {}",
+            "payments {} ({}) - refunds {} ({}) = confirmed {} ({}) = debits {} ({}) - refund credits {} ({}); payments refunded {}, payments on failed {}, confirmed without payment {}",
             money.payments_amount,
             money.payments,
+            money.refunds_amount,
+            money.refunds,
             money.confirmed_amount,
             money.confirmed_orders,
             money.debits_amount,
             money.debits,
+            money.refund_credits_amount,
+            money.refund_credits,
+            money.payments_refunded,
             money.payments_on_failed,
             money.confirmed_without_payment
+        ),
+    );
+
+    let (off_ledger, wallets) = db::checks::ledger_mismatches(db, event.id).await?;
+    check(
+        "I9 wallet ledger",
+        off_ledger == 0,
+        format!(
+            "buyers' wallets whose ledger does not sum to the balance: {off_ledger} of {wallets}"
         ),
     );
 

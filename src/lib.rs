@@ -10,8 +10,8 @@
 //!                    │ local "sold out" flag per event: once sold out, answer 409 here
 //!                    ▼
 //!             EVALSHA purchase.lua   one atomic step in Redis on the event's hash tag:
-//!                    │               window, per-user limit, stock, decrement, buyer
-//!                    │               record, order intent in the event's ledger
+//!                    │               window, operator's pause, per-user limit, stock,
+//!                    │               decrement, buyer record, order intent in the ledger
 //!                    ▼
 //!       202 Accepted {order_no, status: pending}       (SECKILL_ACK=durable: after the commit)
 //!                    │
@@ -26,8 +26,19 @@
 //!                                  ack the ledger (confirmed) / release.lua (failed)
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
-//! acks intents already in Postgres, repairs stock/buyer drift with a
-//! compare-then-write script, rebuilds an event Redis lost.
+//! acks intents already in Postgres, finishes refunds whose units a crash
+//! left unreturned, settles stock adjustments a crash left pending, repairs
+//! stock/buyer drift with a compare-then-write script, rebuilds an event
+//! Redis lost.
+//!
+//! cancel / refund ─> one Postgres transaction (order FOR UPDATE, wallet
+//!                    credit + ledger row, refunds row, order and payment
+//!                    state, events.sold) ─> refund.lua: units back once
+//!                    (the event's `returned` set) ─> stock-back pub/sub
+//!
+//! operator (lifecycle): end / pause write the sale's meta hash that
+//! purchase.lua reads (decided in Redis: no purchase after the call on any
+//! process); edits and stock adjustments are fenced steps on the event row.
 //! ```
 //!
 //! The in-process channel dies with the process; the ledger entry written in
@@ -38,7 +49,9 @@
 //!
 //! Each module imports only modules listed below it (no cycles).
 //!
-//! - `main.rs`: the thin binary (`serve`, `migrate`, `token`).
+//! - `main.rs`: the thin binary (`serve`, `migrate`, `token`, and the
+//!   operator's commands in `operator_cli.rs`, which call the admin API
+//!   through [`operator`], a client that never opens Redis or Postgres).
 //! - [`startup`]: build → bind → serve → bounded graceful shutdown; the
 //!   background tasks (stock-back watcher, housekeeping).
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
@@ -47,15 +60,21 @@
 //!   [`http::openapi`]: the OpenAPI 3.1 document generated from the
 //!   handlers' annotations and types (`GET /openapi.json`; `GET /docs`
 //!   renders it, [`http::reference`]), held to every route of
-//!   [`http::route_table`] by a test.
+//!   [`http::route_table`] by a test;
+//!   [`http::access`] counts, times and logs every request outside all other
+//!   layers, [`http::cors`] answers listed storefront origins.
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error
 //!   type at the HTTP edge, which every layer's error maps into.
 //! - [`reconciler`]: the leader-locked repair and replay loop, a struct with
 //!   explicit dependencies; [`invariants`]: the SPEC §5 checker.
+//! - [`refunds`]: a cancellation or refund exactly once (the transaction,
+//!   then the units back in Redis; the reconciler's finishing step).
 //! - [`catalog`]: cached events and the local sold-out flags;
 //!   [`idempotency`]: Idempotency-Key records (Redis, and Postgres for keys
 //!   that bought); [`drift`]: what Redis should hold and how far it is;
 //!   [`loading`]: fenced preheat and rebuild of a sale in Redis;
+//!   [`lifecycle`]: the operator's fenced changes to a sale (edit, pause,
+//!   end now, stock adjustments applied once);
 //!   [`writer`]: the channel, the batching workers, one batch's algorithm
 //!   ([`writer::persist`]), its admission and its settlement in Redis.
 //! - [`db`]: every Postgres query, one module per table, executor-generic;
@@ -63,7 +82,8 @@
 //!   builder (the only place key strings are built); no raw Redis command
 //!   leaves it. [`ratelimit`] and [`telemetry`].
 //! - [`intent`]: the order intent, its ledger format and how an order ended;
-//!   [`config`]: typed settings; [`auth`]: tokens. The bottom floor.
+//!   [`config`]: typed settings; [`forwarded`]: the client behind trusted
+//!   proxies; [`auth`]: tokens. The bottom floor.
 
 pub mod auth;
 pub mod catalog;
@@ -71,14 +91,18 @@ pub mod config;
 pub mod db;
 pub mod drift;
 pub mod error;
+pub mod forwarded;
 pub mod http;
 pub mod idempotency;
 pub mod intent;
 pub mod invariants;
+pub mod lifecycle;
 pub mod loading;
+pub mod operator;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redis;
+pub mod refunds;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -8,6 +8,11 @@
 //! either commits before the fence (and is counted, or the preheat refuses)
 //! or is admitted against the loaded sale after it: never a full stock
 //! loaded over orders that already took some.
+//!
+//! The operator's changes to a live sale ([`crate::lifecycle`]: end, pause,
+//! edits, stock adjustments) take the same fence, and each step reads the
+//! event as the fence holder sees it, so a rebuild never loads a window,
+//! pause or total that an operator changed while it waited.
 
 use sqlx::PgPool;
 
@@ -42,6 +47,7 @@ pub fn sale_params(event: &Event) -> SaleParams {
         starts_ms: event.starts_at.timestamp_millis(),
         ends_ms: event.ends_at.timestamp_millis(),
         stock_total: event.stock_total,
+        paused: event.paused_at.is_some(),
     }
 }
 
@@ -50,7 +56,8 @@ pub fn sale_params(event: &Event) -> SaleParams {
 /// lost: that needs [`rebuild`].
 pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, LoadError> {
     let mut tx = db.begin().await?;
-    db::events::lock_for_loading(&mut *tx, event.id).await?;
+    let fresh = db::events::lock_fresh(&mut *tx, event.id).await?;
+    let event = fresh.as_ref().unwrap_or(event);
     if !redis.is_loaded(event.id).await?
         && db::orders::count_for_event(&mut *tx, event.id).await? > 0
     {
@@ -67,8 +74,8 @@ pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, 
 /// (purchases answer `not_active`). Returns (stock_left, intents kept).
 pub async fn rebuild(db: &PgPool, redis: &Redis, event: &Event) -> Result<(i64, i64), LoadError> {
     let mut tx = db.begin().await?;
-    db::events::lock_for_loading(&mut *tx, event.id).await?;
-    rebuild_fenced(db, redis, event, tx).await
+    let fresh = db::events::lock_fresh(&mut *tx, event.id).await?;
+    rebuild_fenced(db, redis, fresh.as_ref().unwrap_or(event), tx).await
 }
 
 /// [`rebuild`], only when Redis still lacks the sale or its counters once
@@ -81,12 +88,14 @@ pub async fn rebuild_if_lost(
     event: &Event,
 ) -> Result<Option<(i64, i64)>, LoadError> {
     let mut tx = db.begin().await?;
-    db::events::lock_for_loading(&mut *tx, event.id).await?;
+    let fresh = db::events::lock_fresh(&mut *tx, event.id).await?;
     let state = redis.sale_state(event.id).await?;
     if state.loaded && state.held.is_some() {
         return Ok(None);
     }
-    rebuild_fenced(db, redis, event, tx).await.map(Some)
+    rebuild_fenced(db, redis, fresh.as_ref().unwrap_or(event), tx)
+        .await
+        .map(Some)
 }
 
 /// The rebuild's steps, with the event row already held by `tx`.
@@ -118,6 +127,19 @@ async fn rebuild_fenced(
         redis.rebuild_buyers(event.id, &buyers).await?;
         after = last;
     }
+    // Refunded orders hold nothing in the rebuilt sale (the buyers step
+    // listed them failed): their units are in the stock, now and for good.
+    let mut after_order = uuid::Uuid::nil();
+    loop {
+        let page =
+            db::refunds::order_nos_after(&mut *tx, event.id, after_order, PAGE as i64).await?;
+        let Some(&last) = page.last() else {
+            break;
+        };
+        redis.rebuild_returned(event.id, &page).await?;
+        after_order = last;
+    }
+    db::refunds::mark_event_returned(&mut *tx, event.id).await?;
     // No order of this event commits while the row is held: the pool sees
     // what the transaction sees.
     let (kept, pending_units) = redis

@@ -14,6 +14,8 @@ use seckill::{
 };
 use sqlx::{migrate::MigrateDatabase, Postgres};
 
+mod operator_cli;
+
 /// mimalloc: per-thread free lists without glibc's arena locks and
 /// consolidation (malloc/free were a tenth of the engine's CPU under load),
 /// and freed memory returned to the OS, so RSS falls back after a sale.
@@ -57,10 +59,98 @@ enum Command {
         #[arg(long, env = "SECKILL_REDIS_PREFIX", default_value = "sk")]
         prefix: String,
     },
+    /// Operator: create, preheat, list and show sales (admin API).
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Operator: fund shoppers' wallets (admin API).
+    #[command(subcommand)]
+    Wallets(WalletsCommand),
+    /// Operator: run one reconciler pass now and print its report (admin API).
+    Reconcile {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Print a Lua script exactly as the engine loads it (with its prelude);
     /// without a name, every script's name and SHA1.
     #[command(hide = true)]
     Lua { name: Option<String> },
+}
+
+/// Where the engine's admin API is, and the token for it.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// The engine (or the balancer in front of it).
+    #[arg(long, env = "SECKILL_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Create a sale; prints it (with its id).
+    Create {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[arg(long)]
+        name: String,
+        /// Price in minor units.
+        #[arg(long)]
+        price: i64,
+        #[arg(long)]
+        stock: i64,
+        #[arg(long, default_value_t = 1)]
+        limit: i32,
+        /// RFC 3339, or relative: +90s, +10m, +2h, now.
+        #[arg(long)]
+        starts_at: String,
+        #[arg(long)]
+        ends_at: String,
+        /// Preheat it right after creating it.
+        #[arg(long)]
+        preheat: bool,
+    },
+    /// Load a sale into Redis (`--force`: rebuild it from Postgres).
+    Preheat {
+        #[command(flatten)]
+        engine: EngineArgs,
+        id: i64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every sale (or those with one status), one a line; all pages.
+    List {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// scheduled, running, paused, ended or sold_out.
+        #[arg(long)]
+        status: Option<String>,
+        /// One JSON object a line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One sale with its live figures.
+    Show {
+        #[command(flatten)]
+        engine: EngineArgs,
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalletsCommand {
+    /// Set wallets first..first+count to a balance, creating those missing.
+    Seed {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[arg(long, default_value_t = 1)]
+        first: i64,
+        #[arg(long)]
+        count: i64,
+        /// Balance in minor units.
+        #[arg(long)]
+        balance: i64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +192,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", seckill::http::openapi::json());
             Ok(())
         }
+        Command::Event(command) => operator_cli::event(command).await,
+        Command::Wallets(WalletsCommand::Seed {
+            engine,
+            first,
+            count,
+            balance,
+        }) => operator_cli::seed_wallets(&engine, first, count, balance).await,
+        Command::Reconcile { engine } => operator_cli::reconcile(&engine).await,
         Command::RedisKeys { event, prefix } => {
             for key in Keys::new(prefix).event(event).all() {
                 println!("{key}");

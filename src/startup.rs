@@ -38,6 +38,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // First: every metric registered from here on (writers, reconciler)
+        // must reach the process's recorder.
+        let metrics = telemetry::metrics_handle();
         let pool = db::connect(&settings.database_url, settings.database_pool, CONNECT_FOR)
             .await
             .context("cannot reach Postgres (SECKILL_DATABASE_URL)")?;
@@ -77,7 +80,7 @@ impl Application {
                 instance.clone(),
             )),
             draining: std::sync::atomic::AtomicBool::new(false),
-            metrics: telemetry::metrics_handle(),
+            metrics,
             writers: queue,
             durable_keys: DurableKeys::spawn(pool.clone()),
             db: pool,
@@ -259,8 +262,9 @@ async fn poll_sold_out(app: AppState, stop: CancellationToken) {
 }
 
 /// Keeps the catalog fresh for the event page: the stock of the events
-/// viewed lately, every [`catalog::STOCK_REFRESH`]; the highest event id,
-/// every second.
+/// viewed lately, every [`catalog::STOCK_REFRESH`]; the highest event id and
+/// the cached events' definitions (an operator's change made through another
+/// process), every second.
 async fn refresh_catalog(app: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(catalog::STOCK_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,10 +279,18 @@ async fn refresh_catalog(app: AppState, stop: CancellationToken) {
                 app.catalog.saw_stock(&slot, left);
             }
         }
-        if last_max_id.elapsed() >= Duration::from_secs(1) {
+        if last_max_id.elapsed() >= catalog::DEFINITION_REFRESH {
             last_max_id = tokio::time::Instant::now();
             if let Ok(max) = db::events::max_id(&app.db).await {
                 app.catalog.set_max_id(max);
+            }
+            let cached = app.catalog.cached_versions();
+            if !cached.is_empty() {
+                if let Ok(changed) = db::events::changed_since(&app.db, &cached).await {
+                    for event in changed {
+                        app.catalog.refresh(event);
+                    }
+                }
             }
         }
     }

@@ -212,6 +212,11 @@ pub struct RunArgs {
     /// Share (0..=1) of attempts fired twice at once without a key (double click).
     #[arg(long)]
     pub duplicate_share: Option<f64>,
+    /// Share (0..=1) of acknowledged purchases their shopper cancels right
+    /// away (`POST /api/orders/{order_no}/cancel`, retried while
+    /// `order_pending`); the sale is created with a cancellation window.
+    #[arg(long)]
+    pub cancel_share: Option<f64>,
     /// How far in the future the sale starts, counted from its creation.
     #[arg(long)]
     pub start_delay_ms: Option<u64>,
@@ -272,6 +277,10 @@ pub enum Scenario {
     RetryStorm,
     /// Stock 50, 500 shoppers, 16 connections.
     Smoke,
+    /// Like burst with 20 000 shoppers, per-user limit 2: 30 % of the
+    /// purchases are cancelled while the crowd keeps buying, so the
+    /// returned units are sold again.
+    RefundStorm,
 }
 
 impl Scenario {
@@ -283,6 +292,7 @@ impl Scenario {
             Scenario::SlowPayers => "slow-payers",
             Scenario::RetryStorm => "retry-storm",
             Scenario::Smoke => "smoke",
+            Scenario::RefundStorm => "refund-storm",
         }
     }
 }

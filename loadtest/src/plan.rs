@@ -30,6 +30,8 @@ pub struct Knobs {
     pub cannot_pay_share: f64,
     pub retry_share: f64,
     pub duplicate_share: f64,
+    /// Share of acknowledged purchases cancelled by their shopper.
+    pub cancel_share: f64,
     pub start_delay_ms: u64,
 }
 
@@ -49,6 +51,7 @@ impl Knobs {
             cannot_pay_share: 0.0,
             retry_share: 0.0,
             duplicate_share: 0.0,
+            cancel_share: 0.0,
             start_delay_ms: 2_000,
         };
         match scenario {
@@ -72,6 +75,13 @@ impl Knobs {
                 per_user_limit: 2,
                 retry_share: 0.3,
                 duplicate_share: 0.2,
+                ..burst
+            },
+            Scenario::RefundStorm => Knobs {
+                users: 20_000,
+                requests: 40_000,
+                per_user_limit: 2,
+                cancel_share: 0.3,
                 ..burst
             },
             Scenario::Smoke => Knobs {
@@ -102,6 +112,7 @@ impl Knobs {
             cannot_pay_share: args.cannot_pay_share.unwrap_or(d.cannot_pay_share),
             retry_share: args.retry_share.unwrap_or(d.retry_share),
             duplicate_share: args.duplicate_share.unwrap_or(d.duplicate_share),
+            cancel_share: args.cancel_share.unwrap_or(d.cancel_share),
             start_delay_ms: args.start_delay_ms.unwrap_or(d.start_delay_ms),
         }
     }
@@ -135,6 +146,7 @@ impl Knobs {
             ("--cannot-pay-share", self.cannot_pay_share),
             ("--retry-share", self.retry_share),
             ("--duplicate-share", self.duplicate_share),
+            ("--cancel-share", self.cancel_share),
         ] {
             ensure!((0.0..=1.0).contains(&share), "{name} must be in 0..=1");
         }

@@ -206,6 +206,7 @@ async fn create_event(
             per_user_limit: k.per_user_limit,
             starts_at,
             ends_at,
+            cancel_window_seconds: (k.cancel_share > 0.0).then_some(3_600),
         })
         .await?;
     println!(

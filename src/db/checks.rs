@@ -19,6 +19,17 @@ pub struct MoneyFigures {
     pub confirmed_without_payment: i64,
     pub max_user_quantity: i64,
     pub users_over_limit: i64,
+    /// Orders cancelled or refunded, and their units.
+    pub refunded_orders: i64,
+    pub refunded_quantity: i64,
+    /// `refunds` rows and their amounts.
+    pub refunds: i64,
+    pub refunds_amount: i64,
+    /// Payments in state `refunded`.
+    pub payments_refunded: i64,
+    /// `refund` rows of the wallet ledger for the event's orders.
+    pub refund_credits: i64,
+    pub refund_credits_amount: i64,
 }
 
 pub async fn money(
@@ -28,7 +39,7 @@ pub async fn money(
 ) -> Result<MoneyFigures, DbError> {
     Ok(sqlx::query_as(
         "WITH o AS (SELECT * FROM orders WHERE event_id = $1),
-              per_user AS (SELECT user_id, sum(quantity) AS q FROM o WHERE status <> 'failed' GROUP BY user_id)
+              per_user AS (SELECT user_id, sum(quantity) AS q FROM o WHERE status = 'confirmed' GROUP BY user_id)
          SELECT
            (SELECT count(*) FROM o WHERE status = 'confirmed')                                  AS confirmed_orders,
            (SELECT coalesce(sum(amount), 0)::int8 FROM o WHERE status = 'confirmed')             AS confirmed_amount,
@@ -41,7 +52,14 @@ pub async fn money(
            (SELECT count(*) FROM payments p JOIN o USING (order_no) WHERE o.status = 'failed')   AS payments_on_failed,
            (SELECT count(*) FROM o WHERE status = 'confirmed' AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_no = o.order_no)) AS confirmed_without_payment,
            (SELECT coalesce(max(q), 0)::int8 FROM per_user)                                      AS max_user_quantity,
-           (SELECT count(*) FROM per_user WHERE q > $2)                                          AS users_over_limit",
+           (SELECT count(*) FROM per_user WHERE q > $2)                                          AS users_over_limit,
+           (SELECT count(*) FROM o WHERE status IN ('cancelled', 'refunded'))                    AS refunded_orders,
+           (SELECT coalesce(sum(quantity), 0)::int8 FROM o WHERE status IN ('cancelled', 'refunded')) AS refunded_quantity,
+           (SELECT count(*) FROM refunds WHERE event_id = $1)                                   AS refunds,
+           (SELECT coalesce(sum(amount), 0)::int8 FROM refunds WHERE event_id = $1)              AS refunds_amount,
+           (SELECT count(*) FROM payments WHERE event_id = $1 AND state = 'refunded')            AS payments_refunded,
+           (SELECT count(*) FROM wallet_ledger l JOIN o USING (order_no) WHERE l.kind = 'refund') AS refund_credits,
+           (SELECT coalesce(sum(l.delta), 0)::int8 FROM wallet_ledger l JOIN o USING (order_no) WHERE l.kind = 'refund') AS refund_credits_amount",
     )
     .bind(event_id)
     .bind(per_user_limit as i64)
@@ -81,4 +99,21 @@ pub async fn broken_debit_chains(db: impl PgExecutor<'_>, event_id: i64) -> Resu
     .fetch_one(db)
     .await?;
     Ok(broken)
+}
+
+/// Wallets of the event's buyers whose ledger does not sum to their balance,
+/// and how many wallets were compared.
+pub async fn ledger_mismatches(
+    db: impl PgExecutor<'_>,
+    event_id: i64,
+) -> Result<(i64, i64), DbError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE w.balance <> coalesce(l.total, 0)), count(*)
+         FROM wallets w
+         LEFT JOIN LATERAL (SELECT sum(delta)::int8 AS total FROM wallet_ledger WHERE user_id = w.user_id) l ON true
+         WHERE w.user_id IN (SELECT DISTINCT user_id FROM orders WHERE event_id = $1)",
+    )
+    .bind(event_id)
+    .fetch_one(db)
+    .await?)
 }

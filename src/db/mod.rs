@@ -4,12 +4,14 @@
 //! takes any executor (a pool, a connection or a transaction), so the writer
 //! composes them into one transaction per batch.
 
+pub mod adjustments;
 pub mod checks;
 pub mod events;
 pub mod idempotency;
 pub mod money;
 pub mod orders;
 pub mod reconcile;
+pub mod refunds;
 pub mod wallets;
 
 use std::time::Duration;

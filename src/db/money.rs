@@ -16,7 +16,8 @@ pub struct Debit {
     pub version_after: i64,
 }
 
-/// One debit row and one payment row per confirmed order.
+/// One debit row, one payment row and one `purchase` wallet ledger row per
+/// confirmed order: three statements for the whole batch.
 pub async fn insert(conn: &mut PgConnection, debits: &[Debit]) -> Result<(), DbError> {
     if debits.is_empty() {
         return Ok(());
@@ -45,5 +46,31 @@ pub async fn insert(conn: &mut PgConnection, debits: &[Debit]) -> Result<(), DbE
     .bind(&amounts)
     .execute(&mut *conn)
     .await?;
+    // The wallet ledger's rows of the batch, in one statement too.
+    sqlx::query(
+        "INSERT INTO wallet_ledger (user_id, delta, kind, reason, order_no)
+         SELECT u, -a, 'purchase', 'purchase', o FROM UNNEST($1::int8[], $2::int8[], $3::uuid[]) AS t(u, a, o)",
+    )
+    .bind(&users)
+    .bind(&amounts)
+    .bind(&order_nos)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+/// Marks an order's payment refunded (the one change its row may take);
+/// false when it was not captured.
+pub async fn mark_payment_refunded(
+    db: impl sqlx::PgExecutor<'_>,
+    order_no: Uuid,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query(
+        "UPDATE payments SET state = 'refunded' WHERE order_no = $1 AND state = 'captured'",
+    )
+    .bind(order_no)
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
 }

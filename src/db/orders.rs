@@ -89,6 +89,33 @@ pub async fn figures(pool: &PgPool, event_id: i64) -> Result<EventFigures, DbErr
     .await?)
 }
 
+/// [`figures`] of several events in one statement (an operator's page of
+/// events); an event without orders is absent.
+pub async fn figures_of(
+    pool: &PgPool,
+    event_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, EventFigures>, DbError> {
+    #[derive(FromRow)]
+    struct Row {
+        event_id: i64,
+        #[sqlx(flatten)]
+        figures: EventFigures,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id,
+                count(*) FILTER (WHERE status = 'confirmed')                        AS confirmed_orders,
+                coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::int8 AS confirmed_quantity,
+                coalesce(sum(amount)   FILTER (WHERE status = 'confirmed'), 0)::int8 AS confirmed_amount,
+                count(*) FILTER (WHERE status = 'failed')                           AS failed_orders,
+                coalesce(sum(quantity) FILTER (WHERE status = 'failed'), 0)::int8    AS failed_quantity
+         FROM orders WHERE event_id = ANY($1) GROUP BY event_id",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.event_id, r.figures)).collect())
+}
+
 /// An order written as failed without ever being charged.
 pub struct FailedOrder {
     pub order_no: Uuid,
@@ -172,6 +199,20 @@ pub async fn failure_reasons(
     Ok(rows.into_iter().collect())
 }
 
+/// Which of these order_nos Postgres has refunded (cancelled or refunded).
+pub async fn refunded_among(
+    db: impl PgExecutor<'_>,
+    order_nos: &[Uuid],
+) -> Result<HashSet<Uuid>, DbError> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT order_no FROM orders WHERE order_no = ANY($1) AND status IN ('cancelled', 'refunded')",
+    )
+    .bind(order_nos)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(o,)| o).collect())
+}
+
 /// Marks orders inserted by this batch as failed, with their reasons.
 pub async fn mark_failed(
     db: impl PgExecutor<'_>,
@@ -199,10 +240,16 @@ pub struct BuyerRow {
     pub order_no: Uuid,
     pub user_id: i64,
     pub quantity: i32,
+    /// Holds no units: failed, or refunded (cancelled) with its units back.
     pub failed: bool,
+    /// Refunded, and its units may not be back in Redis yet (the
+    /// refund's `stock_returned` is not set).
+    pub refund_in_flight: bool,
 }
 
-/// The orders of some buyers of an event, each buyer's oldest first; with
+/// The orders of some buyers of an event, each buyer's oldest first (a
+/// refunded one counts as `failed`: it holds nothing once its units are
+/// back, which a rebuild makes so); with
 /// `accepted_until`, only those Redis accepted no later than that (index
 /// `orders_event_user_idx`).
 pub async fn of_buyers(
@@ -212,9 +259,11 @@ pub async fn of_buyers(
     accepted_until: Option<DateTime<Utc>>,
 ) -> Result<Vec<BuyerRow>, DbError> {
     Ok(sqlx::query_as(
-        "SELECT order_no, user_id, quantity, status = 'failed' AS failed FROM orders
-         WHERE event_id = $1 AND user_id = ANY($2) AND ($3::timestamptz IS NULL OR created_at <= $3)
-         ORDER BY user_id, created_at, order_no",
+        "SELECT o.order_no, o.user_id, o.quantity, o.status <> 'confirmed' AS failed,
+                coalesce(NOT r.stock_returned, false) AS refund_in_flight
+         FROM orders o LEFT JOIN refunds r USING (order_no)
+         WHERE o.event_id = $1 AND o.user_id = ANY($2) AND ($3::timestamptz IS NULL OR o.created_at <= $3)
+         ORDER BY o.user_id, o.created_at, o.order_no",
     )
     .bind(event_id)
     .bind(users)
@@ -240,4 +289,84 @@ pub async fn buyers_after(
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|(u,)| u).collect())
+}
+
+/// Takes an order's row `FOR UPDATE` for a refund: two refunds of one order
+/// (a double click, two engine processes) run one after the other, and the
+/// second sees the first's outcome.
+pub async fn lock_for_refund(
+    db: impl PgExecutor<'_>,
+    order_no: Uuid,
+) -> Result<Option<Order>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_no = $1 FOR UPDATE");
+    Ok(sqlx::query_as(&sql)
+        .bind(order_no)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// A confirmed order becomes `cancelled` or `refunded`; false when it was not confirmed.
+pub async fn mark_refunded(
+    db: impl PgExecutor<'_>,
+    order_no: Uuid,
+    status: &str,
+) -> Result<bool, DbError> {
+    Ok(
+        sqlx::query("UPDATE orders SET status = $2 WHERE order_no = $1 AND status = 'confirmed'")
+            .bind(order_no)
+            .bind(status)
+            .execute(db)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// Which filters an operator's order listing takes.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    pub event_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub status: Option<String>,
+}
+
+/// A page of orders matching `filter`, by order_no after `after` (keyset:
+/// the primary key's order, stable while orders are added).
+pub async fn list_filtered(
+    db: impl PgExecutor<'_>,
+    filter: &OrderFilter,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Order>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM orders
+         WHERE ($1::int8 IS NULL OR event_id = $1) AND ($2::int8 IS NULL OR user_id = $2)
+           AND ($3::text IS NULL OR status = $3) AND ($4::uuid IS NULL OR order_no > $4)
+         ORDER BY order_no LIMIT $5"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(filter.event_id)
+        .bind(filter.user_id)
+        .bind(filter.status.as_deref())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(db)
+        .await?)
+}
+
+/// The columns of an order export, in order.
+pub const EXPORT_COLUMNS: &str = COLUMNS;
+
+/// Every order of an event as a stream of rows, straight from the server
+/// (no buffering of the result: rows arrive as the client reads them).
+pub fn stream_for_event<'e>(
+    db: impl PgExecutor<'e> + 'e,
+    event_id: i64,
+) -> futures_util::stream::BoxStream<'e, Result<Order, sqlx::Error>> {
+    sqlx::query_as::<_, Order>(
+        "SELECT order_no, event_id, user_id, quantity, amount, status, failure_reason, created_at
+         FROM orders WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch(db)
 }

@@ -13,6 +13,7 @@ use super::{
 use crate::{
     db::{self, events::Event, wallets::Wallet},
     error::{ApiError, ErrorBody, ErrorCode},
+    lifecycle::{MAX_SALE_VALUE, MAX_STOCK},
     loading,
     state::AppState,
 };
@@ -39,17 +40,20 @@ pub struct CreateEvent {
     starts_at: DateTime<Utc>,
     /// After `starts_at`, in years 1970..=9999.
     ends_at: DateTime<Utc>,
+    /// Seconds after a purchase during which its shopper may cancel it;
+    /// absent or null: no cancellation (operators can still refund).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2_592_000)]
+    cancel_window_seconds: Option<i32>,
 }
 
 /// Upper bounds that keep every amount exact in Lua (doubles) and i64.
-const MAX_PRICE: i64 = 1_000_000_000_000;
-const MAX_STOCK: i64 = 1_000_000_000;
-const MAX_LIMIT: i32 = 1_000;
+pub(super) const MAX_PRICE: i64 = 1_000_000_000_000;
+pub(super) const MAX_LIMIT: i32 = 1_000;
 const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 const MAX_SEED: i64 = 1_000_000;
-/// Price × stock of one sale at most 2^53 − 1: every amount and every sum of
-/// a sale is then exact in Lua's doubles and in i64 alike.
-const MAX_SALE_VALUE: i64 = (1 << 53) - 1;
+/// Longest cancellation window: 30 days.
+const MAX_CANCEL_WINDOW: i32 = 30 * 24 * 3600;
 
 /// The operator's view: the public view plus live figures.
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,6 +70,15 @@ pub struct AdminEventView {
     pub confirmed_amount: i64,
     pub preheated: bool,
     pub channel_depth: usize,
+    /// Seconds after a purchase its shopper may cancel it (`null`: never).
+    pub cancel_window_seconds: Option<i32>,
+    /// `scheduled`, `running`, `paused`, `ended` or `sold_out`: the filter
+    /// of `GET /admin/events?status=` (see [`super::lifecycle::Lifecycle`]).
+    pub lifecycle: super::lifecycle::Lifecycle,
+    /// When an operator paused the sale (`null`: not paused).
+    pub paused_at: Option<DateTime<Utc>>,
+    /// The definition's version: `PATCH` sends it back (stale: 409).
+    pub version: i64,
 }
 
 pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
@@ -75,8 +88,19 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
     // The counters: O(1) in Redis, however large the sale.
     let state = app.redis.sale_state(event.id).await?;
     let figures = db::orders::figures(&app.db, event.id).await?;
+    Ok(view_of(app, event, state, figures))
+}
+
+/// The view from a Redis read (`state.lua`) and Postgres's figures taken
+/// after it (see [`event_view`]).
+pub fn view_of(
+    app: &AppState,
+    event: &Event,
+    state: crate::redis::SaleState,
+    figures: db::orders::EventFigures,
+) -> AdminEventView {
     let stock = state.stock_left.filter(|_| state.loaded);
-    Ok(AdminEventView {
+    AdminEventView {
         public: EventView::new(event, stock),
         sold: figures.confirmed_quantity,
         pending: state.pending,
@@ -86,7 +110,11 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
         confirmed_amount: figures.confirmed_amount,
         preheated: stock.is_some(),
         channel_depth: app.writers.depth(),
-    })
+        cancel_window_seconds: event.cancel_window_seconds,
+        lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()),
+        paused_at: event.paused_at,
+        version: event.version,
+    }
 }
 
 #[utoipa::path(
@@ -167,7 +195,20 @@ pub async fn create_event(
         starts_at: body.starts_at,
         ends_at: body.ends_at,
     };
-    let event = db::events::insert(&app.db, &new).await?;
+    if body
+        .cancel_window_seconds
+        .is_some_and(|s| !(1..=MAX_CANCEL_WINDOW).contains(&s))
+    {
+        return Err(ApiError::unprocessable(format!(
+            "cancel_window_seconds must be in 1..={MAX_CANCEL_WINDOW}, or absent for no cancellation"
+        )));
+    }
+    let mut event = db::events::insert(&app.db, &new).await?;
+    if body.cancel_window_seconds.is_some() {
+        event = db::events::set_cancel_window(&app.db, event.id, body.cancel_window_seconds)
+            .await?
+            .unwrap_or(event);
+    }
     app.catalog.created(event.id);
     Ok((StatusCode::CREATED, Json(event_view(&app, &event).await?)))
 }

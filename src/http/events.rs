@@ -1,12 +1,11 @@
 //! `GET /api/events/{id}`: the public view of a sale.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::extract::Id;
 use crate::{
-    catalog::SeenStock,
+    catalog::{RenderedPage, SeenStock},
     db::events::Event,
     error::{ApiError, ErrorBody},
     state::AppState,
@@ -27,6 +26,8 @@ pub enum EventStatus {
     /// Before `starts_at`, or not preheated yet.
     Scheduled,
     Active,
+    /// Stopped by an operator until resumed.
+    Paused,
     SoldOut,
     Ended,
 }
@@ -36,13 +37,15 @@ impl EventStatus {
         match self {
             Self::Scheduled => "scheduled",
             Self::Active => "active",
+            Self::Paused => "paused",
             Self::SoldOut => "sold_out",
             Self::Ended => "ended",
         }
     }
 }
 
-/// The public view (SPEC §3).
+/// The public view (SPEC §3); `status` is `scheduled`, `active`, `paused`
+/// (by an operator), `sold_out` or `ended`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: i64,
@@ -59,17 +62,7 @@ pub struct EventView {
 impl EventView {
     /// `stock_left` from Redis when the event is loaded there, else from Postgres.
     pub fn new(event: &Event, redis_stock: Option<i64>) -> Self {
-        let stock_left = redis_stock.unwrap_or(event.stock_total - event.sold);
-        let now = Utc::now();
-        let status = if now >= event.ends_at {
-            EventStatus::Ended
-        } else if now < event.starts_at || redis_stock.is_none() {
-            EventStatus::Scheduled
-        } else if stock_left <= 0 {
-            EventStatus::SoldOut
-        } else {
-            EventStatus::Active
-        };
+        let (stock_left, status) = Self::figures(event, redis_stock);
         Self {
             id: event.id,
             name: event.name.clone(),
@@ -81,6 +74,24 @@ impl EventView {
             ends_at: event.ends_at,
             status,
         }
+    }
+
+    /// The stock left and the status the page shows, now.
+    pub fn figures(event: &Event, redis_stock: Option<i64>) -> (i64, EventStatus) {
+        let stock_left = redis_stock.unwrap_or(event.stock_total - event.sold);
+        let now = Utc::now();
+        let status = if now >= event.ends_at {
+            EventStatus::Ended
+        } else if event.paused_at.is_some() {
+            EventStatus::Paused
+        } else if now < event.starts_at || redis_stock.is_none() {
+            EventStatus::Scheduled
+        } else if stock_left <= 0 {
+            EventStatus::SoldOut
+        } else {
+            EventStatus::Active
+        };
+        (stock_left, status)
     }
 }
 
@@ -132,30 +143,54 @@ pub async fn show(
             }
         }
     };
-    let view = EventView::new(&slot.event, stock.left);
-    let etag = format!(
-        "W/\"{}-{}-{}-{}\"",
-        view.id,
-        slot.event.version,
-        view.stock_left,
-        view.status.as_str()
-    );
-    let age = stock.age.as_millis().to_string();
+    // The crowd sees few distinct pages (one per stock level and status):
+    // each is serialized once, then cloned.
+    let (stock_left, status) = EventView::figures(&slot.event, stock.left);
+    let page = match slot.rendered_page(stock_left, status.as_str()) {
+        Some(page) => page,
+        None => {
+            let view = EventView::new(&slot.event, stock.left);
+            let etag = format!(
+                "W/\"{}-{}-{}-{}\"",
+                view.id,
+                slot.event.version,
+                view.stock_left,
+                view.status.as_str()
+            );
+            let page = Arc::new(RenderedPage {
+                stock_left,
+                status: status.as_str(),
+                body: serde_json::to_vec(&view)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .into(),
+                etag: HeaderValue::from_str(&etag)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+            });
+            slot.keep_page(page.clone());
+            page
+        }
+    };
     let mut response = if headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        .is_some_and(|v| v.as_bytes() == page.etag.as_bytes())
     {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(view).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            page.body.clone(),
+        )
+            .into_response()
     };
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, CACHE_CONTROL);
-    if let Ok(etag) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, etag);
-    }
-    if let Ok(age) = HeaderValue::from_str(&age) {
-        h.insert("x-stock-age-ms", age);
-    }
+    h.insert(header::ETAG, page.etag.clone());
+    h.insert(
+        "x-stock-age-ms",
+        HeaderValue::from(stock.age.as_millis() as u64),
+    );
     Ok(response)
 }

@@ -179,17 +179,23 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// The peer address (no proxy headers are trusted).
+/// The client's address: the TCP peer, or behind a trusted balancer the
+/// client it names (`SECKILL_TRUSTED_PROXIES`, see [`crate::forwarded`]).
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-        Ok(Self(ip))
+        let proxies = &state.settings.trusted_proxies;
+        Ok(Self(if proxies.is_empty() {
+            peer
+        } else {
+            proxies.client(peer, &parts.headers)
+        }))
     }
 }

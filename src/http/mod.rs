@@ -1,16 +1,22 @@
 //! The HTTP surface: one module per resource, one router.
 
+pub mod access;
 pub mod admin;
+pub mod cors;
 pub mod dashboard;
 pub mod events;
 pub mod extract;
+pub mod lifecycle;
 pub mod openapi;
+pub mod operator_orders;
 pub mod ops;
 pub mod orders;
 pub mod purchase;
 pub mod reference;
+pub mod refunds;
 pub mod route_table;
 pub mod server;
+pub mod wallets;
 
 use std::{any::Any, time::Duration};
 
@@ -39,7 +45,7 @@ use route_table::RouteTable;
 /// Largest request body accepted anywhere (purchase bodies are ~20 bytes).
 pub const BODY_LIMIT: usize = 4 * 1024;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route the engine serves, without state or middleware; each one is
 /// documented in [`openapi::ApiDoc`] (a test holds them together).
@@ -48,10 +54,18 @@ pub fn routes() -> RouteTable {
         .route("/events/{id}", get(events::show))
         .route("/events/{id}/purchase", post(purchase::purchase))
         .route("/orders/{order_no}", get(orders::show))
+        .route("/orders/{order_no}/cancel", post(refunds::cancel))
         .route("/me/orders", get(orders::mine));
     let operator = RouteTable::new("/admin")
-        .route("/events", post(admin::create_event))
-        .route("/events/{id}", get(admin::show_event))
+        .route("/events", post(admin::create_event).get(lifecycle::list))
+        .route(
+            "/events/{id}",
+            get(admin::show_event).patch(lifecycle::edit),
+        )
+        .route("/events/{id}/end", post(lifecycle::end))
+        .route("/events/{id}/pause", post(lifecycle::pause))
+        .route("/events/{id}/resume", post(lifecycle::resume))
+        .route("/events/{id}/stock", post(lifecycle::adjust_stock))
         .route("/events/{id}/preheat", post(admin::preheat))
         .route("/events/{id}/invariants", get(admin::invariants))
         .route("/wallets/seed", post(admin::seed_wallets))
@@ -59,6 +73,11 @@ pub fn routes() -> RouteTable {
             "/wallets/{user_id}",
             put(admin::set_wallet).get(admin::show_wallet),
         )
+        .route("/wallets/{user_id}/credit", post(wallets::credit))
+        .route("/wallets/{user_id}/ledger", get(wallets::ledger))
+        .route("/orders", get(operator_orders::list))
+        .route("/orders/{order_no}/refund", post(refunds::refund))
+        .route("/events/{id}/orders/export", get(operator_orders::export))
         .route("/reconcile", post(admin::reconcile))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/data", get(dashboard::data));
@@ -80,6 +99,10 @@ pub fn router(state: AppState) -> Router {
         tracing::info_span!("request", method = %req.method(), path, request_id, event_id = tracing::field::Empty, user_id = tracing::field::Empty)
     });
 
+    // Outside every rejection: what the layers below refuse is counted too.
+    let access = access::AccessLayer::new(state.settings.access_log);
+    let cors = cors::layer(&state.settings.cors_origins);
+
     routes()
         .into_router()
         .fallback(|| async { ApiError::NotFound("route") })
@@ -92,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(access)
+                .option_layer(cors)
+                // One body type from here out (axum's own, not boxed again later).
+                .map_response(IntoResponse::into_response)
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(panic_response))

@@ -13,7 +13,9 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{admin, dashboard, events, ops, orders, purchase};
+use super::{
+    admin, dashboard, events, lifecycle, operator_orders, ops, orders, purchase, refunds, wallets,
+};
 
 /// The document. A route added to [`super::routes`] must be listed here too.
 #[derive(OpenApi)]
@@ -29,13 +31,25 @@ use super::{admin, dashboard, events, ops, orders, purchase};
         purchase::purchase,
         orders::show,
         orders::mine,
+        refunds::cancel,
         admin::create_event,
+        lifecycle::list,
         admin::show_event,
+        lifecycle::edit,
+        lifecycle::end,
+        lifecycle::pause,
+        lifecycle::resume,
+        lifecycle::adjust_stock,
         admin::preheat,
         admin::invariants,
         admin::seed_wallets,
         admin::set_wallet,
         admin::show_wallet,
+        wallets::credit,
+        wallets::ledger,
+        operator_orders::list,
+        refunds::refund,
+        operator_orders::export,
         admin::reconcile,
         dashboard::page,
         dashboard::data,

@@ -50,6 +50,11 @@ impl Reconciler {
         let Some((before, _)) = after.drift().stock.or(after.drift().held) else {
             return Ok(());
         };
+        if !after.totals_agree() {
+            // A stock adjustment in flight (or left pending by a crash, which
+            // the next pass settles): the expected stock is not known yet.
+            return Ok(());
+        }
         let expected = after.expected_stock();
         // More sold than stocked can only be stopped, not undone here: sell no more.
         let target = expected.max(0);

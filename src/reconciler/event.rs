@@ -11,12 +11,15 @@ use std::{
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER, CONFIRM_AFTER};
+use super::{
+    Discrepancy, ReconcileError, Reconciler, Report, CLOSE_OUT_AFTER, CLOSING_SETTLES_IN,
+    CONFIRM_AFTER,
+};
 use crate::{
     db::{self, events::Event, DbError},
     drift::Observation,
     intent::{Intent, Settled},
-    loading,
+    loading, refunds,
     writer::{self, settle, Settlement},
 };
 
@@ -26,12 +29,14 @@ impl Reconciler {
         event: &Event,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
+        self.finish_refunds(event, report).await?;
         let seen = Observation::take(&self.db, &self.redis, event).await?;
         let state = seen.state;
         if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && state.pending == 0 {
             // Over, every order persisted, idempotency records expired: Redis
             // need not hold the sale any more.
             self.redis.close_out(event.id).await?;
+            self.gauges.closed(event.id);
             report.events_closed_out += 1;
             return Ok(());
         }
@@ -65,9 +70,53 @@ impl Reconciler {
             return Ok(());
         }
 
+        self.gauges.ledger(event.id, &seen);
         self.settle_stale_intents(event, &seen, report).await?;
+        if self.sync_sale_params(event.id).await? {
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "sale_params_drift",
+                subject: None,
+                before: "redis sale parameters differ from postgres".into(),
+                after: "postgres's window, pause, price and limit loaded".into(),
+                repaired: true,
+            });
+        }
         self.repair_drift(event, seen, report).await?;
         self.sweep_some_buyers(event, report).await
+    }
+
+    /// Refunds committed more than the grace period ago whose units are not
+    /// back in the sale (a crash between the commit and refund.lua, or an
+    /// order its writer had not acked): returned now, exactly once (see
+    /// [`crate::refunds`]). Runs before the sale is observed, so the drift
+    /// checks see them back.
+    async fn finish_refunds(
+        &self,
+        event: &Event,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let finished = refunds::finish_event(&self.db, &self.redis, event.id, self.settings.grace)
+            .await
+            .map_err(|err| match err {
+                refunds::RefundError::Redis(err) => ReconcileError::Redis(err),
+                refunds::RefundError::Db(err) => ReconcileError::Db(err),
+                other => ReconcileError::Db(DbError::Batch(other.to_string())),
+            })?;
+        if finished > 0 {
+            report.refunds_finished += finished;
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "refund_stock_unreturned",
+                subject: None,
+                before: format!("{finished} refunds committed with their units not back"),
+                after: "units returned (or no sale loaded to return them to)".into(),
+                repaired: true,
+            });
+        }
+        Ok(())
     }
 
     /// Intents past the grace period are either persisted already (ack or
@@ -161,6 +210,30 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Postgres's sale parameters into Redis where they differ. A sale Redis
+    /// holds more closed (paused, ending earlier) is an end or pause in
+    /// flight: reverted only once it has lasted [`CLOSING_SETTLES_IN`]
+    /// (then it is a crash between the call's Redis write and its commit).
+    async fn sync_sale_params(&self, event_id: i64) -> Result<bool, ReconcileError> {
+        use crate::lifecycle::{sync_params, ParamsSync};
+        let revert = self
+            .closing_since
+            .lock()
+            .expect("closing map")
+            .get(&event_id)
+            .is_some_and(|since| since.elapsed() >= CLOSING_SETTLES_IN);
+        let outcome = sync_params(&self.db, &self.redis, event_id, revert).await?;
+        let mut closing = self.closing_since.lock().expect("closing map");
+        if outcome == ParamsSync::Closing {
+            closing
+                .entry(event_id)
+                .or_insert_with(std::time::Instant::now);
+        } else {
+            closing.remove(&event_id);
+        }
+        Ok(outcome == ParamsSync::Corrected)
     }
 
     /// Waits (bounded) until no order of the event has been committed for a

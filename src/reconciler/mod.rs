@@ -12,15 +12,25 @@
 //! 3. Pending intents older than the grace period: already in Postgres → ack
 //!    (or release, if failed); not in Postgres → persist through the writer
 //!    path (roll forward: the shopper was told 202).
-//! 4. Stock and buyer counts that disagree with Postgres truth plus pending
+//! 4. Refunds committed in Postgres whose units are not back in the sale
+//!    (a crash after the commit) → returned by `refund.lua`, exactly once
+//!    ([`crate::refunds::finish_event`]); this runs first, before the look.
+//! 5. Stock and buyer counts that disagree with Postgres truth plus pending
 //!    intents ([`crate::drift`]) → observed twice, then corrected by
 //!    `repair.lua`, which writes only if the state is still exactly as observed.
+//!
+//! Before the events, each pass finishes the stock adjustments a crash left
+//! pending ([`crate::lifecycle::settle_adjustment`]: applied once, as Redis
+//! recorded it), and after a sale's intents it puts Postgres's sale
+//! parameters (window, pause, price, limit) back into Redis where they
+//! differ ([`crate::lifecycle::sync_params`]).
 //!
 //! Every finding is written to `reconcile_discrepancies`, every pass to
 //! `reconcile_runs`, and counted in `/metrics`.
 
 mod drift;
 mod event;
+mod gauges;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -50,6 +60,10 @@ pub struct Report {
     pub events_closed_out: usize,
     pub intents_replayed: usize,
     pub intents_acked: usize,
+    /// Refunds whose units a crash left unreturned, finished by this pass.
+    pub refunds_finished: usize,
+    /// Stock adjustments a crash left pending, settled.
+    pub adjustments_settled: usize,
     pub repairs: usize,
     pub discrepancies: Vec<Discrepancy>,
 }
@@ -65,6 +79,8 @@ pub enum ReconcileError {
     Db(#[from] DbError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
 }
 
 impl From<crate::drift::DriftError> for ReconcileError {
@@ -91,6 +107,28 @@ pub struct ReconcileSettings {
 /// shoppers' idempotency records, and until its ledger is empty.
 const CLOSE_OUT_AFTER: chrono::TimeDelta = idempotency::RETENTION;
 
+/// How old a pending stock adjustment must be before the reconciler settles
+/// it: an operator's call locks its row a moment after writing it.
+const ADJUSTMENT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long Redis may hold a sale more closed than Postgres (an end or a
+/// pause between its Redis write and its commit) before the reconciler
+/// takes it for a crash's leftover and loads Postgres's parameters.
+const CLOSING_SETTLES_IN: Duration = Duration::from_secs(10);
+
+/// Every `kind` a [`Discrepancy`] can have (the metric's label values).
+pub const DISCREPANCY_KINDS: &[&str] = &[
+    "redis_state_lost",
+    "unacked_intent",
+    "unpersisted_intent",
+    "stock_drift",
+    "oversold",
+    "buyer_drift",
+    "sale_params_drift",
+    "pending_adjustment",
+    "refund_stock_unreturned",
+];
+
 /// How long to wait before confirming a difference with a second look.
 const CONFIRM_AFTER: Duration = Duration::from_millis(150);
 
@@ -108,6 +146,10 @@ pub struct Reconciler {
     holder: String,
     /// Where the background sweep of each event's buyers stands.
     sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
+    /// Since when each event's Redis has been seen more closed than Postgres.
+    closing_since: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
+    /// Leadership and ledger figures for `/metrics`.
+    gauges: gauges::Gauges,
 }
 
 impl Reconciler {
@@ -129,6 +171,8 @@ impl Reconciler {
             gate: tokio::sync::Mutex::new(()),
             holder,
             sweeps: Default::default(),
+            closing_since: Default::default(),
+            gauges: Default::default(),
         }
     }
 
@@ -155,6 +199,7 @@ impl Reconciler {
             }
         }
         let _ = self.lock.release().await;
+        self.gauges.leader(false);
     }
 
     /// Runs one pass now (the admin route), waiting briefly for the lock.
@@ -171,7 +216,9 @@ impl Reconciler {
     /// One pass under the leader lock; `None` when another process leads.
     async fn run_guarded(&self) -> Result<Option<Report>, ReconcileError> {
         let _serial = self.gate.lock().await;
-        if !self.lock.hold().await? {
+        let leading = self.lock.hold().await;
+        self.gauges.leader(matches!(leading, Ok(true)));
+        if !leading? {
             return Ok(None);
         }
         let lost = CancellationToken::new();
@@ -179,6 +226,7 @@ impl Reconciler {
             loop {
                 tokio::time::sleep(self.lock.ttl() / 3).await;
                 if !matches!(self.lock.hold().await, Ok(true)) {
+                    self.gauges.leader(false);
                     lost.cancel();
                     std::future::pending::<()>().await;
                 }
@@ -197,6 +245,7 @@ impl Reconciler {
             started_at: Some(started_at),
             ..Default::default()
         };
+        self.settle_pending_adjustments(&mut report).await?;
         for event in self.events_to_check().await? {
             if lost.is_cancelled() {
                 tracing::warn!("reconciler lost its lock mid-pass; stopping");
@@ -229,6 +278,41 @@ impl Reconciler {
         metrics::gauge!("seckill_reconcile_last_success_timestamp_seconds")
             .set(finished_at.timestamp_millis() as f64 / 1000.0);
         Ok(report)
+    }
+
+    /// Settles the stock adjustments left pending (a crash between the row
+    /// and its settlement), a bounded number per pass. Only those older than
+    /// [`ADJUSTMENT_GRACE`], and not locked by an operator's call settling it
+    /// (which holds its row from before the fence to the commit).
+    async fn settle_pending_adjustments(&self, report: &mut Report) -> Result<(), ReconcileError> {
+        for id in db::adjustments::pending(&self.db, ADJUSTMENT_GRACE, 100).await? {
+            let settled = match crate::lifecycle::settle_adjustment(&self.db, &self.redis, id).await
+            {
+                Ok(Some(settled)) => settled,
+                // An operator's call is settling it right now.
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(adjustment = id, error = %err, "could not settle a pending stock adjustment");
+                    continue;
+                }
+            };
+            report.adjustments_settled += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: settled.event_id,
+                kind: "pending_adjustment",
+                subject: Some(id.to_string()),
+                before: format!("pending (delta {})", settled.delta),
+                after: match &settled.refusal {
+                    None => format!(
+                        "applied: stock_total {}",
+                        settled.stock_total_after.unwrap_or_default()
+                    ),
+                    Some(why) => format!("refused: {why}"),
+                },
+                repaired: true,
+            });
+        }
+        Ok(())
     }
 
     /// Events worth a look: loaded in Redis, or preheated in Postgres and not

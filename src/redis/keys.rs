@@ -23,6 +23,8 @@ pub struct EventKeys {
     pub orders: String,
     /// hash: order_no -> "user_id:quantity:amount:accepted_ms", pending intents
     pub ledger: String,
+    /// set: order_nos of refunded orders whose units came back (refund.lua)
+    pub returned: String,
 }
 
 impl Keys {
@@ -44,6 +46,7 @@ impl Keys {
             bought: format!("{p}:{{{event_id}}}:bought"),
             orders: format!("{p}:{{{event_id}}}:orders"),
             ledger: format!("{p}:{{{event_id}}}:ledger"),
+            returned: format!("{p}:{{{event_id}}}:returned"),
         }
     }
 
@@ -69,6 +72,18 @@ impl Keys {
 }
 
 impl EventKeys {
+    /// [`Self::all`] and the `returned` set: the keys refund.lua takes.
+    pub fn with_returned(&self) -> Vec<String> {
+        let mut keys = self.all();
+        keys.push(self.returned.clone());
+        keys
+    }
+
+    /// Every key of the event, for its close-out.
+    pub fn every(&self) -> Vec<String> {
+        self.with_returned()
+    }
+
     /// meta, stock, bought, orders, ledger: the order every sale script takes.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -88,7 +103,7 @@ mod tests {
     #[test]
     fn event_keys_share_one_hash_tag_and_the_prefix() {
         let keys = Keys::new("t1").event(42);
-        for key in keys.all() {
+        for key in keys.every() {
             assert!(key.starts_with("t1:{42}:"), "{key}");
         }
     }

@@ -57,6 +57,23 @@ impl Redis {
             .collect())
     }
 
+    /// Which of these refunded order_nos have their units back (members of
+    /// the event's `returned` set), in reads of at most 1,000.
+    pub async fn returned_among(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+    ) -> Result<Vec<bool>, RedisError> {
+        let key = self.keys.event(event_id).returned;
+        let mut out = Vec::with_capacity(order_nos.len());
+        for chunk in order_nos.chunks(1_000) {
+            let members: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            let flags: Vec<i64> = self.client().smismember(&key, members).await?;
+            out.extend(flags.into_iter().map(|f| f == 1));
+        }
+        Ok(out)
+    }
+
     /// The buyer's order_nos for an event, each with whether it failed.
     pub async fn buyer_orders(
         &self,
@@ -87,7 +104,7 @@ impl Redis {
     /// is freed in the background, not while Redis serves) and its place in
     /// the live set.
     pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
-        for key in self.keys.event(event_id).all() {
+        for key in self.keys.event(event_id).every() {
             let _: i64 = self.client().unlink(key).await?;
         }
         let _: i64 = self

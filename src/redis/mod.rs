@@ -7,6 +7,7 @@
 //!
 //! - [`purchase`]: `purchase.lua`, the whole purchase decision.
 //! - [`settle`]: `ack.lua` and `release.lua` (failed orders, restocked or discarded).
+//! - [`refund`]: `refund.lua`, refunded orders' units back to the sale once.
 //! - [`preheat`]: `preheat.lua`, loading a sale.
 //! - [`rebuild`]: `rebuild.lua`, a sale rebuilt from Postgres in bounded steps.
 //! - [`admit`]: `missing.lua` and `admit.lua`, a writer's check of its batch.
@@ -14,6 +15,8 @@
 //!   batch of shoppers at one instant), and paged walks of the ledger and
 //!   the buyers: bounded steps whatever the size of the sale.
 //! - [`repair`]: `repair.lua` and `cap.lua`, corrections of drifted state.
+//! - [`lifecycle`]: `sale.lua` (an operator's end, pause or edit of a live
+//!   sale) and `adjust.lua` (a stock adjustment, applied once).
 //! - [`idempotency`]: `idempotency.lua`, Idempotency-Key records.
 //! - [`lock`]: `renew.lua` and `unlock.lua`, the leader lock.
 //! - [`live`]: plain reads of an event's state and the set of live events.
@@ -25,12 +28,14 @@
 pub mod admit;
 pub mod idempotency;
 pub mod keys;
+pub mod lifecycle;
 pub mod live;
 pub mod lock;
 pub mod preheat;
 pub mod pubsub;
 pub mod purchase;
 pub mod rebuild;
+pub mod refund;
 pub mod repair;
 pub mod scripts;
 pub mod settle;
@@ -46,11 +51,13 @@ use fred::{
 pub use admit::Admission;
 pub use idempotency::{KeyClaim, KeyState};
 pub use keys::{EventKeys, Keys};
+pub use lifecycle::{AdjustOutcome, LoadedParams, SaleWrite};
 pub use live::parse_order_list;
 pub use lock::LeaderLock;
 pub use preheat::SaleParams;
 pub use purchase::PurchaseOutcome;
 pub use rebuild::{PersistedOrder, RebuiltBuyer};
+pub use refund::{RefundedOrder, StockReturn};
 pub use scripts::{LuaScript, Scripts};
 pub use settle::FAILED_KEPT_PER_SHOPPER;
 pub use state::{BuyerState, SaleState};

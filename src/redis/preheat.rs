@@ -12,6 +12,8 @@ pub struct SaleParams {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub stock_total: i64,
+    /// Paused by an operator: purchase.lua refuses every attempt.
+    pub paused: bool,
 }
 
 impl Redis {
@@ -37,5 +39,6 @@ pub(super) fn sale_args(sale: SaleParams) -> Vec<Value> {
         Value::from(sale.starts_ms),
         Value::from(sale.ends_ms),
         Value::from(sale.stock_total),
+        Value::from(if sale.paused { "1" } else { "0" }),
     ]
 }

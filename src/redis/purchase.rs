@@ -25,6 +25,8 @@ pub enum PurchaseOutcome {
     NotStarted,
     Ended,
     NotPreheated,
+    /// Paused by an operator.
+    Paused,
 }
 
 impl Redis {
@@ -85,6 +87,7 @@ impl PurchaseOutcome {
             5 => Self::NotStarted,
             6 => Self::Ended,
             7 => Self::NotPreheated,
+            8 => Self::Paused,
             code => {
                 return Err(RedisError::Protocol(format!(
                     "purchase.lua returned code {code}"

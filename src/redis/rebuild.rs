@@ -72,8 +72,8 @@ impl RebuiltBuyer {
 
 impl Redis {
     async fn rebuild_step(&self, event_id: i64, args: Vec<Value>) -> Result<Value, RedisError> {
-        self.run(&self.scripts.rebuild, self.keys.event(event_id).all(), args)
-            .await
+        let keys = self.keys.event(event_id).with_returned();
+        self.run(&self.scripts.rebuild, keys, args).await
     }
 
     /// Step 1: the event is unloaded and its buyers forgotten (the ledger stays).
@@ -99,6 +99,23 @@ impl Redis {
                     Value::from(b.held),
                 ]);
             }
+            self.rebuild_step(event_id, args).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 2b, a batch at a time: refunded orders, whose units the rebuilt
+    /// sale counts as back in stock, join the `returned` set (so refund.lua
+    /// will not return them a second time).
+    pub async fn rebuild_returned(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+    ) -> Result<(), RedisError> {
+        for chunk in order_nos.chunks(MOST_PER_CALL) {
+            let mut args = Vec::with_capacity(1 + chunk.len());
+            args.push(Value::from("returned"));
+            args.extend(chunk.iter().map(|o| Value::from(o.to_string())));
             self.rebuild_step(event_id, args).await?;
         }
         Ok(())

@@ -50,6 +50,7 @@ impl LuaScript {
 pub struct Scripts {
     pub purchase: LuaScript,
     pub release: LuaScript,
+    pub refund: LuaScript,
     pub preheat: LuaScript,
     pub rebuild: LuaScript,
     pub admit: LuaScript,
@@ -62,6 +63,8 @@ pub struct Scripts {
     pub idempotency: LuaScript,
     pub renew: LuaScript,
     pub unlock: LuaScript,
+    pub sale: LuaScript,
+    pub adjust: LuaScript,
 }
 
 impl Default for Scripts {
@@ -69,6 +72,7 @@ impl Default for Scripts {
         Self {
             purchase: LuaScript::with_prelude("purchase", include_str!("../../lua/purchase.lua")),
             release: LuaScript::with_prelude("release", include_str!("../../lua/release.lua")),
+            refund: LuaScript::with_prelude("refund", include_str!("../../lua/refund.lua")),
             preheat: LuaScript::new("preheat", include_str!("../../lua/preheat.lua")),
             rebuild: LuaScript::with_prelude("rebuild", include_str!("../../lua/rebuild.lua")),
             admit: LuaScript::with_prelude("admit", include_str!("../../lua/admit.lua")),
@@ -84,15 +88,18 @@ impl Default for Scripts {
             ),
             renew: LuaScript::new("renew", include_str!("../../lua/renew.lua")),
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
+            sale: LuaScript::with_prelude("sale", include_str!("../../lua/sale.lua")),
+            adjust: LuaScript::new("adjust", include_str!("../../lua/adjust.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 14] {
+    pub fn all(&self) -> [&LuaScript; 17] {
         [
             &self.purchase,
             &self.release,
+            &self.refund,
             &self.preheat,
             &self.rebuild,
             &self.admit,
@@ -105,6 +112,8 @@ impl Scripts {
             &self.idempotency,
             &self.renew,
             &self.unlock,
+            &self.sale,
+            &self.adjust,
         ]
     }
 }

@@ -69,6 +69,11 @@ pub enum WriteError {
     Db(#[from] DbError),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    /// Redis sold units of a stock addition Postgres has not recorded yet
+    /// (a crash left the adjustment pending; the reconciler settles it
+    /// within a second or so): retried, never failed as `stock_lost`.
+    #[error("event {0} has a stock addition pending; the batch waits for it")]
+    AdjustmentPending(i64),
 }
 
 impl From<sqlx::Error> for WriteError {
@@ -83,7 +88,7 @@ impl WriteError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Db(err) => err.is_transient(),
-            Self::Redis(_) => true,
+            Self::Redis(_) | Self::AdjustmentPending(_) => true,
         }
     }
 }
@@ -132,6 +137,17 @@ pub async fn persist_batch(
     let (payable, mut lost): (Vec<Intent>, Vec<Intent>) =
         fresh.iter().partition(|i| !refused.contains(&i.order_no));
     let (payable, oversold, unsold_after) = within_stock(payable, unsold);
+    if !oversold.is_empty() {
+        let mut events: Vec<i64> = oversold.iter().map(|i| i.event_id).collect();
+        events.sort_unstable();
+        events.dedup();
+        if let Some(&event_id) = db::adjustments::with_pending_addition(&mut *tx, &events)
+            .await?
+            .first()
+        {
+            return Err(WriteError::AdjustmentPending(event_id));
+        }
+    }
     if !oversold.is_empty() {
         let mut events: Vec<i64> = oversold.iter().map(|i| i.event_id).collect();
         events.sort_unstable();

@@ -153,6 +153,58 @@ pub async fn spawn_app_env(overrides: Vec<(String, String)>) -> TestApp {
     }
 }
 
+/// A second engine process on the same Postgres database and Redis prefix
+/// as `app` (its own writers, reconciler, catalog and sold-out flags).
+pub struct PeerEngine {
+    pub base: String,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn_peer(&self) -> PeerEngine {
+        let env: HashMap<String, String> = [
+            ("SECKILL_BIND", "127.0.0.1:0".to_string()),
+            ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("SECKILL_JWT_SECRET", JWT_SECRET.into()),
+            ("SECKILL_RATE_GLOBAL_RPS", "0".into()),
+            ("SECKILL_RATE_USER_RPS", "0".into()),
+            ("SECKILL_RATE_IP_RPS", "0".into()),
+            ("SECKILL_RECONCILE_INTERVAL_MS", "60000".into()),
+            ("SECKILL_DATABASE_POOL", "8".into()),
+            ("SECKILL_SHUTDOWN_READY_DELAY_MS", "0".into()),
+            (
+                "SECKILL_DATABASE_URL",
+                with_database(&admin_db_url(), &self.db_name),
+            ),
+            ("SECKILL_REDIS_URL", redis_url()),
+            ("SECKILL_REDIS_PREFIX", self.prefix.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("peer settings");
+        let app = Application::build(settings).await.expect("build peer");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(app.run_until_stopped());
+        PeerEngine {
+            base,
+            shutdown,
+            server: Some(server),
+        }
+    }
+}
+
+impl PeerEngine {
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.server.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
 fn with_database(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("database url has a path");
     format!("{base}/{db}")
@@ -501,5 +553,63 @@ impl Drop for LocalRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A second engine process on a test's database and Redis prefix (its own
+/// catalog, writers and reconciler), as behind a load balancer.
+pub struct SecondEngine {
+    pub buyer: Buyer,
+    pub base: String,
+    shutdown: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn second_engine(&self) -> SecondEngine {
+        let db_url = with_database(&admin_db_url(), &self.db_name);
+        let env: HashMap<String, String> = [
+            ("SECKILL_BIND", "127.0.0.1:0"),
+            ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("SECKILL_JWT_SECRET", JWT_SECRET),
+            ("SECKILL_RATE_GLOBAL_RPS", "0"),
+            ("SECKILL_RATE_USER_RPS", "0"),
+            ("SECKILL_RATE_IP_RPS", "0"),
+            ("SECKILL_RECONCILE_INTERVAL_MS", "60000"),
+            ("SECKILL_DATABASE_POOL", "4"),
+            ("SECKILL_SHUTDOWN_READY_DELAY_MS", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([
+            ("SECKILL_DATABASE_URL".to_string(), db_url),
+            ("SECKILL_REDIS_URL".to_string(), redis_url()),
+            ("SECKILL_REDIS_PREFIX".to_string(), self.prefix.clone()),
+        ])
+        .collect();
+        let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("settings");
+        let app = Application::build(settings)
+            .await
+            .expect("build second engine");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(app.run_until_stopped());
+        SecondEngine {
+            buyer: Buyer {
+                http: self.http.clone(),
+                base: base.clone(),
+                auth: self.auth.clone(),
+            },
+            base,
+            shutdown,
+            server,
+        }
+    }
+}
+
+impl SecondEngine {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
     }
 }

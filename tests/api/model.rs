@@ -1,6 +1,6 @@
 //! A randomized, model-based test of the Lua scripts: random sequences of
 //! purchase, re-sent purchase, release, discard, ack, admit, missing, repair,
-//! rebuild, a Redis loss and a stock cap, each applied to real Redis (through
+//! rebuild, a Redis loss, a stock cap and the return of refunded orders, each applied to real Redis (through
 //! the engine's own wrappers) and to a small reference model in Rust. After
 //! every step Redis must hold exactly what the model holds (stock, buyer
 //! counts, order lists, ledger), units must be conserved, and no shopper may
@@ -16,7 +16,8 @@ use chrono::{TimeZone, Utc};
 use seckill::{
     intent::{Intent, LedgerEntry},
     redis::{
-        Admission, PersistedOrder, PurchaseOutcome, Redis, SaleParams, FAILED_KEPT_PER_SHOPPER,
+        Admission, PersistedOrder, PurchaseOutcome, Redis, RefundedOrder, SaleParams, StockReturn,
+        FAILED_KEPT_PER_SHOPPER,
     },
 };
 use uuid::Uuid;
@@ -72,6 +73,8 @@ struct Known {
     accepted_ms: i64,
     /// Persisted in "Postgres" (the model's): `Some(failed)`.
     persisted: Option<bool>,
+    /// Refunded in "Postgres" (a confirmed order, paid back).
+    refunded: bool,
 }
 
 /// The reference model of one event's Redis state.
@@ -89,6 +92,8 @@ struct Model {
     /// Units taken out of circulation by `discard`, plus the net of repairs
     /// and caps: stock + Σ bought + destroyed = total.
     destroyed: i64,
+    /// Refunded orders whose units came back (refund.lua's `returned` set).
+    returned: HashSet<Uuid>,
 }
 
 impl Model {
@@ -151,26 +156,54 @@ impl Model {
             if *held <= 0 {
                 self.bought.remove(&p.user);
             }
-            if let Some(list) = self.orders.get_mut(&p.user) {
-                for item in list.iter_mut() {
-                    if item.0 == *order_no {
-                        item.1 = true;
-                    }
-                }
-                let mut drop =
-                    list.iter().filter(|(_, f)| *f).count() as i64 - FAILED_KEPT_PER_SHOPPER as i64;
-                list.retain(|(_, failed)| {
-                    if *failed && drop > 0 {
-                        drop -= 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
+            self.mark_failed(p.user, *order_no);
             settled += p.quantity;
         }
         settled
+    }
+
+    /// An order marked `!` in its shopper's list, the oldest failed ones
+    /// beyond the kept number dropped (prelude.lua's mark_failed).
+    fn mark_failed(&mut self, user: i64, order_no: Uuid) {
+        if let Some(list) = self.orders.get_mut(&user) {
+            for item in list.iter_mut() {
+                if item.0 == order_no {
+                    item.1 = true;
+                }
+            }
+            let mut drop =
+                list.iter().filter(|(_, f)| *f).count() as i64 - FAILED_KEPT_PER_SHOPPER as i64;
+            list.retain(|(_, failed)| {
+                if *failed && drop > 0 {
+                    drop -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// refund.lua: a refunded order's units back once, not while pending.
+    fn return_refunded(&mut self, order_no: Uuid, k: &Known) -> StockReturn {
+        if !self.loaded {
+            return StockReturn::NotLoaded;
+        }
+        if self.returned.contains(&order_no) {
+            return StockReturn::AlreadyReturned;
+        }
+        if self.ledger.contains_key(&order_no) {
+            return StockReturn::StillPending;
+        }
+        self.returned.insert(order_no);
+        self.stock += k.quantity;
+        let held = self.bought.entry(k.user).or_default();
+        *held -= k.quantity;
+        if *held <= 0 {
+            self.bought.remove(&k.user);
+        }
+        self.mark_failed(k.user, order_no);
+        StockReturn::Returned
     }
 
     /// admit.lua
@@ -214,7 +247,7 @@ impl Model {
         let mut failed_left: HashMap<i64, usize> = HashMap::new();
         let mut skipped = Vec::new();
         for (order_no, k) in persisted.iter().rev() {
-            if k.persisted == Some(true) {
+            if k.persisted == Some(true) || k.refunded {
                 let left = failed_left.entry(k.user).or_insert(FAILED_KEPT_PER_SHOPPER);
                 if *left == 0 {
                     skipped.push(*order_no);
@@ -224,7 +257,7 @@ impl Model {
             }
         }
         for (order_no, k) in persisted {
-            let failed = k.persisted == Some(true);
+            let failed = k.persisted == Some(true) || k.refunded;
             if skipped.contains(order_no) {
                 continue;
             }
@@ -248,6 +281,12 @@ impl Model {
             return None;
         }
         self.loaded = true;
+        self.returned.extend(
+            persisted
+                .iter()
+                .filter(|(_, k)| k.refunded)
+                .map(|(o, _)| *o),
+        );
         self.orders = orders;
         self.bought = bought;
         self.stock = self.total - taken;
@@ -342,6 +381,7 @@ impl Run<'_> {
                         amount: *a,
                         accepted_ms: *accepted_ms,
                         persisted: None,
+                        refunded: false,
                     });
             }
             _ => self.fail(format!("purchase: model {expect:?}, redis {got:?}")),
@@ -383,7 +423,21 @@ impl Run<'_> {
                 }
                 let how = self.rng.below(3);
                 self.op = ["ack", "release", "discard"][how as usize].into();
+                if how != 0 {
+                    // A refunded order is confirmed in Postgres: only acked.
+                    chosen.retain(|o| !self.known[o].refunded);
+                }
                 match how {
+                    0 if self.rng.chance(30) => {
+                        // Committed, the writer's ack not run yet: Postgres
+                        // has them confirmed while the ledger still holds them.
+                        self.op = "commit before the ack".into();
+                        for o in &chosen {
+                            if self.model.ledger.contains_key(o) {
+                                self.known.get_mut(o).unwrap().persisted = Some(false);
+                            }
+                        }
+                    }
                     0 => {
                         // The writer committed them; an unloaded sale (being
                         // rebuilt) ignores the ack, and the rebuild settles them.
@@ -515,7 +569,8 @@ impl Run<'_> {
                 self.op = "repair buyers".into();
                 let mut corrections = Vec::new();
                 // As the reconciler does: a buyer's corrected count covers
-                // at least their confirmed orders and pending intents (what
+                // at least their confirmed orders (refunded ones until their
+                // units are back) and pending intents (what
                 // the reconciler computes as truth), within the limit.
                 for &u in &users {
                     if self.rng.chance(30) {
@@ -531,6 +586,7 @@ impl Run<'_> {
                             .filter(|(o, k)| {
                                 k.user == u
                                     && k.persisted == Some(false)
+                                    && !(k.refunded && self.model.returned.contains(*o))
                                     && !ledger.iter().any(|(p, _)| p == *o)
                             })
                             .map(|(_, k)| k.quantity)
@@ -592,6 +648,46 @@ impl Run<'_> {
                     ..Model::default()
                 };
             }
+            87..=93 => {
+                self.op = "refund".into();
+                // Postgres refunds a confirmed order; then refund.lua for it,
+                // maybe with one refunded before (a replay, the reconciler).
+                let confirmed = self.known_of(|k, _| k.persisted == Some(false) && !k.refunded);
+                let mut chosen = Vec::new();
+                if let Some(o) = self.rng.pick(&confirmed) {
+                    self.known.get_mut(&o).unwrap().refunded = true;
+                    chosen.push(o);
+                }
+                if let Some(o) = self.rng.pick(&self.known_of(|k, _| k.refunded)) {
+                    chosen.push(o);
+                }
+                if chosen.is_empty() {
+                    return;
+                }
+                let want: Vec<StockReturn> = chosen
+                    .iter()
+                    .map(|o| {
+                        let k = self.known[o];
+                        self.model.return_refunded(*o, &k)
+                    })
+                    .collect();
+                let orders: Vec<RefundedOrder> = chosen
+                    .iter()
+                    .map(|o| RefundedOrder {
+                        order_no: *o,
+                        user_id: self.known[o].user,
+                        quantity: self.known[o].quantity as i32,
+                    })
+                    .collect();
+                let got = self
+                    .redis
+                    .return_refunded(self.event, &orders)
+                    .await
+                    .unwrap();
+                if got != want {
+                    self.fail(format!("refund.lua {got:?}, model {want:?}"));
+                }
+            }
             _ => {
                 self.op = "rebuild".into();
                 let persisted: Vec<(Uuid, Known)> = {
@@ -613,12 +709,22 @@ impl Run<'_> {
                         order_no: *o,
                         user_id: k.user,
                         quantity: k.quantity as i32,
-                        failed: k.persisted == Some(true),
+                        failed: k.persisted == Some(true) || k.refunded,
                     })
                     .collect();
                 let got = self.redis.rebuild(self.event, self.sale, &orders).await;
                 match (got, want) {
-                    (Ok(got), Some(want)) if got == want => {}
+                    (Ok(got), Some(want)) if got == want => {
+                        let refunded: Vec<Uuid> = persisted
+                            .iter()
+                            .filter(|(_, k)| k.refunded)
+                            .map(|(o, _)| *o)
+                            .collect();
+                        self.redis
+                            .rebuild_returned(self.event, &refunded)
+                            .await
+                            .unwrap();
+                    }
                     // More sold than stocked (repairs raised the stock): refused, unchanged.
                     (Err(_), None) => return,
                     (got, want) => self.fail(format!("rebuild {got:?}, model {want:?}")),
@@ -753,6 +859,18 @@ impl Run<'_> {
                 ));
             }
         }
+        let refunded = self.known_of(|k, _| k.refunded);
+        let got = self
+            .redis
+            .returned_among(self.event, &refunded)
+            .await
+            .unwrap();
+        let want: Vec<bool> = refunded.iter().map(|o| m.returned.contains(o)).collect();
+        if got != want {
+            self.fail(format!(
+                "returned set {got:?} vs model {want:?} for {refunded:?}"
+            ));
+        }
         if m.stock < 0 || m.stock + held + m.destroyed != m.total {
             self.fail(format!(
                 "conservation: stock {} + held {held} + destroyed {} != total {}",
@@ -779,6 +897,7 @@ async fn the_scripts_agree_with_the_reference_model() {
             starts_ms: now - 60_000,
             ends_ms: now + 3_600_000,
             stock_total: total,
+            paused: false,
         };
         let event = 9_000 + i as i64;
         assert!(app.redis.preheat(event, sale).await.unwrap());

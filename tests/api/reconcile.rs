@@ -229,11 +229,10 @@ async fn ended_events_are_closed_out_of_redis_a_day_later_once_persisted() {
     .await
     .unwrap();
 
-    let report = reconcile(&app).await;
-    assert!(
-        report["events_closed_out"].as_i64().unwrap() >= 1,
-        "{report:#}"
-    );
+    // This pass, or the background loop's first one if a slow start made it
+    // run after the events were written (its first tick is immediate): the
+    // state below is what counts, not which pass reported it.
+    reconcile(&app).await;
     assert!(
         !app.redis.is_loaded(ids[0]).await.unwrap(),
         "ended two days ago, persisted: closed out"

@@ -17,6 +17,7 @@ async fn purchase_is_idempotent_per_order_no_and_release_happens_once() {
         starts_ms: now - 1_000,
         ends_ms: now + 60_000,
         stock_total: 3,
+        paused: false,
     };
     assert!(redis.preheat(event, sale).await.unwrap());
     assert!(

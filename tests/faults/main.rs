@@ -5,13 +5,16 @@
 //! client was told (every 202 persisted, no order for a rejected request, an
 //! unknown outcome at most once).
 //!
-//! Scenarios 1, 4 and 8 and two of [`exactness`] run in `cargo test`; the
-//! others are `#[ignore]`d and run by `make faults`
+//! Scenarios 1, 4 and 8, two of [`exactness`], two of [`refunds`] and two of
+//! [`lifecycle`] (L1, L2) run in `cargo test`; the others are `#[ignore]`d and
+//! run by `make faults`
 //! (`cargo test --test faults -- --include-ignored --test-threads=1 --nocapture`).
 
 mod exactness;
 mod harness;
+mod lifecycle;
 mod load;
+mod refunds;
 mod scenario;
 mod verdict;
 

@@ -302,6 +302,26 @@ impl Api {
         }
     }
 
+    /// `POST /api/orders/{order_no}/cancel` as `bearer`: the answer's status
+    /// and error code (empty on 200; `transport` when no answer came).
+    pub async fn cancel(&self, order_no: Uuid, bearer: HeaderValue) -> (u16, String) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/orders/{order_no}/cancel")))
+            .header(reqwest::header::AUTHORIZATION, bearer)
+            .timeout(self.timeout)
+            .send()
+            .await;
+        match resp {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.unwrap_or_default();
+                (status, error_code(&body))
+            }
+            Err(_) => (0, "transport".into()),
+        }
+    }
+
     /// Absolute purchase URL of an event, built once per run.
     pub fn purchase_url(&self, event_id: i64) -> anyhow::Result<Url> {
         let url = self.url(&format!("/api/events/{event_id}/purchase"));

@@ -14,6 +14,9 @@ pub struct NewEvent<'a> {
     pub per_user_limit: i64,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// Seconds after a purchase its shopper may cancel it (absent: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_window_seconds: Option<i64>,
 }
 
 /// `GET /admin/events/{id}`: the event with live figures.

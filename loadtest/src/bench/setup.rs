@@ -198,6 +198,7 @@ async fn new_event(api: &Api, name: &str, stock: i64) -> anyhow::Result<AdminEve
         per_user_limit: 1,
         starts_at: now - chrono::Duration::seconds(60),
         ends_at: now + chrono::Duration::hours(2),
+        cancel_window_seconds: None,
     })
     .await
 }

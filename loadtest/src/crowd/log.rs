@@ -83,6 +83,12 @@ pub struct CrowdLog {
     /// Unexpected answers by `"<status> <code>"`.
     pub unexpected: HashMap<String, u64>,
     pub shapes: Shapes,
+    /// Orders their shopper cancelled (answered 200).
+    pub cancelled: Vec<Uuid>,
+    /// Cancels that did not end in 200: "status code" -> count.
+    pub cancel_failures: HashMap<String, u64>,
+    /// `order_pending` answers retried before a cancel went through.
+    pub cancel_pending_retries: u64,
 }
 
 impl CrowdLog {
@@ -100,6 +106,11 @@ impl CrowdLog {
         self.shapes.single += other.shapes.single;
         self.shapes.retry += other.shapes.retry;
         self.shapes.duplicate += other.shapes.duplicate;
+        self.cancelled.extend(other.cancelled);
+        for (k, v) in other.cancel_failures {
+            *self.cancel_failures.entry(k).or_default() += v;
+        }
+        self.cancel_pending_retries += other.cancel_pending_retries;
     }
 
     /// Records one answer to shopper `user_id`; `t0` is the sale's start.

@@ -166,6 +166,12 @@ impl Crowd {
                 let r = self.buy(&bearer, None).await;
                 log.record(t0, sent, user, qty, &r);
                 self.count(&[&r]);
+                if let (Outcome::Accepted, Some(order_no)) = (r.outcome, r.order_no) {
+                    let cancel_share = self.plan.knobs.cancel_share;
+                    if cancel_share > 0.0 && rng.gen_bool(cancel_share) {
+                        self.cancel(order_no, &bearer, log).await;
+                    }
+                }
             }
             Shape::Duplicate => {
                 log.shapes.duplicate += 1;
@@ -203,6 +209,32 @@ impl Crowd {
                 self.count(&[&a, &b]);
             }
         }
+    }
+
+    /// The shopper cancels their order: retried while it is `order_pending`
+    /// (accepted, not persisted yet), for up to 10 s.
+    async fn cancel(&self, order_no: uuid::Uuid, bearer: &HeaderValue, log: &mut CrowdLog) {
+        for _ in 0..500 {
+            match self.api.cancel(order_no, bearer.clone()).await {
+                (200, _) => {
+                    log.cancelled.push(order_no);
+                    return;
+                }
+                (409, code) if code == "order_pending" => {
+                    log.cancel_pending_retries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                (status, code) => {
+                    *log.cancel_failures
+                        .entry(format!("{status} {code}"))
+                        .or_default() += 1;
+                    return;
+                }
+            }
+        }
+        *log.cancel_failures
+            .entry("still order_pending after 10 s".into())
+            .or_default() += 1;
     }
 
     async fn buy(&self, bearer: &HeaderValue, key: Option<&str>) -> PurchaseResult {

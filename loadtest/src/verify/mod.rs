@@ -104,7 +104,7 @@ async fn client_checks(
     let rows = orders::read(&pool, setup.event_id).await?;
     let acked = Acked::new(log, &rows);
     let (unacknowledged, explained) = orders::unacknowledged_check(&acked, &rows, log);
-    let checks = vec![
+    let mut checks = vec![
         orders::persisted_check(&acked),
         unacknowledged,
         orders::count_check(&acked, &rows, &explained),
@@ -114,6 +114,21 @@ async fn client_checks(
         money_check(&pool, setup, &rows).await?,
         orders::undersell_check(plan, log, event),
     ];
+    if plan.knobs.cancel_share > 0.0 {
+        let (refund_rows,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM refunds WHERE event_id = $1")
+                .bind(setup.event_id)
+                .fetch_one(&pool)
+                .await
+                .context("SELECT count(*) FROM refunds")?;
+        checks.push(orders::refunds_check(
+            &acked,
+            &rows,
+            refund_rows,
+            log,
+            event,
+        ));
+    }
     pool.close().await;
     Ok(checks)
 }

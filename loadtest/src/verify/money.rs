@@ -18,19 +18,25 @@ pub(super) async fn money_check(
     setup: &Setup<'_>,
     rows: &HashMap<Uuid, Row>,
 ) -> anyhow::Result<Check> {
-    const NAME: &str = "I4 payments = confirmed amounts = wallet debits";
-    let confirmed: i64 = rows.values().filter(|r| !r.failed).map(|r| r.amount).sum();
-    let (paid, payments): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(amount), 0)::bigint, COUNT(*) FROM payments WHERE event_id = $1",
+    const NAME: &str = "I4 payments - refunds = confirmed amounts = wallet debits";
+    let confirmed: i64 = rows.values().filter(|r| r.holds()).map(|r| r.amount).sum();
+    let (paid, payments, refunded, refunds): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(SUM(amount), 0)::bigint FROM payments WHERE event_id = $1),
+                (SELECT COUNT(*) FROM payments WHERE event_id = $1),
+                (SELECT COALESCE(SUM(amount), 0)::bigint FROM refunds WHERE event_id = $1),
+                (SELECT COUNT(*) FROM refunds WHERE event_id = $1)",
     )
     .bind(setup.event_id)
     .fetch_one(pool)
     .await
-    .context("SELECT ... FROM payments")?;
-    let confirmed_orders = rows.values().filter(|r| !r.failed).count() as i64;
-    let mut ok = paid == confirmed && payments == confirmed_orders;
+    .context("SELECT ... FROM payments, refunds")?;
+    let confirmed_orders = rows.values().filter(|r| r.holds()).count() as i64;
+    let refunded_orders = rows.values().filter(|r| r.refunded).count() as i64;
+    let mut ok = paid - refunded == confirmed
+        && payments == confirmed_orders + refunded_orders
+        && refunds == refunded_orders;
     let mut detail = format!(
-        "payments {payments} summing {paid}; confirmed orders {confirmed_orders} summing {confirmed}"
+        "payments {payments} summing {paid}, refunds {refunds} summing {refunded}; confirmed orders {confirmed_orders} summing {confirmed}, refunded orders {refunded_orders}"
     );
 
     if setup.fresh_wallets {
@@ -46,7 +52,8 @@ pub(super) async fn money_check(
     Ok(Check::client(NAME, ok, detail))
 }
 
-/// Every wallet of the run lost exactly its shopper's confirmed amounts, and
+/// Every wallet of the run lost exactly its shopper's confirmed amounts
+/// (a refunded order's debit came back), and
 /// all of them together `confirmed`; only when the run created the wallets,
 /// so that their initial balances are known.
 async fn wallet_debits(
@@ -65,7 +72,7 @@ async fn wallet_debits(
             .await
             .context("SELECT ... FROM wallets")?;
     let mut spent: HashMap<i64, i64> = HashMap::new();
-    for r in rows.values().filter(|r| !r.failed) {
+    for r in rows.values().filter(|r| r.holds()) {
         *spent.entry(r.user_id).or_default() += r.amount;
     }
     let payers_end = setup.first_user_id + plan.payers() as i64;

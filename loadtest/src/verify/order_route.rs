@@ -35,7 +35,11 @@ pub(super) async fn order_api_check(
         checked += 1;
         match api.order(a.order_no, signer.bearer(a.user_id)).await {
             Ok(Some(o)) if o.order_no == a.order_no && o.user_id == a.user_id => {
-                if !matches!(o.status.as_str(), "confirmed" | "failed") {
+                // Settled: confirmed or failed, or since cancelled/refunded.
+                if !matches!(
+                    o.status.as_str(),
+                    "confirmed" | "failed" | "cancelled" | "refunded"
+                ) {
                     problems.push(format!("{}: status {} after drain", a.order_no, o.status));
                 }
             }

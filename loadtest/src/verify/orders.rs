@@ -21,6 +21,15 @@ pub(super) struct Row {
     pub quantity: i64,
     pub amount: i64,
     pub failed: bool,
+    /// Cancelled by its shopper or refunded by an operator: paid, then paid back.
+    pub refunded: bool,
+}
+
+impl Row {
+    /// Holds its units and its money: neither failed nor refunded.
+    pub fn holds(&self) -> bool {
+        !self.failed && !self.refunded
+    }
 }
 
 /// The event's orders by order number.
@@ -43,6 +52,7 @@ pub(super) async fn read(pool: &PgPool, event_id: i64) -> anyhow::Result<HashMap
                     quantity,
                     amount,
                     failed: status == "failed",
+                    refunded: status == "cancelled" || status == "refunded",
                 },
             )
         })
@@ -164,7 +174,7 @@ pub(super) fn count_check(acked: &Acked, rows: &HashMap<Uuid, Row>, explained: &
 /// I3: no shopper holds more units than the per-user limit.
 pub(super) fn per_user_check(rows: &HashMap<Uuid, Row>, per_user_limit: i64) -> Check {
     let mut per_user: HashMap<i64, i64> = HashMap::new();
-    for r in rows.values().filter(|r| !r.failed) {
+    for r in rows.values().filter(|r| r.holds()) {
         *per_user.entry(r.user_id).or_default() += r.quantity;
     }
     let over: Vec<(i64, i64)> = per_user
@@ -195,13 +205,13 @@ pub(super) fn per_user_check(rows: &HashMap<Uuid, Row>, per_user_limit: i64) -> 
 pub(super) fn conservation_check(rows: &HashMap<Uuid, Row>, event: &AdminEvent) -> Check {
     let sold_units: i64 = rows
         .values()
-        .filter(|r| !r.failed)
+        .filter(|r| r.holds())
         .map(|r| r.quantity)
         .sum();
     let conserved = event.stock_total == event.stock_left + sold_units;
     let sold_matches = event.sold == sold_units;
     Check::client(
-        "I1 stock_total = stock_left + units of non-failed orders",
+        "I1 stock_total = stock_left + units of confirmed orders (refunded ones returned)",
         conserved && sold_matches && event.stock_left >= 0,
         format!(
             "stock_total {} = stock_left {} + {sold_units} sold in Postgres{}; engine `sold` {}{}",
@@ -210,6 +220,45 @@ pub(super) fn conservation_check(rows: &HashMap<Uuid, Row>, event: &AdminEvent) 
             if conserved { "" } else { " (MISMATCH)" },
             event.sold,
             if sold_matches { "" } else { " (MISMATCH)" },
+        ),
+    )
+}
+
+/// Refunds (a `--cancel-share` run): every cancel answered 200, each
+/// cancelled order is `cancelled` in Postgres with exactly one refund row,
+/// and the returned units were sold again (more 202s than stock).
+pub(super) fn refunds_check(
+    acked: &Acked,
+    rows: &HashMap<Uuid, Row>,
+    refund_rows: i64,
+    log: &CrowdLog,
+    event: &AdminEvent,
+) -> Check {
+    let cancelled: HashSet<Uuid> = log.cancelled.iter().copied().collect();
+    let not_cancelled: Vec<Uuid> = cancelled
+        .iter()
+        .filter(|no| !rows.get(*no).is_some_and(|r| r.refunded))
+        .copied()
+        .collect();
+    let refunded_rows = rows.values().filter(|r| r.refunded).count() as i64;
+    let resold = acked.orders.len() as i64 > event.stock_total;
+    Check::client(
+        "refunds: one per cancel, every cancel 200, returned units resold",
+        log.cancel_failures.is_empty()
+            && not_cancelled.is_empty()
+            && refund_rows == cancelled.len() as i64
+            && refunded_rows == refund_rows
+            && resold,
+        format!(
+            "{} cancels answered 200 ({} order_pending retries), failures {:?}; {refund_rows} refund rows, \
+             {refunded_rows} orders refunded, {} cancelled but not refunded{}; {} distinct 202s for a stock of {}",
+            cancelled.len(),
+            log.cancel_pending_retries,
+            log.cancel_failures,
+            not_cancelled.len(),
+            sample_list(&not_cancelled),
+            acked.orders.len(),
+            event.stock_total
         ),
     )
 }
@@ -226,7 +275,18 @@ pub(super) fn undersell_check(plan: &Plan, log: &CrowdLog, event: &AdminEvent) -
     let sale_users: HashSet<i64> = log.sale_users.iter().copied().collect();
     let demand = sale_users.len() as i64 * k.quantity;
     let demand_met = sold_out_answers > 0 || demand >= event.stock_total;
-    if plan.payers() < k.users {
+    if !log.cancelled.is_empty() {
+        Check::skip(
+            "no undersell",
+            "client",
+            format!(
+                "{} orders were cancelled, so units returned after the crowd left may be unsold \
+                 (stock_left {})",
+                log.cancelled.len(),
+                event.stock_left
+            ),
+        )
+    } else if plan.payers() < k.users {
         Check::skip(
             "no undersell",
             "client",

@@ -45,6 +45,8 @@ pub enum Refusal {
         held: Vec<Uuid>,
     },
     NotActive(&'static str),
+    /// An operator paused the sale (`POST /admin/events/{id}/pause`).
+    Paused,
     /// The same Idempotency-Key is being answered right now.
     InProgress,
 }
@@ -55,6 +57,7 @@ impl Refusal {
             Self::SoldOut => "sold_out",
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::NotActive(_) => "not_active",
+            Self::Paused => "paused",
             Self::InProgress => "in_progress",
         }
     }
@@ -73,6 +76,10 @@ impl Refusal {
                 err
             }
             Self::NotActive(why) => ApiError::conflict(ErrorCode::NotActive, *why),
+            Self::Paused => ApiError::conflict(
+                ErrorCode::SalePaused,
+                "the sale is paused by the operator; try again later",
+            ),
             Self::InProgress => ApiError::conflict(
                 ErrorCode::InProgress,
                 "a request with this Idempotency-Key is still in progress",

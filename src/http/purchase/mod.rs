@@ -100,17 +100,32 @@ async fn gate_and_buy(app: &AppState, ip: IpAddr, request: Request) -> Result<An
     let (mut parts, body) = request.into_parts();
     let Id(event_id) = Id::from_request_parts(&mut parts, app).await?;
     tracing::Span::current().record("event_id", event_id);
-    let slot = app
-        .catalog
-        .get(&app.db, event_id)
-        .await?
-        .ok_or(ApiError::NotFound("event"))?;
+    // The slower steps (a Postgres lookup, the purchase itself) are boxed:
+    // this future stays small, so the crowd answered from the cache below
+    // does not pay for moving the whole purchase's state machine around.
+    let slot = match app.catalog.cached(event_id) {
+        Some(known) => known,
+        None => Box::pin(app.catalog.get(&app.db, event_id)).await?,
+    }
+    .ok_or(ApiError::NotFound("event"))?;
     // Sold out here: every caller gets the same answer, so the crowd that
     // keeps clicking costs neither a token check nor a body parse. A keyed
     // request goes on: its key may hold an earlier 202 to replay.
     if slot.is_sold_out() && !parts.headers.contains_key(IDEMPOTENCY_KEY) {
         return Ok(Answer::Refused(sold_out_refusal(&slot)));
     }
+    Box::pin(buy(app, slot, parts, body)).await
+}
+
+/// The gates past the cached event (token, per-shopper limit, body,
+/// idempotency claim), then the purchase.
+async fn buy(
+    app: &AppState,
+    slot: std::sync::Arc<EventSlot>,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Answer, ApiError> {
+    let layers = app.settings.purchase_layers;
     let user_id = match layers {
         PurchaseLayers::Script => ablation::unverified_shopper(&parts)?,
         PurchaseLayers::Token => ablation::verified_shopper(&parts, app)?,
@@ -216,6 +231,7 @@ pub(super) async fn take_stock(
         },
         PurchaseOutcome::NotStarted => Refusal::NotActive("the sale has not started"),
         PurchaseOutcome::Ended => Refusal::NotActive("the sale has ended"),
+        PurchaseOutcome::Paused => Refusal::Paused,
         PurchaseOutcome::NotPreheated if resumed && ever_loaded(app, event_id).await? => {
             // Redis lost the event and the reconciler has not rebuilt it yet:
             // whether the earlier attempt bought is not known here. Retry later.

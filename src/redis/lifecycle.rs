@@ -1,0 +1,168 @@
+//! The operator's changes to a live sale: `sale.lua` (the parameters
+//! purchase.lua decides with: window, pause, price, limit) and `adjust.lua`
+//! (a stock adjustment applied once). The callers hold the fence
+//! ([`crate::lifecycle`]).
+
+use fred::{prelude::*, types::Value};
+
+use super::{Redis, RedisError, SaleParams};
+
+/// What `sale.lua` did: whether the event was loaded, Redis's time, and the
+/// window after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaleWrite {
+    pub loaded: bool,
+    pub now_ms: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+}
+
+/// What `adjust.lua` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdjustOutcome {
+    /// The event is not loaded in Redis; nothing written.
+    NotLoaded,
+    /// Applied (now, or before: `replay`); the stock left and total after.
+    Applied {
+        stock_left: i64,
+        total: i64,
+        replay: bool,
+    },
+    /// A withdrawal of more than the stock left (now, or before: `replay`).
+    Refused { stock_left: i64, replay: bool },
+}
+
+/// The sale parameters Redis holds for an event (a plain read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadedParams {
+    pub price: i64,
+    pub per_user_limit: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub paused: bool,
+}
+
+impl Redis {
+    /// Runs `sale.lua` "set": the parameters written as they are.
+    pub async fn set_sale(&self, event_id: i64, sale: SaleParams) -> Result<SaleWrite, RedisError> {
+        self.sale_script(
+            event_id,
+            vec![
+                Value::from("set"),
+                Value::from(sale.price),
+                Value::from(sale.per_user_limit as i64),
+                Value::from(sale.starts_ms),
+                Value::from(sale.ends_ms),
+                Value::from(if sale.paused { "1" } else { "0" }),
+            ],
+        )
+        .await
+    }
+
+    /// Runs `sale.lua` "end": the sale ends now, by Redis's clock.
+    pub async fn end_sale(
+        &self,
+        event_id: i64,
+        starts_ms: i64,
+        ends_ms: i64,
+    ) -> Result<SaleWrite, RedisError> {
+        self.sale_script(
+            event_id,
+            vec![
+                Value::from("end"),
+                Value::from(starts_ms),
+                Value::from(ends_ms),
+            ],
+        )
+        .await
+    }
+
+    /// Runs `sale.lua` "pause": only the pause flag (`paused` false: resume).
+    pub async fn pause_sale(&self, event_id: i64, paused: bool) -> Result<SaleWrite, RedisError> {
+        self.sale_script(
+            event_id,
+            vec![
+                Value::from("pause"),
+                Value::from(if paused { "1" } else { "0" }),
+            ],
+        )
+        .await
+    }
+
+    async fn sale_script(&self, event_id: i64, args: Vec<Value>) -> Result<SaleWrite, RedisError> {
+        let reply = self
+            .run(
+                &self.scripts.sale,
+                vec![self.keys.event(event_id).meta],
+                args,
+            )
+            .await?;
+        let bad = || RedisError::Protocol(format!("sale.lua returned {reply:?}"));
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        let int = |i: usize| items.get(i).and_then(Value::as_i64).ok_or_else(bad);
+        Ok(SaleWrite {
+            loaded: int(0)? == 1,
+            now_ms: int(1)?,
+            starts_ms: int(2)?,
+            ends_ms: int(3)?,
+        })
+    }
+
+    /// Runs `adjust.lua` for adjustment `id`.
+    pub async fn adjust_stock(
+        &self,
+        event_id: i64,
+        id: i64,
+        delta: i64,
+    ) -> Result<AdjustOutcome, RedisError> {
+        let k = self.keys.event(event_id);
+        let reply = self
+            .run(
+                &self.scripts.adjust,
+                vec![k.meta, k.stock],
+                vec![Value::from(id), Value::from(delta)],
+            )
+            .await?;
+        let bad = || RedisError::Protocol(format!("adjust.lua returned {reply:?}"));
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        let int = |i: usize| items.get(i).and_then(Value::as_i64).ok_or_else(bad);
+        Ok(match int(0)? {
+            0 => AdjustOutcome::NotLoaded,
+            code @ (1 | 2) => AdjustOutcome::Applied {
+                stock_left: int(1)?,
+                total: int(2)?,
+                replay: code == 2,
+            },
+            code @ (3 | 4) => AdjustOutcome::Refused {
+                stock_left: int(1)?,
+                replay: code == 4,
+            },
+            _ => return Err(bad()),
+        })
+    }
+
+    /// The sale parameters Redis holds; `None` when the event is not loaded.
+    pub async fn loaded_params(&self, event_id: i64) -> Result<Option<LoadedParams>, RedisError> {
+        let raw: Vec<Option<i64>> = self
+            .client()
+            .hmget(
+                self.keys.event(event_id).meta,
+                vec!["price", "limit", "starts_ms", "ends_ms", "paused"],
+            )
+            .await?;
+        let [Some(price), Some(limit), Some(starts_ms), Some(ends_ms), paused] = raw[..] else {
+            return Ok(None);
+        };
+        Ok(Some(LoadedParams {
+            price,
+            per_user_limit: limit,
+            starts_ms,
+            ends_ms,
+            paused: paused == Some(1),
+        }))
+    }
+}
