@@ -6,7 +6,7 @@
 //! purchases never depend on it: Redis decides).
 
 use axum::{extract::State, http::HeaderMap, Json};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -291,6 +291,15 @@ pub async fn edit(
     Id(id): Id,
     AppJson(body): AppJson<EditBody>,
 ) -> Result<Json<AdminEventView>, ApiError> {
+    if body
+        .name
+        .as_deref()
+        .is_some_and(|n| n.chars().any(char::is_control))
+    {
+        return Err(ApiError::unprocessable(
+            "name must be 1..=200 characters, none of them a control character",
+        ));
+    }
     let name = body.name.as_deref().map(str::trim);
     if name.is_some_and(|n| n.is_empty() || n.chars().count() > 200) {
         return Err(ApiError::unprocessable("name must be 1..=200 characters"));
@@ -307,6 +316,17 @@ pub async fn edit(
         return Err(ApiError::unprocessable(format!(
             "per_user_limit must be in 1..={MAX_LIMIT}"
         )));
+    }
+    if ![body.starts_at, body.ends_at]
+        .iter()
+        .flatten()
+        .all(|t| (1970..=9999).contains(&t.year()))
+    {
+        // As for a new event: Postgres, RFC 3339 and the scripts' Unix
+        // milliseconds all hold these years.
+        return Err(ApiError::unprocessable(
+            "starts_at and ends_at must be in the years 1970..=9999",
+        ));
     }
     if body.stock.is_some_and(|s| !(0..=MAX_STOCK).contains(&s)) {
         return Err(ApiError::unprocessable(format!(
@@ -419,8 +439,12 @@ pub struct StockBody {
     /// Units added (> 0) or withdrawn (< 0); never 0.
     #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     delta: i64,
-    /// 1..=500 characters once trimmed.
-    #[schema(min_length = 1, max_length = 500)]
+    /// 1..=500 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     reason: String,
 }
 
@@ -469,10 +493,7 @@ pub async fn adjust_stock(
             "delta must be a non-zero integer in -{MAX_STOCK}..={MAX_STOCK}"
         )));
     }
-    let reason = body.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::unprocessable("reason must be 1..=500 characters"));
-    }
+    let reason = super::refunds::check_reason(&body.reason)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(raw) if idempotency::valid_key(raw.as_bytes()) => raw.to_str().ok(),

@@ -80,20 +80,26 @@ pub async fn cancel(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
-    /// 1..=500 characters once trimmed.
-    #[schema(min_length = 1, max_length = 500)]
+    /// 1..=500 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     reason: String,
 }
 
 /// Longest reason kept on a refund or a ledger row.
 pub const MAX_REASON_CHARS: usize = 500;
 
-/// A trimmed reason of 1..=500 characters.
+/// A trimmed reason of 1..=500 characters, none of them a control
+/// character (Postgres text cannot hold NUL; a reason is one line).
 pub fn check_reason(reason: &str) -> Result<&str, ApiError> {
+    let control = reason.chars().any(char::is_control);
     let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+    if control || reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::unprocessable(format!(
-            "reason must be 1..={MAX_REASON_CHARS} characters"
+            "reason must be 1..={MAX_REASON_CHARS} characters, none of them a control character"
         )));
     }
     Ok(reason)

@@ -28,8 +28,12 @@ pub struct CreditBody {
     /// Minor units, 1..=10^15 (and the balance stays at most 10^15).
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     amount: i64,
-    /// 1..=500 characters once trimmed.
-    #[schema(min_length = 1, max_length = 500)]
+    /// 1..=500 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     reason: String,
 }
 
