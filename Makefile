@@ -20,7 +20,7 @@ export SECKILL_TEST_NATS_URL ?= nats://127.0.0.1:4222
 DEMO_ENV := SECKILL_ADMIN_TOKEN="$${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-me}" \
             SECKILL_JWT_SECRET="$${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
 
-.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model alerts
+.PHONY: help services build migrate run test lint fmt bench demo loadtest faults model fuzz-api alerts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ migrate: services ## apply the migrations to SECKILL_DATABASE_URL
 run: services migrate ## run the engine in the foreground
 	$(DEMO_ENV) $(CARGO) run --release --bin seckill -- serve
 
-test: services ## the whole suite against real Redis, Postgres and NATS, promtool, then the dashboard in Chromium
+test: services ## the whole suite against real Redis, Postgres and NATS, promtool, the dashboard in Chromium, a short schemathesis run
 	scripts/ensure-tools.sh haproxy:haproxy
 	scripts/promtool.sh
 	@if docker compose version >/dev/null 2>&1; then \
@@ -47,6 +47,10 @@ test: services ## the whole suite against real Redis, Postgres and NATS, promtoo
 	fi
 	$(CARGO) test --workspace
 	scripts/dashboard-browser.sh
+	scripts/fuzz-api.sh --short
+
+fuzz-api: services ## schemathesis against /openapi.json, long (FUZZ_MAX_TIME=600 FUZZ_MAX_EXAMPLES=500 FUZZ_SEED=)
+	scripts/fuzz-api.sh
 
 alerts: ## promtool: check the Prometheus config and alert rules, run their unit tests
 	scripts/promtool.sh

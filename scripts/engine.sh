@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Start and stop a release engine for a script (demo, bench). Source it, then:
 #   engine_start TAG LOG BASE_URL [VAR=value ...]   # serve in the background, wait for /readyz
+#                                                   # (ENGINE_BIN: another build than target/release/seckill)
 #                                                   # (with "${engine_serve_args[@]}" if set)
 #   engine_stop TAG                                 # SIGTERM, wait for the drain, SIGKILL after 30 s
 # The engine's pid is in $engine_pid while it runs.
@@ -13,7 +14,7 @@ engine_serve_args=()
 engine_start() {
     local tag="$1" log="$2" base_url="$3"
     shift 3
-    env "$@" target/release/seckill serve "${engine_serve_args[@]}" >"$log" 2>&1 &
+    env "$@" "${ENGINE_BIN:-target/release/seckill}" serve "${engine_serve_args[@]}" >"$log" 2>&1 &
     engine_pid=$!
     local _
     for _ in $(seq 1 $((READY_SECS * 4))); do

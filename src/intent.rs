@@ -32,6 +32,20 @@ pub const STOCK_LOST: &str = "stock_lost";
 /// the order is void, so a copy of it still in flight can never confirm it.
 pub const NOT_ACCEPTED: &str = "not_accepted";
 
+/// An order's `status` as shoppers see it: `pending` while its intent is in
+/// the ledger, then what `orders.status` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Failed,
+    /// Cancelled by its shopper within the event's window (money and units back).
+    Cancelled,
+    /// Refunded by an operator (money and units back).
+    Refunded,
+}
+
 /// How a persisted order ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settled {

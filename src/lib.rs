@@ -63,6 +63,10 @@
 //! - [`http`]: the router, one module per resource ([`http::purchase`] is the
 //!   hot path: gates, typed answers, the keyed flow), extractors that answer
 //!   with the JSON error body, and the accept loop with its timeouts;
+//!   [`http::openapi`]: the OpenAPI 3.1 document generated from the
+//!   handlers' annotations and types (`GET /openapi.json`; `GET /docs`
+//!   renders it, [`http::reference`]), held to every route of
+//!   [`http::route_table`] by a test;
 //!   [`http::access`] counts, times and logs every request outside all other
 //!   layers, [`http::cors`] answers listed storefront origins.
 //! - [`state`]: the shared `AppState`; [`error`]: `ApiError`, the one error

@@ -48,6 +48,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
+    /// Print the OpenAPI 3.1 document (what `GET /openapi.json` serves).
+    Openapi,
     /// Print an event's Redis keys, one a line, in the order the sale
     /// scripts take them (for tools such as redis-benchmark).
     #[command(hide = true)]
@@ -184,6 +186,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "{}",
                 Auth::new(secret.as_bytes(), "unused-admin-token").issue(user, ttl_secs)
             );
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", seckill::http::openapi::json());
             Ok(())
         }
         Command::Event(command) => operator_cli::event(command).await,

@@ -104,16 +104,17 @@ impl From<sqlx::Error> for RefundError {
 }
 
 /// The answer to a refund request: the same for every repeat.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefundAnswer {
     pub order_no: Uuid,
     /// The order's status now: `cancelled` or `refunded`.
+    #[schema(value_type = crate::intent::OrderStatus)]
     pub status: String,
     pub refund: RefundView,
 }
 
 /// A refund as answered (its stock bookkeeping is not part of the answer).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefundView {
     pub event_id: i64,
     pub user_id: i64,

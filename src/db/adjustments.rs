@@ -8,7 +8,7 @@ use sqlx::{FromRow, PgExecutor};
 use super::DbError;
 
 /// A stock adjustment as stored.
-#[derive(Clone, Debug, FromRow, Serialize)]
+#[derive(Clone, Debug, FromRow, Serialize, utoipa::ToSchema)]
 pub struct Adjustment {
     pub id: i64,
     pub event_id: i64,

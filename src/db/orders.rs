@@ -13,14 +13,16 @@ use crate::intent::Intent;
 use super::DbError;
 
 /// An order as the shopper and operator see it.
-#[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Order {
     pub order_no: Uuid,
     pub event_id: i64,
     pub user_id: i64,
     pub quantity: i32,
     pub amount: i64,
+    #[schema(value_type = crate::intent::OrderStatus)]
     pub status: String,
+    /// `failed` orders: `insufficient_funds`, `no_wallet`, `stock_lost`, `not_accepted`.
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
 }

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use super::DbError;
 
 /// One finding of a pass.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Discrepancy {
     pub event_id: i64,
     pub kind: &'static str,

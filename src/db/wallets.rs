@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::DbError;
 
-#[derive(Clone, Copy, Debug, FromRow, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, FromRow, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Wallet {
     pub user_id: i64,
     pub balance: i64,
@@ -147,7 +147,7 @@ pub async fn seed(
     // booked next are the ones the upsert makes.
     sqlx::query(
         "SELECT count(*) FROM (SELECT 1 FROM wallets
-         WHERE user_id BETWEEN $1::bigint AND $1::bigint + $2::bigint - 1 FOR UPDATE) AS locked",
+         WHERE user_id BETWEEN $1::bigint AND $1::bigint + ($2::bigint - 1) FOR UPDATE) AS locked",
     )
     .bind(first_user_id)
     .bind(count)
@@ -156,7 +156,7 @@ pub async fn seed(
     sqlx::query(
         "INSERT INTO wallet_ledger (user_id, delta, kind, reason)
          SELECT g, $3 - coalesce(w.balance, 0), 'seed', 'seeded'
-         FROM generate_series($1::bigint, $1::bigint + $2::bigint - 1) AS g
+         FROM generate_series($1::bigint, $1::bigint + ($2::bigint - 1)) AS g
          LEFT JOIN wallets w ON w.user_id = g
          WHERE $3 <> coalesce(w.balance, 0)",
     )
@@ -167,7 +167,7 @@ pub async fn seed(
     .await?;
     let done = sqlx::query(
         "INSERT INTO wallets (user_id, balance)
-         SELECT g, $3 FROM generate_series($1::bigint, $1::bigint + $2::bigint - 1) AS g
+         SELECT g, $3 FROM generate_series($1::bigint, $1::bigint + ($2::bigint - 1)) AS g
          ON CONFLICT (user_id) DO UPDATE SET balance = EXCLUDED.balance, version = wallets.version + 1, updated_at = now()",
     )
     .bind(first_user_id)
@@ -213,7 +213,7 @@ impl LedgerKind {
 }
 
 /// One immutable movement of a wallet.
-#[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub id: i64,
     pub user_id: i64,

@@ -2,9 +2,9 @@
 //! check invariants, run the reconciler.
 
 use axum::{extract::State, http::StatusCode, Json};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     events::EventView,
@@ -12,24 +12,38 @@ use super::{
 };
 use crate::{
     db::{self, events::Event, wallets::Wallet},
-    error::ApiError,
+    error::{ApiError, ErrorBody, ErrorCode},
     lifecycle::{MAX_SALE_VALUE, MAX_STOCK},
     loading,
     state::AppState,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEvent {
+    /// 1..=200 characters once trimmed, no control characters (Postgres
+    /// text cannot hold NUL).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     name: String,
+    /// Minor units, 0..=10^12; price × stock at most 2^53 − 1.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: i64,
+    #[schema(minimum = 1, maximum = 1_000)]
     per_user_limit: i32,
+    /// RFC 3339, in years 1970..=9999.
     starts_at: DateTime<Utc>,
+    /// After `starts_at`, in years 1970..=9999.
     ends_at: DateTime<Utc>,
     /// Seconds after a purchase during which its shopper may cancel it;
     /// absent or null: no cancellation (operators can still refund).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     cancel_window_seconds: Option<i32>,
 }
 
@@ -42,7 +56,7 @@ const MAX_SEED: i64 = 1_000_000;
 const MAX_CANCEL_WINDOW: i32 = 30 * 24 * 3600;
 
 /// The operator's view: the public view plus live figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AdminEventView {
     #[serde(flatten)]
     pub public: EventView,
@@ -60,7 +74,7 @@ pub struct AdminEventView {
     pub cancel_window_seconds: Option<i32>,
     /// `scheduled`, `running`, `paused`, `ended` or `sold_out`: the filter
     /// of `GET /admin/events?status=` (see [`super::lifecycle::Lifecycle`]).
-    pub lifecycle: &'static str,
+    pub lifecycle: super::lifecycle::Lifecycle,
     /// When an operator paused the sale (`null`: not paused).
     pub paused_at: Option<DateTime<Utc>>,
     /// The definition's version: `PATCH` sends it back (stale: 409).
@@ -97,20 +111,44 @@ pub fn view_of(
         preheated: stock.is_some(),
         channel_depth: app.writers.depth(),
         cancel_window_seconds: event.cancel_window_seconds,
-        lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()).as_str(),
+        lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()),
         paused_at: event.paused_at,
         version: event.version,
     }
 }
 
+#[utoipa::path(
+    post, path = "/admin/events", operation_id = "create_event", tag = "operator",
+    security(("admin_token" = [])),
+    request_body(content = CreateEvent, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (not preheated yet)", body = AdminEventView, links(
+            ("ShowEvent" = (operation_id = "admin_show_event", parameters(("id" = "$response.body#/id")))),
+            ("Preheat" = (operation_id = "preheat", parameters(("id" = "$response.body#/id")))),
+            ("Invariants" = (operation_id = "invariants", parameters(("id" = "$response.body#/id")))),
+            ("PublicView" = (operation_id = "show_event", parameters(("id" = "$response.body#/id")))),
+            ("Purchase" = (operation_id = "purchase", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 400, description = "`invalid_request`: malformed JSON", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a field out of range, not an object, an unknown field", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn create_event(
     State(app): State<AppState>,
     _: Operator,
     AppJson(body): AppJson<CreateEvent>,
 ) -> Result<(StatusCode, Json<AdminEventView>), ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::unprocessable("name must be 1..=200 characters"));
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "name must be 1..=200 characters, none of them a control character",
+        ));
     }
     if !(0..=MAX_PRICE).contains(&body.price) {
         return Err(ApiError::unprocessable(format!(
@@ -135,6 +173,16 @@ pub async fn create_event(
         return Err(ApiError::unprocessable(format!(
             "price × stock must be at most {MAX_SALE_VALUE}, so every sum of the sale is exact"
         )));
+    }
+    if ![body.starts_at, body.ends_at]
+        .iter()
+        .all(|t| (1970..=9999).contains(&t.year()))
+    {
+        // Postgres stores 4713 BC..294276 AD, RFC 3339 writes four-digit
+        // years, and the sale scripts take Unix milliseconds.
+        return Err(ApiError::unprocessable(
+            "starts_at and ends_at must be in the years 1970..=9999",
+        ));
     }
     if body.ends_at <= body.starts_at {
         return Err(ApiError::unprocessable("ends_at must be after starts_at"));
@@ -165,6 +213,21 @@ pub async fn create_event(
     Ok((StatusCode::CREATED, Json(event_view(&app, &event).await?)))
 }
 
+#[utoipa::path(
+    get, path = "/admin/events/{id}", operation_id = "admin_show_event", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+    ),
+    responses(
+        (status = 200, description = "The event with live figures", body = AdminEventView),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn show_event(
     State(app): State<AppState>,
     _: Operator,
@@ -176,30 +239,82 @@ pub async fn show_event(
     Ok(Json(event_view(&app, &event).await?))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PreheatQuery {
+    /// Rebuild the sale in Redis from Postgres even though it has orders.
     #[serde(default)]
     force: bool,
 }
 
+/// What a preheat did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreheatReport {
+    pub event_id: i64,
+    /// Whether the sale is in Redis now.
+    pub loaded: bool,
+    /// `?force=true`: rebuilt from Postgres and the ledger.
+    pub rebuilt: bool,
+    pub stock_left: Option<i64>,
+    /// `?force=true` only: intents still in the ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_intents: Option<i64>,
+}
+
+#[utoipa::path(
+    post, path = "/admin/events/{id}/preheat", operation_id = "preheat", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+        PreheatQuery,
+    ),
+    responses(
+        (status = 200, description = "Loaded into Redis (idempotent)", body = PreheatReport, links(
+            ("ShowEvent" = (operation_id = "admin_show_event", parameters(("id" = "$response.body#/event_id")))),
+            ("PublicView" = (operation_id = "show_event", parameters(("id" = "$response.body#/event_id")))),
+            ("Purchase" = (operation_id = "purchase", parameters(("id" = "$response.body#/event_id")))),
+        )),
+        (status = 400, description = "`invalid_request`: a malformed id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 409, description = "`not_active` (the sale has ended) or `has_orders` (without `?force=true`)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn preheat(
     State(app): State<AppState>,
     _: Operator,
     Id(id): Id,
     AppQuery(query): AppQuery<PreheatQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PreheatReport>, ApiError> {
     let event = db::events::get(&app.db, id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
     if Utc::now() >= event.ends_at {
-        return Err(ApiError::conflict("not_active", "the sale has ended"));
+        return Err(ApiError::conflict(
+            ErrorCode::NotActive,
+            "the sale has ended",
+        ));
     }
     let response = if query.force {
         let (stock_left, pending) = loading::rebuild(&app.db, &app.redis, &event).await?;
-        json!({"event_id": id, "loaded": true, "rebuilt": true, "stock_left": stock_left, "pending_intents": pending})
+        PreheatReport {
+            event_id: id,
+            loaded: true,
+            rebuilt: true,
+            stock_left: Some(stock_left),
+            pending_intents: Some(pending),
+        }
     } else {
         let loaded = loading::preheat(&app.db, &app.redis, &event).await?;
-        json!({"event_id": id, "loaded": loaded, "rebuilt": false, "stock_left": app.redis.stock_left(id).await?})
+        PreheatReport {
+            event_id: id,
+            loaded,
+            rebuilt: false,
+            stock_left: app.redis.stock_left(id).await?,
+            pending_intents: None,
+        }
     };
     db::events::mark_preheated(&app.db, id).await?;
     app.catalog.clear_sold_out(id);
@@ -207,9 +322,10 @@ pub async fn preheat(
     Ok(Json(response))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetWallet {
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     balance: i64,
 }
 
@@ -223,6 +339,25 @@ fn check_balance(balance: i64) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    put, path = "/admin/wallets/{user_id}", operation_id = "set_wallet", tag = "operator",
+    security(("admin_token" = [])),
+    params(("user_id" = i64, Path, minimum = 1, description = "The shopper's user id")),
+    request_body(content = SetWallet, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Created or set (the version moves by 1)", body = Wallet, links(
+            ("ShowWallet" = (operation_id = "show_wallet", parameters(("user_id" = "$response.body#/user_id")))),
+        )),
+        (status = 400, description = "`invalid_request`: malformed JSON or id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a field out of range, not an object, an unknown field", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn set_wallet(
     State(app): State<AppState>,
     _: Operator,
@@ -235,19 +370,51 @@ pub async fn set_wallet(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeedWallets {
+    /// The first of `count` consecutive user ids.
+    #[schema(minimum = 1)]
     first_user_id: i64,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     count: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     balance: i64,
 }
 
+/// What a seed did: wallets that already existed are left as they were.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeedReport {
+    /// Wallets created (the others existed).
+    pub created: u64,
+    pub first_user_id: i64,
+    pub count: i64,
+    pub balance: i64,
+}
+
+#[utoipa::path(
+    post, path = "/admin/wallets/seed", operation_id = "seed_wallets", tag = "operator",
+    security(("admin_token" = [])),
+    request_body(content = SeedWallets, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Seeded", body = SeedReport, links(
+            ("ShowWallet" = (operation_id = "show_wallet", parameters(("user_id" = "$response.body#/first_user_id")))),
+        )),
+        (status = 400, description = "`invalid_request`: malformed JSON", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a field out of range, not an object, an unknown field", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn seed_wallets(
     State(app): State<AppState>,
     _: Operator,
     AppJson(body): AppJson<SeedWallets>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SeedReport>, ApiError> {
     check_balance(body.balance)?;
     if !(1..=MAX_SEED).contains(&body.count) {
         return Err(ApiError::unprocessable(format!(
@@ -260,11 +427,27 @@ pub async fn seed_wallets(
         ));
     }
     let created = db::wallets::seed(&app.db, body.first_user_id, body.count, body.balance).await?;
-    Ok(Json(
-        json!({"created": created, "first_user_id": body.first_user_id, "count": body.count, "balance": body.balance}),
-    ))
+    Ok(Json(SeedReport {
+        created,
+        first_user_id: body.first_user_id,
+        count: body.count,
+        balance: body.balance,
+    }))
 }
 
+#[utoipa::path(
+    get, path = "/admin/wallets/{user_id}", operation_id = "show_wallet", tag = "operator",
+    security(("admin_token" = [])),
+    params(("user_id" = i64, Path, minimum = 1, description = "The shopper's user id")),
+    responses(
+        (status = 200, description = "The wallet", body = Wallet),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no wallet for this user", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn show_wallet(
     State(app): State<AppState>,
     _: Operator,
@@ -277,6 +460,17 @@ pub async fn show_wallet(
     ))
 }
 
+#[utoipa::path(
+    post, path = "/admin/reconcile", operation_id = "reconcile", tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "One reconciler pass, done now", body = crate::reconciler::Report),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 409, description = "`reconciler_busy`: another engine holds the reconciler lock", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn reconcile(
     State(app): State<AppState>,
     _: Operator,
@@ -284,6 +478,21 @@ pub async fn reconcile(
     Ok(Json(app.reconciler.run_now().await?))
 }
 
+#[utoipa::path(
+    get, path = "/admin/events/{id}/invariants", operation_id = "invariants", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+    ),
+    responses(
+        (status = 200, description = "SPEC §5 checked for the event", body = crate::invariants::InvariantReport),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn invariants(
     State(app): State<AppState>,
     _: Operator,

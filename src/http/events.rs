@@ -9,18 +9,44 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::extract::Id;
 use crate::{
     catalog::{RenderedPage, SeenStock},
     db::events::Event,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     state::AppState,
 };
 
+/// Where a sale stands for shoppers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Before `starts_at`, or not preheated yet.
+    Scheduled,
+    Active,
+    /// Stopped by an operator until resumed.
+    Paused,
+    SoldOut,
+    Ended,
+}
+
+impl EventStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::SoldOut => "sold_out",
+            Self::Ended => "ended",
+        }
+    }
+}
+
 /// The public view (SPEC §3); `status` is `scheduled`, `active`, `paused`
 /// (by an operator), `sold_out` or `ended`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: i64,
     pub name: String,
@@ -30,7 +56,7 @@ pub struct EventView {
     pub per_user_limit: i32,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
-    pub status: &'static str,
+    pub status: EventStatus,
 }
 
 impl EventView {
@@ -51,19 +77,19 @@ impl EventView {
     }
 
     /// The stock left and the status the page shows, now.
-    pub fn figures(event: &Event, redis_stock: Option<i64>) -> (i64, &'static str) {
+    pub fn figures(event: &Event, redis_stock: Option<i64>) -> (i64, EventStatus) {
         let stock_left = redis_stock.unwrap_or(event.stock_total - event.sold);
         let now = Utc::now();
         let status = if now >= event.ends_at {
-            "ended"
+            EventStatus::Ended
         } else if event.paused_at.is_some() {
-            "paused"
+            EventStatus::Paused
         } else if now < event.starts_at || redis_stock.is_none() {
-            "scheduled"
+            EventStatus::Scheduled
         } else if stock_left <= 0 {
-            "sold_out"
+            EventStatus::SoldOut
         } else {
-            "active"
+            EventStatus::Active
         };
         (stock_left, status)
     }
@@ -78,6 +104,24 @@ const CACHE_CONTROL: HeaderValue =
 /// from the catalog, with no Postgres query and, while the event is being
 /// viewed, no Redis round trip (the stock is read every 100 ms; the
 /// `x-stock-age-ms` header says how old it is).
+#[utoipa::path(
+    get, path = "/api/events/{id}", operation_id = "show_event", tag = "shopper",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "The ETag of an earlier answer: 304 while nothing changed"),
+    ),
+    responses(
+        (status = 200, description = "The public view", body = EventView, headers(
+            ("ETag" = String, description = "Changes with the stock left and the status"),
+            ("Cache-Control" = String),
+            ("x-stock-age-ms" = String, description = "How old the stock figure is, in ms"),
+        )),
+        (status = 304, description = "Not modified since the ETag sent"),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn show(
     State(app): State<AppState>,
     Id(id): Id,
@@ -102,17 +146,20 @@ pub async fn show(
     // The crowd sees few distinct pages (one per stock level and status):
     // each is serialized once, then cloned.
     let (stock_left, status) = EventView::figures(&slot.event, stock.left);
-    let page = match slot.rendered_page(stock_left, status) {
+    let page = match slot.rendered_page(stock_left, status.as_str()) {
         Some(page) => page,
         None => {
             let view = EventView::new(&slot.event, stock.left);
             let etag = format!(
                 "W/\"{}-{}-{}-{}\"",
-                view.id, slot.event.version, view.stock_left, view.status
+                view.id,
+                slot.event.version,
+                view.stock_left,
+                view.status.as_str()
             );
             let page = Arc::new(RenderedPage {
                 stock_left,
-                status,
+                status: status.as_str(),
                 body: serde_json::to_vec(&view)
                     .map_err(|e| ApiError::Internal(e.to_string()))?
                     .into(),

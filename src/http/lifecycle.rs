@@ -6,9 +6,10 @@
 //! purchases never depend on it: Redis decides).
 
 use axum::{extract::State, http::HeaderMap, Json};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     admin::{event_view, view_of, AdminEventView, MAX_LIMIT, MAX_PRICE},
@@ -16,14 +17,15 @@ use super::{
 };
 use crate::{
     db::{self, adjustments::Adjustment, events::Event, events::Phase},
-    error::ApiError,
+    error::{ApiError, ErrorBody, ErrorCode},
     idempotency,
     lifecycle::{self, Edit, LifecycleError, MAX_STOCK},
     state::AppState,
 };
 
 /// Where a sale stands, as the operator's list filters it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     /// Before `starts_at`, not paused.
     Scheduled,
@@ -89,7 +91,7 @@ impl Lifecycle {
 
 impl From<LifecycleError> for ApiError {
     fn from(err: LifecycleError) -> Self {
-        let with = |code: &'static str, message: String, field: &str, value: Value| {
+        let with = |code: ErrorCode, message: String, field: &str, value: Value| {
             let mut extra = Map::new();
             extra.insert(field.into(), value);
             ApiError::Conflict {
@@ -101,20 +103,22 @@ impl From<LifecycleError> for ApiError {
         match err {
             LifecycleError::NotFound => ApiError::NotFound("event"),
             LifecycleError::VersionConflict { current } => with(
-                "version_conflict",
+                ErrorCode::VersionConflict,
                 format!("the event changed: it is at version {current}; read it again"),
                 "version",
                 json!(current),
             ),
             LifecycleError::SaleStarted(field) => with(
-                "sale_started",
+                ErrorCode::SaleStarted,
                 format!("{field} cannot change once the sale has started"),
                 "field",
                 json!(field),
             ),
-            LifecycleError::SaleEnded => ApiError::conflict("sale_ended", "the sale has ended"),
+            LifecycleError::SaleEnded => {
+                ApiError::conflict(ErrorCode::SaleEnded, "the sale has ended")
+            }
             LifecycleError::InsufficientStock { stock_left } => with(
-                "insufficient_stock",
+                ErrorCode::InsufficientStock,
                 format!("only {stock_left} units are left unsold"),
                 "stock_left",
                 json!(stock_left),
@@ -128,15 +132,22 @@ impl From<LifecycleError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only the events in this lifecycle state.
+    #[param(value_type = Option<Lifecycle>, nullable = false)]
     status: Option<String>,
+    /// Events per page, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     limit: Option<i64>,
+    /// The previous page's `next`: events with a larger id.
+    #[param(minimum = 0, nullable = false)]
     after: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
     events: Vec<AdminEventView>,
     /// Pass as `after` for the next page; `null` when the list is over.
@@ -153,6 +164,18 @@ const CANDIDATE_PAGES: usize = 4;
 /// `GET /admin/events?status=&limit=&after=`: keyset-paged by id, oldest
 /// first, each event with its live figures: O(1) in Redis per event, and
 /// one grouped Postgres statement for the page's order figures.
+#[utoipa::path(
+    get, path = "/admin/events", operation_id = "list_events", tag = "operator",
+    security(("admin_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of events, oldest first, with live figures", body = EventPage),
+        (status = 400, description = "`invalid_request`: a malformed or out-of-range query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(app): State<AppState>,
     _: Operator,
@@ -213,26 +236,70 @@ pub async fn list(
     Ok(Json(EventPage { events, next }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The fields to change; absent ones stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditBody {
+    /// The version read (`GET /admin/events/{id}`); another: 409 `version_conflict`.
     version: i64,
+    /// 1..=200 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     name: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price: Option<i64>,
+    #[schema(minimum = 1, maximum = 1_000)]
     per_user_limit: Option<i32>,
+    /// Before the sale starts only; in years 1970..=9999.
     starts_at: Option<DateTime<Utc>>,
+    /// In years 1970..=9999.
     ends_at: Option<DateTime<Utc>>,
+    /// The new total, before the sale starts only (after: `POST …/stock`).
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: Option<i64>,
 }
 
 /// `PATCH /admin/events/{id}`: a versioned edit; `version` is the one the
 /// operator read (`GET /admin/events/{id}`).
+#[utoipa::path(
+    patch, path = "/admin/events/{id}", operation_id = "edit_event", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+    ),
+    request_body(content = EditBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Edited (`version` moved by 1 when the definition changed)", body = AdminEventView),
+        (status = 400, description = "`invalid_request`: malformed JSON or id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 409, description = "`version_conflict` (with `version`), `sale_started` (with `field`) or `sale_ended`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a field out of range, not an object, an unknown field", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn edit(
     State(app): State<AppState>,
     _: Operator,
     Id(id): Id,
     AppJson(body): AppJson<EditBody>,
 ) -> Result<Json<AdminEventView>, ApiError> {
+    if body
+        .name
+        .as_deref()
+        .is_some_and(|n| n.chars().any(char::is_control))
+    {
+        return Err(ApiError::unprocessable(
+            "name must be 1..=200 characters, none of them a control character",
+        ));
+    }
     let name = body.name.as_deref().map(str::trim);
     if name.is_some_and(|n| n.is_empty() || n.chars().count() > 200) {
         return Err(ApiError::unprocessable("name must be 1..=200 characters"));
@@ -249,6 +316,17 @@ pub async fn edit(
         return Err(ApiError::unprocessable(format!(
             "per_user_limit must be in 1..={MAX_LIMIT}"
         )));
+    }
+    if ![body.starts_at, body.ends_at]
+        .iter()
+        .flatten()
+        .all(|t| (1970..=9999).contains(&t.year()))
+    {
+        // As for a new event: Postgres, RFC 3339 and the scripts' Unix
+        // milliseconds all hold these years.
+        return Err(ApiError::unprocessable(
+            "starts_at and ends_at must be in the years 1970..=9999",
+        ));
     }
     if body.stock.is_some_and(|s| !(0..=MAX_STOCK).contains(&s)) {
         return Err(ApiError::unprocessable(format!(
@@ -272,6 +350,21 @@ pub async fn edit(
 
 /// `POST /admin/events/{id}/end`: the sale ends now (Redis's clock); the
 /// answer's `ends_at` is that instant. Ending an ended sale changes nothing.
+#[utoipa::path(
+    post, path = "/admin/events/{id}/end", operation_id = "end_event", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+    ),
+    responses(
+        (status = 200, description = "Ended now (or already ended: unchanged)", body = AdminEventView),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn end(
     State(app): State<AppState>,
     _: Operator,
@@ -285,6 +378,22 @@ pub async fn end(
 
 /// `POST /admin/events/{id}/pause`: purchases answer 409 `sale_paused`
 /// from `paused_at` (Redis's clock) until a resume.
+#[utoipa::path(
+    post, path = "/admin/events/{id}/pause", operation_id = "pause_event", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+    ),
+    responses(
+        (status = 200, description = "Paused (idempotent)", body = AdminEventView),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 409, description = "`sale_ended`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn pause(
     State(app): State<AppState>,
     _: Operator,
@@ -297,6 +406,22 @@ pub async fn pause(
 }
 
 /// `POST /admin/events/{id}/resume`.
+#[utoipa::path(
+    post, path = "/admin/events/{id}/resume", operation_id = "resume_event", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+    ),
+    responses(
+        (status = 200, description = "Resumed (idempotent)", body = AdminEventView),
+        (status = 400, description = "`invalid_request`: the id is not an integer in 1..=2^63−1", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 409, description = "`sale_ended`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn resume(
     State(app): State<AppState>,
     _: Operator,
@@ -308,14 +433,22 @@ pub async fn resume(
     Ok(Json(event_view(&app, &event).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockBody {
+    /// Units added (> 0) or withdrawn (< 0); never 0.
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     delta: i64,
+    /// 1..=500 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     reason: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AdjustmentAnswer {
     adjustment: Adjustment,
     event: AdminEventView,
@@ -325,6 +458,29 @@ pub struct AdjustmentAnswer {
 /// `Idempotency-Key` (a retry answers what the first call did, applied
 /// once). 200 applied; 409 `insufficient_stock` when it withdraws more than
 /// is left unsold (recorded as refused).
+#[utoipa::path(
+    post, path = "/admin/events/{id}/stock", operation_id = "adjust_stock", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..=255 printable ASCII characters: a retry answers what the first call did, applied once"),
+    ),
+    request_body(content = StockBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied", body = AdjustmentAnswer),
+        (status = 400, description = "`invalid_request`: malformed JSON, id or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock` (with `stock_left`) or `sale_ended`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request` (delta 0 or out of range, reason empty or too long, unknown field) or `idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable, or the sale not loaded in Redis", body = ErrorBody),
+    ),
+)]
 pub async fn adjust_stock(
     State(app): State<AppState>,
     _: Operator,
@@ -337,10 +493,7 @@ pub async fn adjust_stock(
             "delta must be a non-zero integer in -{MAX_STOCK}..={MAX_STOCK}"
         )));
     }
-    let reason = body.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::unprocessable("reason must be 1..=500 characters"));
-    }
+    let reason = super::refunds::check_reason(&body.reason)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(raw) if idempotency::valid_key(raw.as_bytes()) => raw.to_str().ok(),

@@ -7,11 +7,14 @@ pub mod dashboard;
 pub mod events;
 pub mod extract;
 pub mod lifecycle;
+pub mod openapi;
 pub mod operator_orders;
 pub mod ops;
 pub mod orders;
 pub mod purchase;
+pub mod reference;
 pub mod refunds;
+pub mod route_table;
 pub mod server;
 pub mod wallets;
 
@@ -33,22 +36,27 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::{ApiError, ErrorCode},
+    state::AppState,
+};
+use route_table::RouteTable;
 
 /// Largest request body accepted anywhere (purchase bodies are ~20 bytes).
 pub const BODY_LIMIT: usize = 4 * 1024;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
-    let body_timeout = state.settings.http.body_timeout;
-    let shopper = Router::new()
+/// Every route the engine serves, without state or middleware; each one is
+/// documented in [`openapi::ApiDoc`] (a test holds them together).
+pub fn routes() -> RouteTable {
+    let shopper = RouteTable::new("/api")
         .route("/events/{id}", get(events::show))
         .route("/events/{id}/purchase", post(purchase::purchase))
         .route("/orders/{order_no}", get(orders::show))
         .route("/orders/{order_no}/cancel", post(refunds::cancel))
         .route("/me/orders", get(orders::mine));
-    let operator = Router::new()
+    let operator = RouteTable::new("/admin")
         .route("/events", post(admin::create_event).get(lifecycle::list))
         .route(
             "/events/{id}",
@@ -73,7 +81,18 @@ pub fn router(state: AppState) -> Router {
         .route("/reconcile", post(admin::reconcile))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/data", get(dashboard::data));
+    RouteTable::new("")
+        .nest(shopper)
+        .nest(operator)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(reference::page))
+}
 
+pub fn router(state: AppState) -> Router {
+    let body_timeout = state.settings.http.body_timeout;
     let trace = TraceLayer::new_for_http().make_span_with(|req: &Request| {
         let path = req.extensions().get::<MatchedPath>().map_or(req.uri().path(), |p| p.as_str());
         let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -84,17 +103,13 @@ pub fn router(state: AppState) -> Router {
     let access = access::AccessLayer::new(state.settings.access_log);
     let cors = cors::layer(&state.settings.cors_origins);
 
-    Router::new()
-        .nest("/api", shopper)
-        .nest("/admin", operator)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             (
                 StatusCode::METHOD_NOT_ALLOWED,
-                Json(json!({"error": "method_not_allowed", "message": "method not allowed on this route"})),
+                Json(json!({"error": ErrorCode::MethodNotAllowed.as_str(), "message": "method not allowed on this route"})),
             )
         })
         .layer(
@@ -127,19 +142,20 @@ fn json_errors(response: Response) -> Response {
         return response;
     }
     let code = match status {
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::REQUEST_TIMEOUT => "request_timeout",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        s if s.is_server_error() => "internal",
-        _ => "invalid_request",
-    };
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidRequest,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    }
+    .as_str();
     let message = status.canonical_reason().unwrap_or("error").to_lowercase();
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -13,6 +13,7 @@ use axum::{
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{
@@ -24,31 +25,51 @@ use crate::{
         self,
         orders::{Order, OrderFilter},
     },
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     state::AppState,
 };
 
 /// Order statuses an operator can filter by.
 const STATUSES: [&str; 4] = ["confirmed", "failed", "cancelled", "refunded"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(minimum = 1, nullable = false)]
     event_id: Option<i64>,
+    #[param(minimum = 1, nullable = false)]
     user_id: Option<i64>,
+    /// `confirmed`, `failed`, `cancelled` or `refunded`.
+    #[param(value_type = Option<String>, nullable = false, pattern = "^(confirmed|failed|cancelled|refunded)$")]
     status: Option<String>,
+    /// Orders per page, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
     limit: Option<i64>,
     /// The previous page's `next_after` (an order_no).
+    #[param(nullable = false)]
     after: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderPage {
     pub orders: Vec<Order>,
     /// `after` for the next page; absent on the last one.
     pub next_after: Option<Uuid>,
 }
 
+#[utoipa::path(
+    get, path = "/admin/orders", operation_id = "list_orders", tag = "operator",
+    security(("admin_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of persisted orders, by order_no", body = OrderPage),
+        (status = 400, description = "`invalid_request`: a malformed or out-of-range query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(app): State<AppState>,
     _: Operator,
@@ -78,7 +99,7 @@ pub async fn list(
     Ok(Json(OrderPage { orders, next_after }))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     #[default]
@@ -86,9 +107,11 @@ pub enum ExportFormat {
     Ndjson,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// `csv` (default) or `ndjson`.
     #[serde(default)]
     format: ExportFormat,
 }
@@ -102,6 +125,27 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 const CSV_HEADER: &str =
     "order_no,event_id,user_id,quantity,amount,status,failure_reason,created_at\n";
 
+#[utoipa::path(
+    get, path = "/admin/events/{id}/orders/export", operation_id = "export_orders", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+        ExportQuery,
+    ),
+    responses(
+        (status = 200, description = "Every persisted order of the sale, streamed: CSV with a header line, or one JSON order per line",
+            content(
+                (String = "text/csv; charset=utf-8", example = "order_no,event_id,user_id,quantity,amount,status,failure_reason,created_at\n"),
+                (Order = "application/x-ndjson"),
+            ),
+            headers(("Content-Disposition" = String, description = "attachment; filename=\"event-{id}-orders.csv\" (or .ndjson)"))),
+        (status = 400, description = "`invalid_request`: a malformed id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn export(
     State(app): State<AppState>,
     _: Operator,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::extract::{PathText, Shopper};
 use crate::{
     db::{self, orders::Order},
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     intent::{from_millis, LedgerEntry},
     state::AppState,
 };
@@ -41,6 +41,19 @@ async fn find(app: &AppState, order_no: Uuid) -> Result<Option<Order>, ApiError>
     Ok(db::orders::get(&app.db, order_no).await?)
 }
 
+#[utoipa::path(
+    get, path = "/api/orders/{order_no}", operation_id = "show_order", tag = "shopper",
+    security(("shopper_jwt" = [])),
+    params(("order_no" = String, Path, format = Uuid, description = "The order number a 202 gave")),
+    responses(
+        (status = 200, description = "The caller's order, wherever it is now", body = Order),
+        (status = 401, description = "`unauthorized`: missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order, or someone else's", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the shopper's budget is spent", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn show(
     State(app): State<AppState>,
     Shopper(user_id): Shopper,
@@ -57,6 +70,17 @@ pub async fn show(
 /// Most orders returned by `/api/me/orders`.
 const MY_ORDERS_LIMIT: i64 = 200;
 
+#[utoipa::path(
+    get, path = "/api/me/orders", operation_id = "my_orders", tag = "shopper",
+    security(("shopper_jwt" = [])),
+    responses(
+        (status = 200, description = "The caller's orders, newest first (at most 200, and every pending one)", body = Vec<Order>),
+        (status = 401, description = "`unauthorized`: missing, invalid or expired token", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the shopper's budget is spent", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn mine(
     State(app): State<AppState>,
     Shopper(user_id): Shopper,

@@ -4,6 +4,7 @@
 
 use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     extract::{AppJson, AppQuery, Id, Operator},
@@ -14,26 +15,54 @@ use crate::{
         self,
         wallets::{LedgerEntry, Wallet},
     },
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     state::AppState,
 };
 
 /// Largest single credit (the balance bound of `PUT /admin/wallets`).
 const MAX_CREDIT: i64 = 1_000_000_000_000_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreditBody {
+    /// Minor units, 1..=10^15 (and the balance stays at most 10^15).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     amount: i64,
+    /// 1..=500 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     reason: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Credited {
     pub wallet: Wallet,
     pub entry: LedgerEntry,
 }
 
+#[utoipa::path(
+    post, path = "/admin/wallets/{user_id}/credit", operation_id = "credit_wallet", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The shopper's user id"),
+    ),
+    request_body(content = CreditBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Credited, with its ledger row", body = Credited),
+        (status = 400, description = "`invalid_request`: malformed JSON or id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such wallet", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: amount or reason out of range, the balance would exceed 10^15, an unknown field", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn credit(
     State(app): State<AppState>,
     _: Operator,
@@ -60,16 +89,20 @@ pub async fn credit(
     Ok(Json(Credited { wallet, entry }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerQuery {
     /// Ledger id to continue after (the previous page's `next_after`).
     #[serde(default)]
+    #[param(minimum = 0)]
     after: i64,
+    /// Rows per page, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LedgerPage {
     pub user_id: i64,
     pub balance: i64,
@@ -92,6 +125,22 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get, path = "/admin/wallets/{user_id}/ledger", operation_id = "wallet_ledger", tag = "operator",
+    security(("admin_token" = [])),
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The shopper's user id"),
+        LedgerQuery,
+    ),
+    responses(
+        (status = 200, description = "The wallet's balance and a page of its movements, oldest first", body = LedgerPage),
+        (status = 400, description = "`invalid_request`: a malformed id or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a shopper's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such wallet", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable", body = ErrorBody),
+    ),
+)]
 pub async fn ledger(
     State(app): State<AppState>,
     _: Operator,

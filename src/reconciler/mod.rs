@@ -49,7 +49,7 @@ use crate::{
 };
 
 /// What one pass found and did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub run_id: Option<i64>,
     pub holder: String,

@@ -15,10 +15,14 @@ use axum::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{error::ApiError, idempotency::StoredResponse, intent::Intent};
+use crate::{
+    error::{ApiError, ErrorCode},
+    idempotency::StoredResponse,
+    intent::{Intent, OrderStatus},
+};
 
 /// What the shopper is told (a 202 body).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub order_no: Uuid,
     pub event_id: i64,
@@ -26,7 +30,7 @@ pub struct Receipt {
     pub amount: i64,
     /// `pending` (acknowledged from the Redis ledger), or under durable
     /// acknowledgement `confirmed` / `failed`.
-    pub status: &'static str,
+    pub status: OrderStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
 }
@@ -60,10 +64,10 @@ impl Refusal {
 
     fn to_error(&self) -> ApiError {
         match self {
-            Self::SoldOut => ApiError::conflict("sold_out", "sold out"),
+            Self::SoldOut => ApiError::conflict(ErrorCode::SoldOut, "sold out"),
             Self::LimitExceeded { limit, held } => {
                 let mut err = ApiError::conflict(
-                    "limit_exceeded",
+                    ErrorCode::LimitExceeded,
                     format!("at most {limit} per shopper for this sale"),
                 );
                 if let ApiError::Conflict { extra, .. } = &mut err {
@@ -71,13 +75,13 @@ impl Refusal {
                 }
                 err
             }
-            Self::NotActive(why) => ApiError::conflict("not_active", *why),
+            Self::NotActive(why) => ApiError::conflict(ErrorCode::NotActive, *why),
             Self::Paused => ApiError::conflict(
-                "sale_paused",
+                ErrorCode::SalePaused,
                 "the sale is paused by the operator; try again later",
             ),
             Self::InProgress => ApiError::conflict(
-                "in_progress",
+                ErrorCode::InProgress,
                 "a request with this Idempotency-Key is still in progress",
             ),
         }
@@ -198,7 +202,7 @@ pub(super) fn receipt_of(intent: &Intent) -> Receipt {
         event_id: intent.event_id,
         quantity: intent.quantity,
         amount: intent.amount,
-        status: "pending",
+        status: OrderStatus::Pending,
         failure_reason: None,
     }
 }

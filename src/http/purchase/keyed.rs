@@ -16,7 +16,7 @@ use crate::{
     db,
     error::ApiError,
     idempotency::{self, Claim, IdempotencyStore, StoreError},
-    intent::{Intent, NOT_ACCEPTED, STOCK_LOST},
+    intent::{Intent, OrderStatus, NOT_ACCEPTED, STOCK_LOST},
     state::AppState,
 };
 
@@ -173,9 +173,9 @@ impl Attempt<'_> {
         if app.settings.ack == AckMode::Durable {
             if let Some(order) = db::orders::get(&app.db, order_no).await? {
                 receipt.status = if order.status == "confirmed" {
-                    "confirmed"
+                    OrderStatus::Confirmed
                 } else {
-                    "failed"
+                    OrderStatus::Failed
                 };
                 receipt.failure_reason = order.failure_reason;
             }

@@ -22,6 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use answer::{receipt_of, PurchaseMetrics};
@@ -32,19 +33,47 @@ use crate::{
     catalog::EventSlot,
     config::{AckMode, PurchaseLayers},
     db,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     idempotency,
-    intent::{from_millis, Intent, Settled},
+    intent::{from_millis, Intent, OrderStatus, Settled},
     redis::PurchaseOutcome,
     state::AppState,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBody {
+    /// Units to buy: 1..=the event's `per_user_limit` (422 otherwise).
+    #[schema(minimum = 1)]
     quantity: i64,
 }
 
+#[utoipa::path(
+    post, path = "/api/events/{id}/purchase", operation_id = "purchase", tag = "shopper",
+    security(("shopper_jwt" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The event id"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..=255 printable ASCII characters, scoped per shopper: the same key and body \
+                           get the same answer again, with one side effect"),
+    ),
+    request_body(content = PurchaseBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: recorded in Redis (under SECKILL_ACK=durable, committed)", body = Receipt,
+            links(("ShowOrder" = (operation_id = "show_order", parameters(("order_no" = "$response.body#/order_no")))))),
+        (status = 400, description = "`invalid_request`: malformed JSON, path or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such event", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body was too slow, or a keyed purchase took too long", body = ErrorBody),
+        (status = 409, description = "`sold_out`, `limit_exceeded` (with `order_nos`), `not_active` or `in_progress`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request` (quantity out of range, not an object, unknown field) or `idempotency_key_reused`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (global, per IP or per shopper)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`: Redis or Postgres unreachable; never after an unrecorded purchase", body = ErrorBody),
+    ),
+)]
 pub async fn purchase(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -244,9 +273,9 @@ pub(super) async fn hand_off(app: &AppState, intent: Intent) -> Result<Receipt, 
             .persist_and_wait(intent, app.settings.ack_timeout)
             .await
         {
-            Some(Settled::Confirmed) => receipt.status = "confirmed",
+            Some(Settled::Confirmed) => receipt.status = OrderStatus::Confirmed,
             Some(Settled::Failed(reason)) => {
-                receipt.status = "failed";
+                receipt.status = OrderStatus::Failed;
                 receipt.failure_reason = Some(reason);
             }
             None => {
