@@ -356,14 +356,15 @@ if ((${#runs[@]})); then
     jq -r '
       def r(x; w): (if x == null then "-" else (x * 10 | round / 10 | tostring) end) | (" " * (w - length)) + .;
       def i(x; w): (if x == null then "-" else (x | round | tostring) end) | (" " * (w - length)) + .;
+      def t(x; w): (if x == null then "-" else (x * 100 | round / 100 | tostring) end) | (" " * (w - length)) + .;
       "   M  N  healthz/s  buys/s  ratio   p99ms  engine  pg  redis(sum) | per master: µs/purchase (share)",
       (.runs[] | .cpu_us_per_purchase as $c |
         "  \(i(.masters; 2)) \(i(.stock_buckets; 2))  \(i(.healthz_rps; 9)) \(i(.purchases_rps; 7))  \(.ratio * 1000 | round / 1000 | tostring | (" " * (5 - length)) + .)  \(r(.p99_ms; 6))  \(r($c.engine; 6)) \(r($c.postgres; 4)) \(r($c.redis_masters; 10)) | \([.redis_masters[] | "\(.port): \(r(.us_per_purchase; 0)) (\(if .share == null then "-" else (.share * 100 | round | tostring) + "%" end))"] | join(", "))"),
       "",
-      "sell-out with buckets (crowd larger than stock; after the writers drained and the reconciler passed):",
-      "   M  N   stock  accepted  sold out at  transfers  unsold  stock_left",
+      "sell-out (crowd larger than stock; seconds after the crowd started; unsold = stock - sold once the writers drained and the reconciler passed):",
+      "   M  N   stock  accepted  first 409 sold_out  last 202  transfers  unsold  stock_left",
       (.runs[] | .sellout as $o |
-        "  \(i(.masters; 2)) \(i(.stock_buckets; 2))  \(i($o.stock; 6))  \(i($o.accepted; 8))  \(r($o.sold_out_at_secs; 9)) s  \(i($o.transfers; 9))  \(i($o.unsold; 6))  \(i($o.stock_left; 10))")
+        "  \(i(.masters; 2)) \(i(.stock_buckets; 2))  \(i($o.stock; 6))  \(i($o.accepted; 8))  \(t($o.sold_out_at_secs; 16)) s  \(t($o.last_accept_secs; 6)) s  \(i($o.transfers; 9))  \(i($o.unsold; 6))  \(i($o.stock_left; 10))")
     ' "$OUT_DIR/bench-buckets.json"
     say "wrote $OUT_DIR/bench-buckets.json (commit $commit$([[ $dirty == true ]] && echo ", uncommitted changes"))"
 fi
