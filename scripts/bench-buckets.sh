@@ -113,20 +113,20 @@ trap 'exit 143' TERM
 
 # The table of a bench-buckets.json (also: scripts/bench-buckets.sh --table [FILE]).
 print_table() {
-    jq -r '"one hot item on M Redis masters (N = stock buckets), \(.cpus) shared CPUs, \(.phase_secs)s selling phase, \(.connections) connections; \(.started_at), commit \(.commit)\(if .dirty then " (uncommitted changes)" else "" end)"' "$1"
+    jq -r '"one hot item on a Redis Cluster of 1..3 masters, stock split in the number of buckets shown, \(.cpus) shared CPUs, \(.phase_secs)s selling phase, \(.connections) connections; \(.started_at), commit \(.commit)\(if .dirty then " (uncommitted changes)" else "" end)"' "$1"
 jq -r '
   def r(x; w): (if x == null then "-" else (x * 10 | round / 10 | tostring) end) | (" " * (w - length)) + .;
   def i(x; w): (if x == null then "-" else (x | round | tostring) end) | (" " * (w - length)) + .;
   def t(x; w): (if x == null then "-" else (x * 100 | round / 100 | tostring) end) | (" " * (w - length)) + .;
   "CPU µs per accepted purchase by process (other = everything else on the box: disturbance)",
-  "   M  N  healthz/s  buys/s  ratio   p99ms  engine  pg  redis(sum)  other | per master: µs/purchase (share)",
+  "  masters buckets  healthz/s  buys/s  ratio   p99ms  engine  pg  redis(sum)  other | per master: µs/purchase (share)",
   (.runs[] | .cpu_us_per_purchase as $c |
-    "  \(i(.masters; 2)) \(i(.stock_buckets; 2))  \(i(.healthz_rps; 9)) \(i(.purchases_rps; 7))  \(.ratio * 1000 | round / 1000 | tostring | (" " * (5 - length)) + .)  \(r(.p99_ms; 6))  \(r($c.engine; 6)) \(r($c.postgres; 4)) \(r($c.redis_masters; 10)) \(r($c.other; 6)) | \([.redis_masters[] | "\(.port): \(r(.us_per_purchase; 0)) (\(if .share == null then "-" else (.share * 100 | round | tostring) + "%" end))"] | join(", "))"),
+    "  \(i(.masters; 7)) \(i(.stock_buckets; 7))  \(i(.healthz_rps; 9)) \(i(.purchases_rps; 7))  \(.ratio * 1000 | round / 1000 | tostring | (" " * (5 - length)) + .)  \(r(.p99_ms; 6))  \(r($c.engine; 6)) \(r($c.postgres; 4)) \(r($c.redis_masters; 10)) \(r($c.other; 6)) | \([.redis_masters[] | "\(.port): \(r(.us_per_purchase; 0)) (\(if .share == null then "-" else (.share * 100 | round | tostring) + "%" end))"] | join(", "))"),
   "",
   "sell-out (crowd larger than stock; seconds after the crowd started; unsold = stock - sold once the writers drained and the reconciler passed):",
-  "   M  N   stock  accepted  first 409 sold_out  last 202  transfers  unsold  stock_left",
+  "  masters buckets  stock  accepted  first 409 sold_out  last 202  transfers  unsold  stock_left",
   (.runs[] | .sellout as $o |
-    "  \(i(.masters; 2)) \(i(.stock_buckets; 2))  \(i($o.stock; 6))  \(i($o.accepted; 8))  \(t($o.sold_out_at_secs; 16)) s  \(t($o.last_accept_secs; 6)) s  \(i($o.transfers; 9))  \(i($o.unsold; 6))  \(i($o.stock_left; 10))")
+    "  \(i(.masters; 7)) \(i(.stock_buckets; 7))  \(i($o.stock; 5))  \(i($o.accepted; 8))  \(t($o.sold_out_at_secs; 16)) s  \(t($o.last_accept_secs; 6)) s  \(i($o.transfers; 9))  \(i($o.unsold; 6))  \(i($o.stock_left; 10))")
 ' "$1"
 }
 if [[ "${1:-}" == --table ]]; then
