@@ -91,9 +91,11 @@
 //!   leaves it. [`ratelimit`] and [`telemetry`].
 //! - [`intent`]: the order intent, its ledger format and how an order ended;
 //!   [`config`]: typed settings; [`forwarded`]: the client behind trusted
-//!   proxies; [`auth`]: tokens. The bottom floor.
+//!   proxies; [`auth`]: tokens; [`bucket`]: an event's stock buckets and
+//!   a shopper's home bucket. The bottom floor.
 
 pub mod auth;
+pub mod bucket;
 pub mod catalog;
 pub mod config;
 pub mod dashboard;
