@@ -113,7 +113,7 @@ trap 'exit 143' TERM
 
 # The table of a bench-buckets.json (also: scripts/bench-buckets.sh --table [FILE]).
 print_table() {
-    jq -r '"one hot item on a Redis Cluster of 1..3 masters, stock split in the number of buckets shown, \(.cpus) shared CPUs, \(.phase_secs)s selling phase, \(.connections) connections; \(.started_at), commit \(.commit)\(if .dirty then " (uncommitted changes)" else "" end)"' "$1"
+    jq -r '"one hot item on a Redis Cluster of 1..3 masters, stock split in the number of buckets shown, \(.cpus) shared CPUs, \(.phase_secs)s selling phase, \(.connections) connections; \(.started_at)–\(.finished_at // "?"), commit \(.commit)\(if .dirty then " (uncommitted changes)" else "" end)"' "$1"
 jq -r '
   def r(x; w): (if x == null then "-" else (x * 10 | round / 10 | tostring) end) | (" " * (w - length)) + .;
   def i(x; w): (if x == null then "-" else (x | round | tostring) end) | (" " * (w - length)) + .;
@@ -367,11 +367,11 @@ done
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo true || echo false)"
 if ((${#runs[@]})); then
-    jq -s --arg at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$commit" --argjson dirty "$dirty" \
+    jq -s --arg at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg started "$(date -u -d "@$started" +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$commit" --argjson dirty "$dirty" \
         --argjson has "${engine_has_buckets:-false}" --argjson clk "$CLK_TCK" \
         --argjson secs "$PHASE_SECS" --argjson conns "$CONNECTIONS" --argjson stock "$STOCK" \
         --argjson cpus "$(nproc)" \
-        '{started_at: $at, commit: $commit, dirty: $dirty, engine_has_stock_buckets: $has,
+        '{started_at: $started, finished_at: $at, commit: $commit, dirty: $dirty, engine_has_stock_buckets: $has,
           cpus: $cpus, clk_tck: $clk, phase_secs: $secs, connections: $conns, selling_stock: $stock,
           runs: .}' "${runs[@]}" >"$OUT_DIR/bench-buckets.json"
     echo
