@@ -361,10 +361,10 @@ if [[ -f "$OUT_DIR/bigsale.json" && "$bigsale_rc" != skipped ]]; then
 fi
 if [[ -f "$OUT_DIR/bench-buckets.json" && "$buckets_rc" != skipped ]]; then
     echo
-    echo "one hot item on M Redis masters, N stock buckets (CPU µs per accepted purchase; same run per row):"
+    echo "one hot item on a Redis Cluster, stock in buckets (CPU µs per accepted purchase; same run per row):"
     jq -r '
       def r(x): if x == null then "-" else (x * 10 | round / 10 | tostring) end;
-      (.runs[] | "  M=\(.masters) N=\(.stock_buckets): \(.purchases_rps | round) purchases/s, ratio \(.ratio * 1000 | round / 1000), engine \(r(.cpu_us_per_purchase.engine)) µs, redis \([.redis_masters[] | r(.us_per_purchase)] | join(" + ")) µs, postgres \(r(.cpu_us_per_purchase.postgres)) µs; sell-out: \(.sellout.transfers // "-") transfers, \(.sellout.unsold // "-") unsold")
+      (.runs[] | "  \(.masters) master(s), \(.stock_buckets) bucket(s): \(.purchases_rps | round) purchases/s, ratio \(.ratio * 1000 | round / 1000), engine \(r(.cpu_us_per_purchase.engine)) µs, redis \([.redis_masters[] | r(.us_per_purchase)] | join(" + ")) µs, postgres \(r(.cpu_us_per_purchase.postgres)) µs; sell-out: \(.sellout.transfers // "-") transfers, \(.sellout.unsold // "-") unsold")
     ' "$OUT_DIR/bench-buckets.json"
 fi
 if [[ -n "$redis_rps" ]]; then
