@@ -283,6 +283,104 @@ async fn a_lost_bucket_is_rebuilt_with_what_the_others_do_not_hold() {
     app.cleanup().await;
 }
 
+async fn admin_call(app: &TestApp, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Pause, resume, a stock adjustment and the end reach every bucket: a
+/// paused sale refuses shoppers of every home bucket, added units sell
+/// through transfers, and after the end no bucket sells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_switches_and_adjustments_reach_every_bucket() {
+    let app = spawn_app_with(&[]).await;
+    let event = open_bucketed_sale(&app, 9, 1, 3).await;
+    app.fund(1, 60, 10_000).await;
+    assert_eq!(
+        admin_call(&app, &format!("/admin/events/{event}/pause"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    for user in 1..=3i64 {
+        let (status, body) = app.purchase(event, user, json!(1)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("sale_paused")),
+            "user {user}"
+        );
+    }
+    assert_eq!(
+        admin_call(&app, &format!("/admin/events/{event}/resume"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = admin_call(
+        &app,
+        &format!("/admin/events/{event}/stock"),
+        Some(json!({"delta": 6, "reason": "supplier delivery"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = app.admin_get(&format!("/admin/events/{event}")).await;
+    assert_eq!(view["stock_left"], 15, "{view:#}");
+    assert_eq!(
+        bucket_views(&view)[0]["stock_left"],
+        9,
+        "added to the first bucket"
+    );
+    // Shoppers of bucket 1 and 2 only: the added units reach them by transfers.
+    let buyer = app.buyer();
+    let answers = all((1..=45i64).filter(|u| u % 3 != 0), |user| {
+        let buyer = buyer.clone();
+        async move { buyer.purchase(event, user, json!(1)).await.0 }
+    })
+    .await;
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|s| **s == StatusCode::ACCEPTED)
+            .count(),
+        15
+    );
+    app.drain(event).await;
+    app.assert_invariants(event).await;
+    assert_eq!(
+        admin_call(
+            &app,
+            &format!("/admin/events/{event}/stock"),
+            Some(json!({"delta": 3, "reason": "late"}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin_call(&app, &format!("/admin/events/{event}/end"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    for user in 46..=48i64 {
+        let (status, body) = app.purchase(event, user, json!(1)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("not_active")),
+            "user {user}"
+        );
+    }
+    app.cleanup().await;
+}
+
 /// SplitMix64, as in the single-bucket model test.
 struct Rng(u64);
 

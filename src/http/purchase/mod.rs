@@ -256,7 +256,9 @@ pub(super) async fn take_stock(
 /// time, until the purchase finds enough (each transfer takes half of what
 /// a bucket has left, so a bucket's own shoppers keep some). Sold out only
 /// when no bucket has a unit and none is in flight between two buckets:
-/// then `stock_left` 0 lets the caller set the local flag.
+/// then `stock_left` 0 lets the caller set the local flag. A bucket that
+/// cannot be reached (its primary failing over) is skipped for the others;
+/// if none of them could serve, the answer is 503, not sold out.
 async fn buy_with_stock_from_other_buckets(
     app: &AppState,
     home: Bucket,
@@ -264,9 +266,16 @@ async fn buy_with_stock_from_other_buckets(
     quantity: i32,
     order_no: Uuid,
 ) -> Result<PurchaseOutcome, ApiError> {
+    let mut unreachable = None;
     for donor in home.others() {
-        if app.redis.move_stock(donor, home, quantity as i64).await? == 0 {
-            continue;
+        match app.redis.move_stock(donor, home, quantity as i64).await {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(err) => {
+                // A donor on a primary that is failing over: ask the others.
+                unreachable = Some(err);
+                continue;
+            }
         }
         let outcome = app
             .redis
@@ -275,6 +284,10 @@ async fn buy_with_stock_from_other_buckets(
         if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
             return Ok(outcome);
         }
+    }
+    if let Some(err) = unreachable {
+        // Some bucket could not be asked: not known to be sold out.
+        return Err(err.into());
     }
     let mut left = 0;
     for bucket in Bucket::all(home.event_id, home.of) {
