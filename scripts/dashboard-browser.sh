@@ -73,9 +73,9 @@ for _ in $(seq 1 120); do
     sleep 0.25
 done
 
-say "engine on $base; a 30 s sale at 300 requests/s"
+say "engine on $base; a 30 s sale at 300 requests/s, its stock in 3 buckets"
 target/debug/seckill-loadtest --base-url "$base" --scenario smoke --users 20000 --stock 6000 \
-    --per-user-limit 1 --rate 300 --duration-secs 30 --requests 9000 --cannot-pay-share 0.1 --start-delay-ms 2000 \
+    --stock-buckets 3 --per-user-limit 1 --rate 300 --duration-secs 30 --requests 9000 --cannot-pay-share 0.1 --start-delay-ms 2000 \
     --out-dir "$WORK/loadtest" >"$WORK/loadtest.log" 2>&1 &
 load=$!
 

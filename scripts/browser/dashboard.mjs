@@ -52,6 +52,8 @@ try {
     .map((id) => document.getElementById(id).textContent));
   assert.ok(figures.every((f) => f && f !== "—" || f === "—"), String(figures));
   assert.match(figures[1], /\d/, "units sold shown");
+  const buckets = await page.textContent("#events .buckets");
+  assert.match(buckets || "", /buckets: #0 [\d,—]+ · #1 [\d,—]+ · #2 [\d,—]+/, "the event's three stock buckets shown: " + buckets);
   await page.screenshot({ path: out + "/dashboard.png", fullPage: true });
 
   // The invariant checker runs on demand only.
