@@ -44,6 +44,8 @@ const STRAGGLERS: i64 = 1_000;
 /// Requests in flight at once through the balancer.
 const CONCURRENCY: usize = 300;
 const NODE_TIMEOUT_MS: u64 = 1_000;
+/// How long the killed primary's replica takes nothing from it first.
+const LAG: Duration = Duration::from_millis(500);
 
 /// What one purchase request ended with, from the client's side.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,10 +62,11 @@ struct Attempt {
     user: i64,
     /// Since the sale's clock started.
     sent: Duration,
+    answered: Duration,
     outcome: Outcome,
 }
 
-/// Everything one test runs against; fields drop in reverse order of need.
+/// Everything one test runs against.
 struct Sale {
     lb: HaProxy,
     rig: Rig,
@@ -407,6 +410,7 @@ impl Crowd {
                             attempts.push(Attempt {
                                 user,
                                 sent,
+                                answered: clock.elapsed(),
                                 outcome: outcome.clone(),
                             });
                             match outcome {
@@ -796,10 +800,9 @@ async fn hot_item_sold_exactly_across_all_masters() {
         truth.failed_by_reason().is_empty(),
         "every shopper could pay: no failed order"
     );
-    assert_eq!(
-        truth.accepted as i64, STOCK,
-        "one 202 per unit (every 202 a confirmed order)"
-    );
+    if truth.unknown == 0 {
+        assert_eq!(truth.accepted as i64, STOCK, "one 202 per unit sold");
+    }
 
     let view = sale.view().await.expect("event view");
     let masters = bucket_masters(&sale, &view);
@@ -840,10 +843,13 @@ async fn hot_item_sold_exactly_across_all_masters() {
 }
 
 /// Test B. The same sale; once a third of the stock is acknowledged, the
-/// primary holding bucket 0 (the home of the shoppers who arrive first;
-/// with one bucket, the event's) is `kill -9`ed. Its replica is promoted
-/// (`cluster_state:ok` on every live node, every slot on a live primary)
-/// and the sale goes on through the same engines.
+/// replica of the primary holding bucket 0 (the home of the shoppers who
+/// arrive first; with one bucket, the event's) is SIGSTOPped for 500 ms, so
+/// it lags by every write of that window (on loopback replication is
+/// otherwise too quick to lose anything), then the primary is `kill -9`ed
+/// and the replica let go. It is promoted (`cluster_state:ok` on every live
+/// node, every slot on a live primary) and the sale goes on through the
+/// same engines.
 ///
 /// The promise checked is README's durability row "Redis back from an
 /// older state (… failover to a lagging replica)" under the default
@@ -882,9 +888,20 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
         assert!(Instant::now() < deadline, "a third of the stock never sold");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let at_kill = crowd.accepted();
+    // The replica falls behind: stopped, its link cut (what was already
+    // sent it still reads when it resumes), it takes nothing from its
+    // primary for LAG; then the primary dies. The promoted replica lacks
+    // every write of that window, whatever the loopback's replication
+    // delay (otherwise too small to lose anything).
+    let replica = replicas[0];
+    sale.cluster.sigstop(replica);
+    let cut = sale.cluster.cut_replication(victim);
+    let lag_from = sale.clock.elapsed();
+    tokio::time::sleep(LAG).await;
+    let primary_offset = sale.cluster.repl_offset(victim);
     sale.cluster.kill9(victim);
     let killed_at = sale.clock.elapsed();
+    sale.cluster.sigcont(replica);
     let failover = sale
         .cluster
         .wait_ok(Duration::from_secs(30))
@@ -892,14 +909,21 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
         .expect("the replica is promoted");
     let whole_at = sale.clock.elapsed();
     let promoted = sale.cluster.master_of(slot);
+    let replica_offset = sale.cluster.repl_offset(replica);
     println!(
-        "killed primary :{victim} (slot {slot}) after {at_kill} 202s at {:.2} s; :{promoted} serves it after {:.2} s",
+        "replication cut ({cut} link): the primary's offset at the kill {primary_offset}, the promoted replica's {replica_offset}"
+    );
+    assert_eq!(cut, 1, "the victim's replica link was cut");
+    println!(
+        "replica :{replica} stopped at {:.2} s, primary :{victim} (slot {slot}) killed at {:.2} s with {} 202s, :{promoted} serves the slot {:.2} s later",
+        lag_from.as_secs_f64(),
         killed_at.as_secs_f64(),
+        crowd.accepted(),
         failover.as_secs_f64()
     );
-    assert!(
-        replicas.contains(&promoted),
-        "slot {slot} moved to the victim's replica {replicas:?}, not :{promoted}"
+    assert_eq!(
+        promoted, replica,
+        "slot {slot} moved to the victim's replica"
     );
 
     let mut attempts = crowd.join().await;
@@ -920,6 +944,14 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
             .filter(|a| matches!(a.outcome, Outcome::Unknown(_)))
             .count()
     );
+    // 202s whose Redis writes the promoted replica may lack: answered
+    // after it stopped taking the stream, up to the cluster being whole.
+    let lagged = attempts
+        .iter()
+        .filter(|a| a.answered >= lag_from && a.answered <= whole_at)
+        .filter(|a| matches!(a.outcome, Outcome::Accepted(_)))
+        .count() as i64;
+    println!("202s answered while the replica lagged or the slot was moving: {lagged}");
     let after: Vec<&Attempt> = attempts.iter().filter(|a| a.sent > whole_at).collect();
     let settled = sale.settle(Duration::from_secs(30)).await;
     println!(
@@ -994,6 +1026,18 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
         failed.keys().all(|r| r == "stock_lost"),
         "every shopper could pay: failed orders only stock_lost: {failed:?}"
     );
+    let stock_lost = failed.get("stock_lost").copied().unwrap_or(0) as i64;
+    if sale.buckets == 1 {
+        // README: "at most the units sold after the snapshot".
+        assert!(
+            stock_lost <= lagged,
+            "{stock_lost} orders stock_lost > {lagged} units acknowledged in the lag window"
+        );
+    } else {
+        // A transfer's half on the lost primary can come back undone too
+        // (units counted twice by the older state): not bounded by sales.
+        println!("{stock_lost} orders stock_lost; {lagged} 202s in the lag window");
+    }
     assert!(
         failing.is_empty() && checker["drained"] == true,
         "after the reconciler converged, checks failing: {failing:?}"

@@ -281,6 +281,48 @@ impl RedisCluster {
         }
     }
 
+    /// SIGSTOP one node: a replica stops taking its primary's stream (it
+    /// lags), a primary stops answering. Nothing may ask the node anything
+    /// (`redis-cli` would hang) until [`Self::sigcont`].
+    pub fn sigstop(&self, port: u16) {
+        self.signal(port, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn sigcont(&self, port: u16) {
+        self.signal(port, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, port: u16, signal: nix::sys::signal::Signal) {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        let child = node.child.as_ref().expect("node running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal a redis-server");
+    }
+
+    /// Closes a primary's links to its replicas (`CLIENT KILL TYPE
+    /// replica`); how many it closed. A replica reconnects and resyncs
+    /// within a second unless it is stopped ([`Self::sigstop`]): stop it
+    /// first and it lags by everything written from here on.
+    pub fn cut_replication(&self, master: u16) -> usize {
+        cli(master, &["client", "kill", "type", "replica"])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// A node's replication offset (`INFO replication`).
+    pub fn repl_offset(&self, port: u16) -> i64 {
+        cli(port, &["info", "replication"])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    }
+
     /// Whether the live nodes agree the cluster is whole: each says
     /// `cluster_state:ok` and sees every slot served by a live primary.
     pub fn is_ok(&self) -> bool {
