@@ -308,11 +308,12 @@ impl Sale {
             let view = self.view().await.unwrap_or_default();
             let stock_left = view["stock_left"].as_i64().unwrap_or(-1);
             let pending = view["pending"].as_i64().unwrap_or(-1);
-            let transfers_pending: i64 = buckets_of(&view)
+            // Units a bucket gave whose arrival is not confirmed yet.
+            let in_flight: i64 = buckets_of(&view)
                 .iter()
-                .map(|b| b["pending"].as_i64().unwrap_or(0))
+                .map(|b| b["in_flight"].as_i64().unwrap_or(0))
                 .sum();
-            if stock_left == 0 && pending == 0 && transfers_pending == 0 {
+            if stock_left == 0 && pending == 0 && in_flight == 0 {
                 return Settled {
                     rounds,
                     took: started.elapsed(),
@@ -333,7 +334,7 @@ impl Sale {
                 let n = stock_left.min(CROWD + STRAGGLERS + 1 - next_straggler);
                 let shoppers: Vec<i64> = (next_straggler..next_straggler + n).collect();
                 next_straggler += n;
-                println!("settle: stock_left {stock_left}, pending {pending}, transfers pending {transfers_pending}: {n} stragglers buy");
+                println!("settle: stock_left {stock_left}, pending {pending}, in flight {in_flight}: {n} stragglers buy");
                 attempts.extend(self.start_crowd(shoppers, 50).join().await);
             } else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -701,8 +702,8 @@ fn bucket_masters(sale: &Sale, view: &Value) -> Vec<(i64, u16, u16)> {
             );
             let master = sale.cluster.master_of(slot);
             println!(
-                "  bucket {} tag {tag} slot {slot} on :{master}: stock_left {} total {} moved_in {} moved_out {} pending {} loaded {}",
-                b["index"], b["stock_left"], b["total"], b["moved_in"], b["moved_out"], b["pending"], b["loaded"]
+                "  bucket {} tag {tag} slot {slot} on :{master}: stock_left {} total {} held {} moved_in {} moved_out {} in_flight {} pending {} loaded {}",
+                b["index"], b["stock_left"], b["total"], b["held"], b["moved_in"], b["moved_out"], b["in_flight"], b["pending"], b["loaded"]
             );
             (b["index"].as_i64().unwrap_or(-1), slot, master)
         })
@@ -827,7 +828,9 @@ async fn hot_item_sold_exactly_across_all_masters() {
         assert_eq!(moved_in, moved_out, "every transfer finished: {view}");
         for b in buckets_of(&view) {
             assert_eq!(b["stock_left"], 0, "bucket empty: {b}");
-            assert_eq!(b["pending"], 0, "no transfer half done: {b}");
+            assert_eq!(b["pending"], 0, "no intent pending: {b}");
+            assert_eq!(b["in_flight"], 0, "no transfer half done: {b}");
+            assert_eq!(b["loaded"], true, "{b}");
         }
     } else {
         println!(
@@ -879,6 +882,10 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
     let mut sale = Sale::open("cluster-failover").await;
     let view = sale.view().await.expect("event view");
     let masters = bucket_masters(&sale, &view);
+    if sale.buckets > 1 {
+        let on: BTreeSet<u16> = masters.iter().map(|m| m.2).collect();
+        assert_eq!(on.len(), MASTERS, "buckets on every primary: {masters:?}");
+    }
     let (_, slot, victim) = masters[0];
     let replicas = sale.cluster.created_replicas_of(victim);
 
@@ -1047,6 +1054,20 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
             "NOTE: {} units unsold (README's failover row promises never oversold, not exact)",
             STOCK - truth.confirmed_units
         );
+    }
+    if sale.buckets > 1 {
+        let view = sale.view().await.expect("event view");
+        println!("after the failover:");
+        let on: BTreeSet<u16> = bucket_masters(&sale, &view).iter().map(|m| m.2).collect();
+        assert_eq!(
+            on.into_iter().collect::<Vec<_>>(),
+            sale.cluster.master_ports(),
+            "buckets on every primary, the promoted replica among them"
+        );
+        for b in buckets_of(&view) {
+            assert_eq!(b["loaded"], true, "every bucket loaded again: {b}");
+            assert_eq!(b["in_flight"], 0, "every transfer finished: {b}");
+        }
     }
     sale.finish().await;
     println!(
