@@ -119,6 +119,7 @@ fn handler_cpu(c: &mut Criterion) {
                 per_user_limit: 1,
                 starts_at: now,
                 ends_at: now + chrono::Duration::hours(1),
+                stock_buckets: 1,
             },
         )
         .await
@@ -166,6 +167,7 @@ fn persist(c: &mut Criterion) {
                 per_user_limit: 1,
                 starts_at: now,
                 ends_at: now + chrono::Duration::hours(1),
+                stock_buckets: 1,
             },
         )
         .await
@@ -187,6 +189,7 @@ fn persist(c: &mut Criterion) {
                 b.to_async(&rt).iter(|| async {
                     let batch: Vec<Intent> = (0..size)
                         .map(|_| Intent {
+                            buckets: 1,
                             order_no: Uuid::now_v7(),
                             event_id,
                             user_id: next_user.fetch_add(1, Ordering::Relaxed) % 100_000 + 1,

@@ -47,6 +47,7 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
             per_user_limit: 1,
             starts_at: now - chrono::Duration::seconds(1),
             ends_at: now + chrono::Duration::hours(1),
+            stock_buckets: 1,
         },
     )
     .await
@@ -78,6 +79,7 @@ async fn accepted_intents(db: &PgPool, redis: &Redis, orders: i64, first_user: i
                         accepted_ms,
                         ..
                     } => Intent {
+                        buckets: 1,
                         order_no,
                         event_id: event.id,
                         user_id: user,

@@ -22,7 +22,12 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{db, outbox::Backlog, redis::Redis, writer::WriterQueue};
+use crate::{
+    db,
+    outbox::Backlog,
+    redis::{Redis, SaleState},
+    writer::WriterQueue,
+};
 
 /// Samples kept: five minutes at one a second.
 pub const KEEP: usize = 300;
@@ -48,6 +53,21 @@ pub struct EventSample {
     /// Σ of the applied stock adjustments (units added or withdrawn).
     pub adjusted: i64,
     pub paused: bool,
+    /// Each stock bucket of an event of several (empty for one bucket).
+    pub buckets: Vec<BucketSample>,
+}
+
+/// One stock bucket in a sample.
+#[derive(Clone, Debug, Serialize)]
+pub struct BucketSample {
+    pub index: u16,
+    /// The cluster slot of its keys.
+    pub slot: u16,
+    pub stock_left: Option<i64>,
+    pub pending: i64,
+    pub moved_in: i64,
+    pub moved_out: i64,
+    pub in_flight: i64,
 }
 
 /// One second of the engine.
@@ -272,7 +292,25 @@ impl Sampler {
                 .await
                 .unwrap_or_default();
             for event in recent {
-                let state = self.redis.sale_state(event.id).await.ok();
+                let per_bucket = self.redis.bucket_states(event.id).await.ok();
+                let state = per_bucket
+                    .as_ref()
+                    .map(|b| SaleState::merged(&b.iter().map(|(_, s)| *s).collect::<Vec<_>>()));
+                let buckets = match &per_bucket {
+                    Some(b) if b.len() > 1 => b
+                        .iter()
+                        .map(|(bucket, s)| BucketSample {
+                            index: bucket.index,
+                            slot: bucket.slot(),
+                            stock_left: s.stock_left.filter(|_| s.loaded),
+                            pending: s.pending,
+                            moved_in: s.moved_in,
+                            moved_out: s.moved_out,
+                            in_flight: s.in_flight,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 let stock_left = state.and_then(|s| s.stock_left.filter(|_| s.loaded));
                 let info = infos.entry(event.id).or_insert_with(|| EventInfo {
                     id: event.id,
@@ -306,6 +344,7 @@ impl Sampler {
                     refunded,
                     adjusted: adjusted.iter().find(|a| a.0 == event.id).map_or(0, |a| a.1),
                     paused: event.paused_at.is_some(),
+                    buckets,
                 });
             }
         }
@@ -446,6 +485,7 @@ seckill_orders_persisted_total{status="failed"} 1
                 refunded: 0,
                 adjusted: 0,
                 paused: false,
+                buckets: Vec::new(),
             }],
             counters: Counters {
                 discrepancies,

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::{
     db::{self, events::Event, DbError},
     intent::{from_millis, LedgerEntry},
+    loading,
     redis::{BuyerState, Redis, RedisError, SaleState},
 };
 
@@ -69,18 +70,26 @@ impl AggregateDrift {
 }
 
 impl Observation {
+    /// One look at the whole event: with several stock buckets, their
+    /// counters summed (a unit in flight between two buckets counts as
+    /// stock: it is unsold, on its way to one of them) and their ledgers
+    /// read one after another.
     pub async fn take(db: &PgPool, redis: &Redis, event: &Event) -> Result<Self, DriftError> {
-        let state = redis.sale_state(event.id).await?;
-        let mut ledger = Vec::with_capacity(state.pending.max(0) as usize);
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, page) = redis.ledger_page(event.id, &cursor).await?;
-            ledger.extend(page);
-            if next == "0" {
-                break;
+        let mut states = Vec::new();
+        let mut ledger = Vec::new();
+        for bucket in loading::buckets(event) {
+            states.push(redis.bucket_state(bucket).await?);
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, page) = redis.ledger_page(bucket, &cursor).await?;
+                ledger.extend(page);
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        let state = SaleState::merged(&states);
         let order_nos: Vec<Uuid> = ledger.iter().map(|(o, _)| *o).collect();
         let mut persisted = HashMap::new();
         for chunk in order_nos.chunks(1_000) {
@@ -179,7 +188,7 @@ async fn unreturned_refunds(
         return Ok(Vec::new());
     }
     let order_nos: Vec<Uuid> = refunds.iter().map(|r| r.order_no).collect();
-    let returned = redis.returned_among(event_id, &order_nos).await?;
+    let returned = redis.event_returned_among(event_id, &order_nos).await?;
     Ok(refunds
         .iter()
         .zip(returned)

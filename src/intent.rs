@@ -10,15 +10,26 @@
 use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 
+use crate::bucket::Bucket;
+
 /// An accepted purchase on its way to Postgres.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Intent {
     pub order_no: Uuid,
     pub event_id: i64,
+    /// The event's stock buckets: the intent lives in the shopper's home one.
+    pub buckets: u16,
     pub user_id: i64,
     pub quantity: i32,
     pub amount: i64,
     pub accepted_at: DateTime<Utc>,
+}
+
+impl Intent {
+    /// The bucket whose ledger holds this intent.
+    pub fn bucket(&self) -> Bucket {
+        Bucket::home(self.event_id, self.buckets, self.user_id)
+    }
 }
 
 /// Why an order failed; stored in `orders.failure_reason`.
@@ -78,11 +89,12 @@ impl LedgerEntry {
         parts.next().is_none().then_some(entry)
     }
 
-    /// The intent this entry records.
-    pub fn intent(&self, order_no: Uuid, event_id: i64) -> Intent {
+    /// The intent this entry records, in an event of `buckets` buckets.
+    pub fn intent(&self, order_no: Uuid, event_id: i64, buckets: u16) -> Intent {
         Intent {
             order_no,
             event_id,
+            buckets,
             user_id: self.user_id,
             quantity: self.quantity,
             amount: self.amount,

@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use crate::{
     db::{self, events::Event, DbError},
     drift::{DriftError, Observation},
+    loading,
     redis::{Redis, RedisError},
 };
 
@@ -220,6 +221,37 @@ pub async fn check_event(
         broken_chain == 0,
         format!("debits reusing a version or not chaining balances: {broken_chain}"),
     );
+
+    if loading::bucket_count(event) > 1 {
+        // Each bucket balances on its own (its stock and what its shoppers
+        // hold make its total), and the buckets with the units in flight
+        // between them make the event's.
+        let mut unbalanced = Vec::new();
+        let (mut accounted, mut in_flight) = (0, 0);
+        for bucket in loading::buckets(event) {
+            let b = redis.bucket_state(bucket).await?;
+            accounted += b.total + b.in_flight;
+            in_flight += b.in_flight;
+            let (stock, held) = (b.stock_left.unwrap_or(-1), b.held.unwrap_or(-1));
+            if !b.loaded || stock < 0 || stock + held != b.total {
+                unbalanced.push(format!(
+                    "bucket {}: stock {stock} + held {held} vs total {}",
+                    bucket.index, b.total
+                ));
+            }
+        }
+        check(
+            "I1 buckets",
+            unbalanced.is_empty() && accounted == event.stock_total,
+            format!(
+                "{} buckets, Σ totals + in flight {accounted} = stock_total {} ({in_flight} units in flight){}{}",
+                loading::bucket_count(event),
+                event.stock_total,
+                if unbalanced.is_empty() { "" } else { "; " },
+                unbalanced.join("; ")
+            ),
+        );
+    }
 
     let drift = seen.drift();
     check(

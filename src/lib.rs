@@ -9,9 +9,16 @@
 //!                    │
 //!                    │ local "sold out" flag per event: once sold out, answer 409 here
 //!                    ▼
-//!             EVALSHA purchase.lua   one atomic step in Redis on the event's hash tag:
-//!                    │               window, operator's pause, per-user limit, stock,
-//!                    │               decrement, buyer record, order intent in the ledger
+//!             EVALSHA purchase.lua   one atomic step in Redis on the shopper's home
+//!                    │               bucket's hash tag (an event has 1..=64 stock
+//!                    │               buckets; home = user_id mod N): window, operator's
+//!                    │               pause, per-user limit, stock, decrement, buyer
+//!                    │               record, order intent in the bucket's ledger
+//!                    │
+//!                    │ home bucket dry, others not: transfer.lua moves stock
+//!                    │ ("out" on a donor, "in" on home, "done" on the donor;
+//!                    │ the reconciler finishes one a crash cut), then buy again;
+//!                    │ sold out only when every bucket is empty, none in flight
 //!                    ▼
 //!       202 Accepted {order_no, status: pending}       (SECKILL_ACK=durable: after the commit)
 //!                    │
@@ -32,9 +39,10 @@
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
 //! acks intents already in Postgres, finishes refunds whose units a crash
-//! left unreturned, settles stock adjustments a crash left pending, repairs
-//! stock/buyer drift with a compare-then-write script, rebuilds an event
-//! Redis lost.
+//! left unreturned, settles stock adjustments a crash left pending, lands
+//! transfers between buckets a crash left in flight, repairs stock/buyer
+//! drift with a compare-then-write script, rebuilds an event (or the
+//! buckets of it) Redis lost.
 //!
 //! cancel / refund ─> one Postgres transaction (order FOR UPDATE, wallet
 //!                    credit + ledger row, refunds row, order and payment
@@ -91,9 +99,11 @@
 //!   leaves it. [`ratelimit`] and [`telemetry`].
 //! - [`intent`]: the order intent, its ledger format and how an order ended;
 //!   [`config`]: typed settings; [`forwarded`]: the client behind trusted
-//!   proxies; [`auth`]: tokens. The bottom floor.
+//!   proxies; [`auth`]: tokens; [`bucket`]: an event's stock buckets and
+//!   a shopper's home bucket. The bottom floor.
 
 pub mod auth;
+pub mod bucket;
 pub mod catalog;
 pub mod config;
 pub mod dashboard;

@@ -32,7 +32,7 @@ use crate::{
         DbError,
     },
     intent::from_millis,
-    loading::sale_params,
+    loading::{self, sale_params},
     redis::{AdjustOutcome, Redis, RedisError},
 };
 
@@ -317,7 +317,7 @@ async fn edit_fenced(
         })?;
     redis.set_sale(id, sale_params(&updated)).await?;
     if let Some(adjustment) = adjustment {
-        let left = redis.stock_left(id).await?;
+        let left = redis.event_stock_left(id).await?;
         db::adjustments::mark_applied(&mut *tx, adjustment.id, updated.stock_total, left).await?;
     }
     tx.commit().await?;
@@ -397,6 +397,15 @@ enum Applied {
     No(LifecycleError),
 }
 
+/// The bucket a stock adjustment changes: the first (an event of several
+/// buckets takes added units there, and withdraws at most what it has
+/// left; transfers carry them on to the others as they sell).
+pub fn adjusted_bucket(event: &Event) -> crate::redis::Bucket {
+    loading::buckets(event)
+        .next()
+        .expect("an event has at least one bucket")
+}
+
 /// The Redis half of an adjustment, under the caller's fence: `adjust.lua`
 /// on a loaded sale; on one never preheated, the Postgres total is all
 /// there is (the preheat loads it).
@@ -407,7 +416,7 @@ async fn apply_in_redis(
 ) -> Result<Applied, LifecycleError> {
     Ok(
         match redis
-            .adjust_stock(event.id, adjustment.id, adjustment.delta)
+            .adjust_stock(adjusted_bucket(event), adjustment.id, adjustment.delta)
             .await?
         {
             AdjustOutcome::Applied { stock_left, .. } => Applied::Yes {
@@ -563,6 +572,19 @@ fn compare(event: &Event, loaded: Option<crate::redis::LoadedParams>) -> ParamsS
     }
 }
 
+/// [`compare`] over every bucket: the farthest from Postgres's decides.
+async fn compare_buckets(redis: &Redis, event: &Event) -> Result<ParamsSync, LifecycleError> {
+    let mut worst = ParamsSync::InSync;
+    for bucket in loading::buckets(event) {
+        match compare(event, redis.loaded_params(bucket).await?) {
+            ParamsSync::Corrected => return Ok(ParamsSync::Corrected),
+            ParamsSync::Closing => worst = ParamsSync::Closing,
+            ParamsSync::InSync => {}
+        }
+    }
+    Ok(worst)
+}
+
 /// Puts Postgres's sale parameters back into Redis when they differ (a crash
 /// between an operator's Redis write and its commit, a Redis back from an
 /// older state). Checked without the fence, written under it with the event
@@ -578,12 +600,12 @@ pub async fn sync_params(
     let Some(event) = db::events::get(db, id).await? else {
         return Ok(ParamsSync::InSync);
     };
-    let seen = compare(&event, redis.loaded_params(id).await?);
+    let seen = compare_buckets(redis, &event).await?;
     if seen == ParamsSync::InSync || (seen == ParamsSync::Closing && !revert_closing) {
         return Ok(seen);
     }
     let (tx, event) = fence(db, id).await?;
-    let now = compare(&event, redis.loaded_params(id).await?);
+    let now = compare_buckets(redis, &event).await?;
     if now == ParamsSync::InSync || (now == ParamsSync::Closing && !revert_closing) {
         return Ok(now);
     }

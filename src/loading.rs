@@ -18,8 +18,32 @@ use sqlx::PgPool;
 
 use crate::{
     db::{self, events::Event, DbError},
-    redis::{state::PAGE, PersistedOrder, RebuiltBuyer, Redis, RedisError, SaleParams},
+    redis::{state::PAGE, Bucket, PersistedOrder, RebuiltBuyer, Redis, RedisError, SaleParams},
 };
+
+/// How many stock buckets the event has (1..=[`crate::redis::MAX_BUCKETS`]).
+pub fn bucket_count(event: &Event) -> u16 {
+    event
+        .stock_buckets
+        .clamp(1, crate::redis::MAX_BUCKETS as i32) as u16
+}
+
+/// Every stock bucket of the event.
+pub fn buckets(event: &Event) -> impl Iterator<Item = Bucket> {
+    Bucket::all(event.id, bucket_count(event))
+}
+
+/// A shopper's home bucket in the event.
+pub fn home_bucket(event: &Event, user_id: i64) -> Bucket {
+    Bucket::home(event.id, bucket_count(event), user_id)
+}
+
+/// The units a first preheat gives each bucket: an even split, the
+/// remainder one each to the first buckets.
+pub fn first_share(total: i64, bucket: Bucket) -> i64 {
+    let of = bucket.of as i64;
+    total / of + i64::from((bucket.index as i64) < total % of)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -58,12 +82,24 @@ pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, 
     let mut tx = db.begin().await?;
     let fresh = db::events::lock_fresh(&mut *tx, event.id).await?;
     let event = fresh.as_ref().unwrap_or(event);
-    if !redis.is_loaded(event.id).await?
-        && db::orders::count_for_event(&mut *tx, event.id).await? > 0
-    {
+    let mut missing = Vec::new();
+    for bucket in buckets(event) {
+        if !redis.is_loaded(bucket).await? {
+            missing.push(bucket);
+        }
+    }
+    if !missing.is_empty() && db::orders::count_for_event(&mut *tx, event.id).await? > 0 {
         return Err(LoadError::HasOrders);
     }
-    let loaded = redis.preheat(event.id, sale_params(event)).await?;
+    let mut loaded = false;
+    if bucket_count(event) > 1 {
+        redis.record_buckets(event.id, bucket_count(event)).await?;
+    }
+    for bucket in missing {
+        let mut params = sale_params(event);
+        params.stock_total = first_share(event.stock_total, bucket);
+        loaded |= redis.preheat(bucket, params).await?;
+    }
     tx.commit().await?;
     Ok(loaded)
 }
@@ -71,17 +107,20 @@ pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, 
 /// Replaces an event's Redis state with Postgres truth plus the intents
 /// Redis still holds, in bounded steps: the buyers a Postgres page at a time,
 /// then the ledger a page at a time. The sale is unloaded meanwhile
-/// (purchases answer `not_active`). Returns (stock_left, intents kept).
+/// (purchases answer `not_active`). Every bucket of the event is rebuilt.
+/// Returns (stock_left, intents kept).
 pub async fn rebuild(db: &PgPool, redis: &Redis, event: &Event) -> Result<(i64, i64), LoadError> {
     let mut tx = db.begin().await?;
     let fresh = db::events::lock_fresh(&mut *tx, event.id).await?;
-    rebuild_fenced(db, redis, fresh.as_ref().unwrap_or(event), tx).await
+    let event = fresh.as_ref().unwrap_or(event);
+    let all: Vec<Bucket> = buckets(event).collect();
+    rebuild_fenced(db, redis, event, &all, tx).await
 }
 
-/// [`rebuild`], only when Redis still lacks the sale or its counters once
-/// the fence is held: the reconciler saw it lost, but an operator's rebuild
-/// may have restored it meanwhile, and a second one would unload a live sale
-/// for its duration. `None` when nothing was to do.
+/// [`rebuild`] of the buckets Redis still lacks (or holds without their
+/// counters) once the fence is held: the reconciler saw them lost, but an
+/// operator's rebuild may have restored them meanwhile, and a second one
+/// would unload a live sale for its duration. `None` when nothing was to do.
 pub async fn rebuild_if_lost(
     db: &PgPool,
     redis: &Redis,
@@ -89,30 +128,37 @@ pub async fn rebuild_if_lost(
 ) -> Result<Option<(i64, i64)>, LoadError> {
     let mut tx = db.begin().await?;
     let fresh = db::events::lock_fresh(&mut *tx, event.id).await?;
-    let state = redis.sale_state(event.id).await?;
-    if state.loaded && state.held.is_some() {
+    let event = fresh.as_ref().unwrap_or(event);
+    let mut lost = Vec::new();
+    for bucket in buckets(event) {
+        let state = redis.sale_state(bucket).await?;
+        if !state.loaded || state.held.is_none() {
+            lost.push(bucket);
+        }
+    }
+    if lost.is_empty() {
         return Ok(None);
     }
-    rebuild_fenced(db, redis, fresh.as_ref().unwrap_or(event), tx)
-        .await
-        .map(Some)
+    rebuild_fenced(db, redis, event, &lost, tx).await.map(Some)
 }
 
-/// The rebuild's steps, with the event row already held by `tx`.
-async fn rebuild_fenced(
+/// One lost bucket's buyers, refunds and ledger, rebuilt; what its shoppers
+/// hold: (units of Postgres's non-failed orders, units pending, intents kept).
+async fn rebuild_bucket_contents(
     db: &PgPool,
     redis: &Redis,
-    event: &Event,
-    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-) -> Result<(i64, i64), LoadError> {
-    redis.rebuild_begin(event.id).await?;
+    bucket: Bucket,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<(i64, i64, i64), LoadError> {
+    let event_id = bucket.event_id;
+    redis.rebuild_begin(bucket).await?;
     let (mut settled, mut after) = (0, 0);
     loop {
-        let users = db::orders::buyers_after(&mut *tx, event.id, after, PAGE as i64).await?;
+        let users = db::orders::buyers_after(&mut **tx, bucket, after, PAGE as i64).await?;
         let Some(&last) = users.last() else {
             break;
         };
-        let orders: Vec<PersistedOrder> = db::orders::of_buyers(&mut *tx, event.id, &users, None)
+        let orders: Vec<PersistedOrder> = db::orders::of_buyers(&mut **tx, event_id, &users, None)
             .await?
             .into_iter()
             .map(|row| PersistedOrder {
@@ -124,7 +170,7 @@ async fn rebuild_fenced(
             .collect();
         let buyers = RebuiltBuyer::from_orders(&orders);
         settled += buyers.iter().map(|b| b.held).sum::<i64>();
-        redis.rebuild_buyers(event.id, &buyers).await?;
+        redis.rebuild_buyers(bucket, &buyers).await?;
         after = last;
     }
     // Refunded orders hold nothing in the rebuilt sale (the buyers step
@@ -132,18 +178,17 @@ async fn rebuild_fenced(
     let mut after_order = uuid::Uuid::nil();
     loop {
         let page =
-            db::refunds::order_nos_after(&mut *tx, event.id, after_order, PAGE as i64).await?;
+            db::refunds::order_nos_after(&mut **tx, bucket, after_order, PAGE as i64).await?;
         let Some(&last) = page.last() else {
             break;
         };
-        redis.rebuild_returned(event.id, &page).await?;
+        redis.rebuild_returned(bucket, &page).await?;
         after_order = last;
     }
-    db::refunds::mark_event_returned(&mut *tx, event.id).await?;
     // No order of this event commits while the row is held: the pool sees
     // what the transaction sees.
     let (kept, pending_units) = redis
-        .rebuild_whole_ledger(event.id, |page| async move {
+        .rebuild_whole_ledger(bucket, |page| async move {
             let known = db::orders::failure_reasons(db, &page).await?;
             Ok::<_, LoadError>(
                 page.into_iter()
@@ -152,9 +197,89 @@ async fn rebuild_fenced(
             )
         })
         .await?;
-    let left = redis
-        .rebuild_finish(event.id, sale_params(event), settled, pending_units)
-        .await?;
+    Ok((settled, pending_units, kept))
+}
+
+/// The rebuild's steps, with the event row already held by `tx`.
+///
+/// A lost bucket's total (the units it is accountable for) is what the
+/// event's total leaves once the surviving buckets' totals and the units in
+/// flight from them are counted: each lost bucket gets what its shoppers
+/// hold, and the rest is shared evenly among the lost ones. The survivors
+/// are read until two reads in a row agree on every bucket's
+/// `transfer_seq` (no transfer moved between them). A transfer a survivor
+/// recorded towards a lost bucket stays in flight, excluded from the share,
+/// and lands once the bucket is loaded again (the reconciler's transfer
+/// step). A lost bucket's own transfer records go with it: their units are
+/// in what the event's total leaves.
+async fn rebuild_fenced(
+    db: &PgPool,
+    redis: &Redis,
+    event: &Event,
+    lost: &[Bucket],
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<(i64, i64), LoadError> {
+    if bucket_count(event) > 1 {
+        redis.record_buckets(event.id, bucket_count(event)).await?;
+    }
+    for &bucket in lost {
+        redis.forget_transfers(bucket).await?;
+    }
+    let survivors: Vec<Bucket> = buckets(event).filter(|b| !lost.contains(b)).collect();
+    let accounted_elsewhere = surviving_units(redis, &survivors).await?;
+    let mut held = Vec::with_capacity(lost.len());
+    for &bucket in lost {
+        held.push(rebuild_bucket_contents(db, redis, bucket, &mut tx).await?);
+    }
+    db::refunds::mark_event_returned(&mut *tx, event.id).await?;
+    let holding: i64 = held
+        .iter()
+        .map(|(settled, pending, _)| settled + pending)
+        .sum();
+    let spare = (event.stock_total - accounted_elsewhere - holding).max(0);
+    let (mut left, mut kept) = (0, 0);
+    for (i, (&bucket, &(settled, pending_units, intents))) in lost.iter().zip(&held).enumerate() {
+        let share = first_share(spare, Bucket::new(event.id, i as u16, lost.len() as u16));
+        // The whole sale on one bucket keeps the event's total (rebuild.lua
+        // refuses one with more sold than stocked).
+        let mut params = sale_params(event);
+        if lost.len() > 1 || !survivors.is_empty() {
+            params.stock_total = settled + pending_units + share;
+        }
+        left += redis
+            .rebuild_finish(bucket, params, settled, pending_units)
+            .await?;
+        kept += intents;
+    }
     tx.commit().await?;
     Ok((left, kept))
+}
+
+/// Units the surviving buckets account for: their totals and what they
+/// gave away that has not landed. Read until two reads agree on every
+/// survivor's `transfer_seq`, so no transfer moved in between.
+async fn surviving_units(redis: &Redis, survivors: &[Bucket]) -> Result<i64, LoadError> {
+    let read = || async {
+        let mut seqs = Vec::with_capacity(survivors.len());
+        let mut units = 0;
+        for &bucket in survivors {
+            let state = redis.sale_state(bucket).await?;
+            seqs.push(state.transfer_seq);
+            units += state.total;
+            for transfer in redis.pending_transfers(bucket).await? {
+                if !redis.transfer_arrived(&transfer).await? {
+                    units += transfer.units;
+                }
+            }
+        }
+        Ok::<_, RedisError>((seqs, units))
+    };
+    let (mut seqs, mut units) = read().await?;
+    loop {
+        let (again, now) = read().await?;
+        if again == seqs {
+            return Ok(units);
+        }
+        (seqs, units) = (again, now);
+    }
 }

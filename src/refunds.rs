@@ -33,7 +33,7 @@ use crate::{
         wallets::LedgerKind,
         DbError,
     },
-    redis::{Redis, RedisError, RefundedOrder, StockReturn},
+    redis::{Bucket, Redis, RedisError, RefundedOrder, StockReturn},
 };
 
 /// Who asks for the money back.
@@ -329,7 +329,11 @@ async fn not_persisted(
     requester: Requester,
 ) -> Result<RefundError, RefundError> {
     for event_id in redis.live_events().await? {
-        if let Some((_, entry)) = redis.ledger_entries(event_id, &[order_no]).await?.pop() {
+        if let Some((_, entry)) = redis
+            .event_ledger_entries(event_id, &[order_no])
+            .await?
+            .pop()
+        {
             return Ok(if requester.may_see(entry.user_id) {
                 RefundError::Pending
             } else {
@@ -365,7 +369,24 @@ pub async fn return_stock(
                 quantity: r.quantity,
             })
             .collect();
-        let outcomes = redis.return_refunded(event_id, &orders).await?;
+        let of = redis.buckets_of(event_id).await?;
+        let mut outcomes = vec![StockReturn::AlreadyReturned; orders.len()];
+        let mut per_bucket: std::collections::BTreeMap<Bucket, Vec<usize>> = Default::default();
+        for (i, order) in orders.iter().enumerate() {
+            per_bucket
+                .entry(Bucket::home(event_id, of, order.user_id))
+                .or_default()
+                .push(i);
+        }
+        for (bucket, at) in per_bucket {
+            let some: Vec<RefundedOrder> = at.iter().map(|&i| orders[i]).collect();
+            for (i, outcome) in at
+                .into_iter()
+                .zip(redis.return_refunded(bucket, &some).await?)
+            {
+                outcomes[i] = outcome;
+            }
+        }
         let done: Vec<Uuid> = orders
             .iter()
             .zip(&outcomes)

@@ -273,7 +273,7 @@ async fn poll_sold_out(app: AppState, stop: CancellationToken) {
             _ = tokio::time::sleep(SOLD_OUT_RECHECK) => {}
         }
         for id in app.catalog.sold_out_ids() {
-            if let Ok(Some(left)) = app.redis.stock_left(id).await {
+            if let Ok(Some(left)) = app.redis.event_stock_left(id).await {
                 if left > 0 {
                     app.catalog.clear_sold_out(id);
                 }
@@ -296,7 +296,7 @@ async fn refresh_catalog(app: AppState, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         for slot in app.catalog.recently_viewed() {
-            if let Ok(left) = app.redis.stock_left(slot.event.id).await {
+            if let Ok(left) = app.redis.event_stock_left(slot.event.id).await {
                 app.catalog.saw_stock(&slot, left);
             }
         }

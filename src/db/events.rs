@@ -28,6 +28,8 @@ pub struct Event {
     /// Seconds after a purchase during which its shopper may cancel it
     /// (`None`: no cancellation; an operator can still refund).
     pub cancel_window_seconds: Option<i32>,
+    /// Redis stock buckets (1: the whole sale on one hash tag); fixed at creation.
+    pub stock_buckets: i32,
 }
 
 pub struct NewEvent<'a> {
@@ -37,12 +39,13 @@ pub struct NewEvent<'a> {
     pub per_user_limit: i32,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    pub stock_buckets: i32,
 }
 
-const COLUMNS: &str = "id, name, price, stock_total, sold, per_user_limit, starts_at, ends_at, preheated_at, paused_at, version, cancel_window_seconds";
+const COLUMNS: &str = "id, name, price, stock_total, sold, per_user_limit, starts_at, ends_at, preheated_at, paused_at, version, cancel_window_seconds, stock_buckets";
 
 pub async fn insert(pool: &PgPool, new: &NewEvent<'_>) -> Result<Event, DbError> {
-    let sql = format!("INSERT INTO events (name, price, stock_total, per_user_limit, starts_at, ends_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}");
+    let sql = format!("INSERT INTO events (name, price, stock_total, per_user_limit, starts_at, ends_at, stock_buckets) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}");
     Ok(sqlx::query_as(&sql)
         .bind(new.name)
         .bind(new.price)
@@ -50,6 +53,7 @@ pub async fn insert(pool: &PgPool, new: &NewEvent<'_>) -> Result<Event, DbError>
         .bind(new.per_user_limit)
         .bind(new.starts_at)
         .bind(new.ends_at)
+        .bind(new.stock_buckets)
         .fetch_one(pool)
         .await?)
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::intent::Intent;
 
 use super::DbError;
+use crate::bucket::Bucket;
 
 /// An order as the shopper and operator see it.
 #[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -278,17 +279,21 @@ pub async fn of_buyers(
 /// A page of an event's buyers in Postgres, by user id after `after`.
 pub async fn buyers_after(
     db: impl PgExecutor<'_>,
-    event_id: i64,
+    bucket: impl Into<Bucket>,
     after: i64,
     limit: i64,
 ) -> Result<Vec<i64>, DbError> {
+    let bucket: Bucket = bucket.into();
     let rows: Vec<(i64,)> = sqlx::query_as(
         "SELECT DISTINCT user_id FROM orders WHERE event_id = $1 AND user_id > $2
+           AND ($4 = 1 OR ((user_id % $4) + $4) % $4 = $5)
          ORDER BY user_id LIMIT $3",
     )
-    .bind(event_id)
+    .bind(bucket.event_id)
     .bind(after)
     .bind(limit)
+    .bind(bucket.of as i64)
+    .bind(bucket.index as i64)
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|(u,)| u).collect())

@@ -8,6 +8,7 @@ use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
 use super::DbError;
+use crate::bucket::Bucket;
 
 /// A refund as stored and answered.
 #[derive(Clone, Debug, FromRow, Serialize, PartialEq, Eq)]
@@ -105,16 +106,21 @@ pub async fn unreturned(
 /// them all returned).
 pub async fn order_nos_after(
     db: impl PgExecutor<'_>,
-    event_id: i64,
+    bucket: impl Into<Bucket>,
     after: Uuid,
     limit: i64,
 ) -> Result<Vec<Uuid>, DbError> {
+    let bucket: Bucket = bucket.into();
     let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT order_no FROM refunds WHERE event_id = $1 AND order_no > $2 ORDER BY order_no LIMIT $3",
+        "SELECT order_no FROM refunds WHERE event_id = $1 AND order_no > $2
+           AND ($4 = 1 OR ((user_id % $4) + $4) % $4 = $5)
+         ORDER BY order_no LIMIT $3",
     )
-    .bind(event_id)
+    .bind(bucket.event_id)
     .bind(after)
     .bind(limit)
+    .bind(bucket.of as i64)
+    .bind(bucket.index as i64)
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|(o,)| o).collect())

@@ -45,6 +45,16 @@ pub struct CreateEvent {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2_592_000)]
     cancel_window_seconds: Option<i32>,
+    /// Redis stock buckets, 1..=64 (default 1): the stock split across this
+    /// many hash tags, so one hot item spreads over the masters of a Redis
+    /// Cluster. Fixed for the life of the event.
+    #[serde(default = "one_bucket")]
+    #[schema(minimum = 1, maximum = 64, default = 1)]
+    stock_buckets: i32,
+}
+
+fn one_bucket() -> i32 {
+    1
 }
 
 /// Upper bounds that keep every amount exact in Lua (doubles) and i64.
@@ -79,6 +89,10 @@ pub struct AdminEventView {
     pub paused_at: Option<DateTime<Utc>>,
     /// The definition's version: `PATCH` sends it back (stale: 409).
     pub version: i64,
+    /// Redis stock buckets (1: the whole sale on one hash tag).
+    pub stock_buckets: i32,
+    /// Each bucket's figures, for an event of several (empty otherwise).
+    pub buckets: Vec<BucketView>,
 }
 
 pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView, ApiError> {
@@ -86,9 +100,15 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
     // order is committed, so every accepted purchase is counted in one of
     // the two (read together, a batch committed in between was in neither).
     // The counters: O(1) in Redis, however large the sale.
-    let state = app.redis.sale_state(event.id).await?;
+    let buckets = app.redis.bucket_states(event.id).await?;
+    let state =
+        crate::redis::SaleState::merged(&buckets.iter().map(|(_, s)| *s).collect::<Vec<_>>());
     let figures = db::orders::figures(&app.db, event.id).await?;
-    Ok(view_of(app, event, state, figures))
+    let mut view = view_of(app, event, state, figures);
+    if event.stock_buckets > 1 {
+        view.buckets = buckets.iter().map(|(b, s)| BucketView::of(*b, s)).collect();
+    }
+    Ok(view)
 }
 
 /// The view from a Redis read (`state.lua`) and Postgres's figures taken
@@ -114,6 +134,47 @@ pub fn view_of(
         lifecycle: super::lifecycle::Lifecycle::of(event, stock, Utc::now()),
         paused_at: event.paused_at,
         version: event.version,
+        stock_buckets: event.stock_buckets,
+        buckets: Vec::new(),
+    }
+}
+
+/// One stock bucket as Redis holds it (an event of several buckets).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BucketView {
+    pub index: u16,
+    /// The hash tag of the bucket's keys, and its cluster slot.
+    pub hash_tag: String,
+    pub slot: u16,
+    pub loaded: bool,
+    pub stock_left: Option<i64>,
+    /// Units this bucket is accountable for: its stock and what its
+    /// shoppers hold (moves with transfers).
+    pub total: i64,
+    /// Units held by this bucket's shoppers' non-failed orders.
+    pub held: Option<i64>,
+    pub pending: i64,
+    pub moved_in: i64,
+    pub moved_out: i64,
+    /// Units given to another bucket whose arrival is not confirmed yet.
+    pub in_flight: i64,
+}
+
+impl BucketView {
+    pub fn of(bucket: crate::redis::Bucket, state: &crate::redis::SaleState) -> Self {
+        Self {
+            index: bucket.index,
+            hash_tag: bucket.hash_tag(),
+            slot: bucket.slot(),
+            loaded: state.loaded,
+            stock_left: state.stock_left,
+            total: state.total,
+            held: state.held,
+            pending: state.pending,
+            moved_in: state.moved_in,
+            moved_out: state.moved_out,
+            in_flight: state.in_flight,
+        }
     }
 }
 
@@ -194,7 +255,14 @@ pub async fn create_event(
         per_user_limit: body.per_user_limit,
         starts_at: body.starts_at,
         ends_at: body.ends_at,
+        stock_buckets: body.stock_buckets,
     };
+    if !(1..=crate::redis::MAX_BUCKETS as i32).contains(&body.stock_buckets) {
+        return Err(ApiError::unprocessable(format!(
+            "stock_buckets must be in 1..={}",
+            crate::redis::MAX_BUCKETS
+        )));
+    }
     if body
         .cancel_window_seconds
         .is_some_and(|s| !(1..=MAX_CANCEL_WINDOW).contains(&s))
@@ -312,7 +380,7 @@ pub async fn preheat(
             event_id: id,
             loaded,
             rebuilt: false,
-            stock_left: app.redis.stock_left(id).await?,
+            stock_left: app.redis.event_stock_left(id).await?,
             pending_intents: None,
         }
     };

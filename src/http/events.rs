@@ -135,7 +135,7 @@ pub async fn show(
     let stock = match app.catalog.seen_stock(&slot) {
         Some(seen) => seen,
         None => {
-            let left = app.redis.stock_left(id).await?;
+            let left = app.redis.event_stock_left(id).await?;
             app.catalog.saw_stock(&slot, left);
             SeenStock {
                 left,

@@ -33,7 +33,12 @@ async fn find(app: &AppState, order_no: Uuid) -> Result<Option<Order>, ApiError>
         return Ok(Some(order));
     }
     for event_id in app.redis.live_events().await? {
-        if let Some((_, entry)) = app.redis.ledger_entries(event_id, &[order_no]).await?.pop() {
+        if let Some((_, entry)) = app
+            .redis
+            .event_ledger_entries(event_id, &[order_no])
+            .await?
+            .pop()
+        {
             return Ok(Some(pending(order_no, event_id, entry)));
         }
     }
@@ -89,7 +94,7 @@ pub async fn mine(
     for event_id in app.redis.live_events().await? {
         let held: Vec<Uuid> = app
             .redis
-            .buyer_orders(event_id, user_id)
+            .buyer_orders(app.redis.home(event_id, user_id).await?, user_id)
             .await?
             .into_iter()
             .map(|(o, _)| o)
@@ -98,7 +103,8 @@ pub async fn mine(
             .into_iter()
             .filter(|o| !orders.iter().any(|p| p.order_no == *o))
             .collect();
-        for (order_no, entry) in app.redis.ledger_entries(event_id, &unseen).await? {
+        let home = app.redis.home(event_id, user_id).await?;
+        for (order_no, entry) in app.redis.ledger_entries(home, &unseen).await? {
             orders.push(pending(order_no, event_id, entry));
         }
     }

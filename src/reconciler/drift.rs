@@ -13,7 +13,8 @@ use super::{Discrepancy, ReconcileError, Reconciler, Report, CONFIRM_AFTER};
 use crate::{
     db::{self, events::Event},
     drift::{buyer_drift, Observation},
-    redis::{state::PAGE, MOST_PER_CALL},
+    loading,
+    redis::{state::PAGE, Bucket, MOST_PER_CALL},
 };
 
 /// Where the background sweep of an event's buyers stands.
@@ -44,8 +45,13 @@ impl Reconciler {
             return Ok(());
         }
         // A stable difference: find the buyers, then set the stock.
-        let mut cursor = SweepCursor::default();
-        while !self.sweep_page(event, &mut cursor, report).await? {}
+        for bucket in loading::buckets(event) {
+            let mut cursor = SweepCursor::default();
+            while !self.sweep_page(event, bucket, &mut cursor, report).await? {}
+        }
+        if loading::bucket_count(event) > 1 {
+            return self.repair_bucket_stocks(event, report).await;
+        }
         let after = Observation::take(&self.db, &self.redis, event).await?;
         let Some((before, _)) = after.drift().stock.or(after.drift().held) else {
             return Ok(());
@@ -93,25 +99,102 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Each pass, one page of buyers (Redis's and Postgres's) compared and
-    /// repaired, the cursor kept for the next pass.
+    /// An event of several buckets, once its buyers are repaired: each
+    /// bucket's stock is its total less what its shoppers hold (both kept
+    /// by the scripts in the same steps; a repair writes only if the stock
+    /// and the pending counter are still as read). Then the buckets'
+    /// totals, with the units in flight, must add up to Postgres's
+    /// `stock_total`; a difference (a transfer step lost with a Redis
+    /// failover) is reported, and a missing amount is put back into the
+    /// first bucket with a once-only adjustment.
+    async fn repair_bucket_stocks(
+        &self,
+        event: &Event,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let mut accounted = 0;
+        for bucket in loading::buckets(event) {
+            let state = self.redis.bucket_state(bucket).await?;
+            accounted += state.total + state.in_flight;
+            let (Some(held), Some(stock)) = (state.held, state.stock_left) else {
+                continue;
+            };
+            let target = (state.total - held).max(0);
+            if stock == target {
+                continue;
+            }
+            let repaired = self
+                .redis
+                .repair_stock(bucket, Some(stock), state.pending_units, target, held)
+                .await?;
+            if repaired {
+                report.repairs += 1;
+                if target > stock {
+                    self.redis.publish_stock_back(event.id).await?;
+                }
+            }
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "bucket_stock_drift",
+                subject: Some(format!("bucket {}", bucket.index)),
+                before: stock.to_string(),
+                after: target.to_string(),
+                repaired,
+            });
+        }
+        let missing = event.stock_total - accounted;
+        if missing == 0 {
+            return Ok(());
+        }
+        // An operator's adjustment between its Redis step and its commit
+        // moves the first bucket's total before Postgres's: not now.
+        let adjusting = !crate::db::adjustments::pending(&self.db, std::time::Duration::ZERO, 1)
+            .await?
+            .is_empty();
+        let repaired = missing > 0 && !adjusting && {
+            let first = crate::lifecycle::adjusted_bucket(event);
+            let id = -chrono::Utc::now().timestamp_millis();
+            matches!(
+                self.redis.adjust_stock(first, id, missing).await?,
+                crate::redis::AdjustOutcome::Applied { .. }
+            )
+        };
+        if repaired {
+            report.repairs += 1;
+            self.redis.publish_stock_back(event.id).await?;
+        }
+        report.discrepancies.push(Discrepancy {
+            event_id: event.id,
+            kind: "bucket_totals_drift",
+            subject: None,
+            before: format!("buckets account for {accounted} units"),
+            after: format!("stock_total {}", event.stock_total),
+            repaired,
+        });
+        Ok(())
+    }
+
+    /// Each pass, one page of buyers (Redis's and Postgres's) of each bucket
+    /// compared and repaired, the cursors kept for the next pass.
     pub(super) async fn sweep_some_buyers(
         &self,
         event: &Event,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
-        let mut cursor = self
-            .sweeps
-            .lock()
-            .expect("sweep cursors")
-            .get(&event.id)
-            .cloned()
-            .unwrap_or_default();
-        let _ = self.sweep_page(event, &mut cursor, report).await?;
-        self.sweeps
-            .lock()
-            .expect("sweep cursors")
-            .insert(event.id, cursor);
+        for bucket in loading::buckets(event) {
+            let mut cursor = self
+                .sweeps
+                .lock()
+                .expect("sweep cursors")
+                .get(&bucket)
+                .cloned()
+                .unwrap_or_default();
+            let _ = self.sweep_page(event, bucket, &mut cursor, report).await?;
+            self.sweeps
+                .lock()
+                .expect("sweep cursors")
+                .insert(bucket, cursor);
+        }
         Ok(())
     }
 
@@ -120,6 +203,7 @@ impl Reconciler {
     async fn sweep_page(
         &self,
         event: &Event,
+        bucket: Bucket,
         cursor: &mut SweepCursor,
         report: &mut Report,
     ) -> Result<bool, ReconcileError> {
@@ -128,11 +212,13 @@ impl Reconciler {
         } else {
             cursor.redis.as_str()
         };
-        let (next, from_redis) = self.redis.buyers_page(event.id, start).await?;
+        let (next, from_redis) = self.redis.buyers_page(bucket, start).await?;
         let from_postgres =
-            db::orders::buyers_after(&self.db, event.id, cursor.postgres, PAGE as i64).await?;
-        self.compare_buyers(event, &from_redis, report).await?;
-        self.compare_buyers(event, &from_postgres, report).await?;
+            db::orders::buyers_after(&self.db, bucket, cursor.postgres, PAGE as i64).await?;
+        self.compare_buyers(event, bucket, &from_redis, report)
+            .await?;
+        self.compare_buyers(event, bucket, &from_postgres, report)
+            .await?;
         let redis_done = next == "0";
         let postgres_done = from_postgres.len() < PAGE as usize;
         cursor.redis = if redis_done { String::new() } else { next };
@@ -147,11 +233,13 @@ impl Reconciler {
     async fn compare_buyers(
         &self,
         event: &Event,
+        bucket: Bucket,
         users: &[i64],
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
         for part in users.chunks(MOST_PER_CALL) {
-            self.compare_some_buyers(event, part, report).await?;
+            self.compare_some_buyers(event, bucket, part, report)
+                .await?;
         }
         Ok(())
     }
@@ -160,15 +248,16 @@ impl Reconciler {
     async fn compare_some_buyers(
         &self,
         event: &Event,
+        bucket: Bucket,
         users: &[i64],
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
-        let (at_ms, buyers) = self.redis.buyers_at(event.id, users).await?;
+        let (at_ms, buyers) = self.redis.buyers_at(bucket, users).await?;
         let drift = buyer_drift(&self.db, event.id, at_ms, &buyers).await?;
         if drift.is_empty() {
             return Ok(());
         }
-        let repaired = self.redis.repair_buyers(event.id, &drift).await?;
+        let repaired = self.redis.repair_buyers(bucket, &drift).await?;
         if repaired {
             report.repairs += 1;
         }

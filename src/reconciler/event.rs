@@ -19,7 +19,9 @@ use crate::{
     db::{self, events::Event, DbError},
     drift::Observation,
     intent::{Intent, Settled},
-    loading, refunds,
+    loading,
+    redis::Bucket,
+    refunds,
     writer::{self, settle, Settlement},
 };
 
@@ -30,6 +32,7 @@ impl Reconciler {
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
         self.finish_refunds(event, report).await?;
+        self.finish_transfers(event, report).await?;
         let seen = Observation::take(&self.db, &self.redis, event).await?;
         let state = seen.state;
         if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && state.pending == 0 {
@@ -133,7 +136,7 @@ impl Reconciler {
             .ledger
             .iter()
             .filter(|(_, e)| at_ms - e.accepted_ms >= grace_ms)
-            .map(|(order_no, e)| e.intent(*order_no, event.id))
+            .map(|(order_no, e)| e.intent(*order_no, event.id, loading::bucket_count(event)))
             .collect();
         if stale.is_empty() {
             return Ok(());
@@ -152,12 +155,13 @@ impl Reconciler {
             .into_iter()
             .filter(|i| !settling.contains(&i.order_no))
             .partition(|i| persisted.contains_key(&i.order_no));
-        let done = self.still_pending(event.id, done).await?;
+        let done = self.still_pending(done).await?;
 
         if !done.is_empty() {
             let settlements: Vec<Settlement> = done
                 .iter()
                 .map(|i| Settlement {
+                    bucket: i.bucket(),
                     event_id: i.event_id,
                     order_no: i.order_no,
                     settled: persisted[&i.order_no]
@@ -263,23 +267,28 @@ impl Reconciler {
     /// Of intents persisted a while ago but still in the ledger, those still
     /// there after a second look: a writer slowed down (a long transaction,
     /// a busy machine) acks its own in the meantime, and is no leftover.
-    async fn still_pending(
-        &self,
-        event_id: i64,
-        intents: Vec<Intent>,
-    ) -> Result<Vec<Intent>, ReconcileError> {
+    async fn still_pending(&self, intents: Vec<Intent>) -> Result<Vec<Intent>, ReconcileError> {
         if intents.is_empty() {
             return Ok(intents);
         }
         tokio::time::sleep(CONFIRM_AFTER).await;
-        let order_nos: Vec<Uuid> = intents.iter().map(|i| i.order_no).collect();
-        let pending: HashSet<Uuid> = self
-            .redis
-            .ledger_entries(event_id, &order_nos)
-            .await?
-            .into_iter()
-            .map(|(o, _)| o)
-            .collect();
+        let mut per_bucket: std::collections::BTreeMap<Bucket, Vec<Uuid>> = Default::default();
+        for intent in &intents {
+            per_bucket
+                .entry(intent.bucket())
+                .or_default()
+                .push(intent.order_no);
+        }
+        let mut pending: HashSet<Uuid> = HashSet::new();
+        for (bucket, order_nos) in per_bucket {
+            pending.extend(
+                self.redis
+                    .ledger_entries(bucket, &order_nos)
+                    .await?
+                    .into_iter()
+                    .map(|(o, _)| o),
+            );
+        }
         Ok(intents
             .into_iter()
             .filter(|i| pending.contains(&i.order_no))

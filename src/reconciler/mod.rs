@@ -15,9 +15,16 @@
 //! 4. Refunds committed in Postgres whose units are not back in the sale
 //!    (a crash after the commit) → returned by `refund.lua`, exactly once
 //!    ([`crate::refunds::finish_event`]); this runs first, before the look.
-//! 5. Stock and buyer counts that disagree with Postgres truth plus pending
+//! 5. Stock transfers between an event's buckets left half done (a crash
+//!    between the source's step and the target's) → landed once
+//!    ([`transfers`]); this runs before the look too.
+//! 6. Stock and buyer counts that disagree with Postgres truth plus pending
 //!    intents ([`crate::drift`]) → observed twice, then corrected by
 //!    `repair.lua`, which writes only if the state is still exactly as observed.
+//!    An event of several buckets is looked at as one (counters summed,
+//!    ledgers read in turn); its buyers are compared and repaired in their
+//!    home buckets, and each bucket's stock is set to its total less what
+//!    its shoppers hold.
 //!
 //! Before the events, each pass finishes the stock adjustments a crash left
 //! pending ([`crate::lifecycle::settle_adjustment`]: applied once, as Redis
@@ -31,6 +38,7 @@
 mod drift;
 mod event;
 mod gauges;
+mod transfers;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -145,7 +153,7 @@ pub struct Reconciler {
     /// Who ran a pass (the process instance), in `reconcile_runs`.
     holder: String,
     /// Where the background sweep of each event's buyers stands.
-    sweeps: std::sync::Mutex<std::collections::HashMap<i64, drift::SweepCursor>>,
+    sweeps: std::sync::Mutex<std::collections::HashMap<crate::redis::Bucket, drift::SweepCursor>>,
     /// Since when each event's Redis has been seen more closed than Postgres.
     closing_since: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
     /// Leadership and ledger figures for `/metrics`.

@@ -6,7 +6,7 @@
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::{Redis, RedisError};
+use super::{keys::Bucket, Redis, RedisError};
 use crate::intent::Intent;
 
 /// What `admit.lua` said of a batch.
@@ -22,9 +22,10 @@ impl Redis {
     /// Runs `missing.lua`: the intents (of one event) no longer pending in its ledger.
     pub async fn missing_from_ledger(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         intents: &[Intent],
     ) -> Result<Vec<Intent>, RedisError> {
+        let event_id: Bucket = event_id.into();
         let parts = Self::in_parts(intents, |part| async move {
             let args = part
                 .iter()
@@ -54,7 +55,12 @@ impl Redis {
 
     /// Runs `admit.lua` for intents of one event: which may be persisted as
     /// they are, and which lost their stock with a Redis restart.
-    pub async fn admit(&self, event_id: i64, intents: &[Intent]) -> Result<Admission, RedisError> {
+    pub async fn admit(
+        &self,
+        event_id: impl Into<Bucket>,
+        intents: &[Intent],
+    ) -> Result<Admission, RedisError> {
+        let event_id: Bucket = event_id.into();
         let parts = Self::in_parts(intents, |part| self.admit_part(event_id, part)).await?;
         let mut decided = Vec::with_capacity(intents.len());
         for part in parts {
@@ -68,7 +74,12 @@ impl Redis {
         Ok(Admission::Decided(decided))
     }
 
-    async fn admit_part(&self, event_id: i64, intents: &[Intent]) -> Result<Admission, RedisError> {
+    async fn admit_part(
+        &self,
+        event_id: impl Into<Bucket>,
+        intents: &[Intent],
+    ) -> Result<Admission, RedisError> {
+        let event_id: Bucket = event_id.into();
         let mut args = Vec::with_capacity(intents.len() * 5);
         for i in intents {
             args.extend([

@@ -1,8 +1,10 @@
 //! The only place Redis key strings are built.
 //!
-//! Every key of one event carries the hash tag `{<event_id>}`, so a script
+//! Every key of one stock bucket carries the bucket's hash tag ([`crate::bucket`]), so a script
 //! that touches them all stays on one cluster slot; every key starts with
 //! `SECKILL_REDIS_PREFIX`, so deployments and tests can share a Redis.
+
+pub use crate::bucket::{Bucket, MAX_BUCKETS};
 
 /// Key builder for one deployment prefix.
 #[derive(Clone, Debug)]
@@ -25,6 +27,11 @@ pub struct EventKeys {
     pub ledger: String,
     /// set: order_nos of refunded orders whose units came back (refund.lua)
     pub returned: String,
+    /// hash: transfer id -> "target_index:units": units this bucket gave
+    /// away whose arrival is not confirmed yet (transfer.lua)
+    pub transfers_out: String,
+    /// set: ids of transfers this bucket received (applied once each)
+    pub transfers_in: String,
 }
 
 impl Keys {
@@ -38,21 +45,30 @@ impl Keys {
         &self.prefix
     }
 
-    pub fn event(&self, event_id: i64) -> EventKeys {
+    /// The keys of one bucket (an event id: its only bucket).
+    pub fn event(&self, at: impl Into<Bucket>) -> EventKeys {
         let p = &self.prefix;
+        let tag = at.into().hash_tag();
         EventKeys {
-            meta: format!("{p}:{{{event_id}}}:meta"),
-            stock: format!("{p}:{{{event_id}}}:stock"),
-            bought: format!("{p}:{{{event_id}}}:bought"),
-            orders: format!("{p}:{{{event_id}}}:orders"),
-            ledger: format!("{p}:{{{event_id}}}:ledger"),
-            returned: format!("{p}:{{{event_id}}}:returned"),
+            meta: format!("{p}:{{{tag}}}:meta"),
+            stock: format!("{p}:{{{tag}}}:stock"),
+            bought: format!("{p}:{{{tag}}}:bought"),
+            orders: format!("{p}:{{{tag}}}:orders"),
+            ledger: format!("{p}:{{{tag}}}:ledger"),
+            returned: format!("{p}:{{{tag}}}:returned"),
+            transfers_out: format!("{p}:{{{tag}}}:transfers-out"),
+            transfers_in: format!("{p}:{{{tag}}}:transfers-in"),
         }
     }
 
     /// Set of event ids loaded into Redis (preheated and not yet closed out).
     pub fn live_events(&self) -> String {
         format!("{}:live-events", self.prefix)
+    }
+
+    /// Hash: event id -> its stock buckets (written at preheat; absent: 1).
+    pub fn event_buckets(&self) -> String {
+        format!("{}:event-buckets", self.prefix)
     }
 
     /// A shopper's idempotency record; keys are scoped per user.
@@ -84,9 +100,12 @@ impl EventKeys {
         keys
     }
 
-    /// Every key of the event, for its close-out.
+    /// Every key of the bucket, for its close-out.
     pub fn every(&self) -> Vec<String> {
-        self.with_returned()
+        let mut keys = self.with_returned();
+        keys.push(self.transfers_out.clone());
+        keys.push(self.transfers_in.clone());
+        keys
     }
 
     /// meta, stock, bought, orders, ledger: the order every sale script takes.
@@ -111,5 +130,32 @@ mod tests {
         for key in keys.every() {
             assert!(key.starts_with("t1:{42}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn buckets_spread_over_equal_slot_ranges_and_homes_are_stable() {
+        for of in [2u16, 3, 6, 64] {
+            for bucket in Bucket::all(7, of) {
+                let slot = bucket.slot() as u32;
+                let width = crate::bucket::SLOTS / of as u32;
+                assert!(
+                    slot / width == bucket.index as u32
+                        || (slot * of as u32 / crate::bucket::SLOTS) == bucket.index as u32,
+                    "bucket {bucket:?} on slot {slot}"
+                );
+                for key in Keys::new("t").event(bucket).every() {
+                    assert_eq!(
+                        fred::util::redis_keyslot(key.as_bytes()),
+                        bucket.slot(),
+                        "{key}"
+                    );
+                }
+            }
+        }
+        assert_eq!(Bucket::home(7, 3, 10).index, 1);
+        assert_eq!(Bucket::home(7, 3, -1).index, 2);
+        assert_eq!(Bucket::home(7, 1, 10), Bucket::whole(7));
+        let others: Vec<u16> = Bucket::new(7, 1, 3).others().map(|b| b.index).collect();
+        assert_eq!(others, vec![2, 0]);
     }
 }

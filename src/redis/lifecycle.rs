@@ -5,7 +5,7 @@
 
 use fred::{prelude::*, types::Value};
 
-use super::{Redis, RedisError, SaleParams};
+use super::{keys::Bucket, Redis, RedisError, SaleParams};
 
 /// What `sale.lua` did: whether the event was loaded, Redis's time, and the
 /// window after.
@@ -43,10 +43,25 @@ pub struct LoadedParams {
 }
 
 impl Redis {
-    /// Runs `sale.lua` "set": the parameters written as they are.
+    /// Runs `sale.lua` "set" on every bucket of the event: the parameters
+    /// written as they are.
     pub async fn set_sale(&self, event_id: i64, sale: SaleParams) -> Result<SaleWrite, RedisError> {
+        let mut first = None;
+        for bucket in self.buckets(event_id).await? {
+            let written = self.set_bucket_sale(bucket, sale).await?;
+            first.get_or_insert(written);
+        }
+        Ok(first.expect("an event has at least one bucket"))
+    }
+
+    /// `sale.lua` "set" on one bucket.
+    pub async fn set_bucket_sale(
+        &self,
+        bucket: Bucket,
+        sale: SaleParams,
+    ) -> Result<SaleWrite, RedisError> {
         self.sale_script(
-            event_id,
+            bucket,
             vec![
                 Value::from("set"),
                 Value::from(sale.price),
@@ -59,37 +74,59 @@ impl Redis {
         .await
     }
 
-    /// Runs `sale.lua` "end": the sale ends now, by Redis's clock.
+    /// Runs `sale.lua` "end": the sale ends now, by Redis's clock. The
+    /// first bucket decides the window; the others get the same (their
+    /// clocks read later, so "min(ends, now)" keeps the first's end).
     pub async fn end_sale(
         &self,
         event_id: i64,
         starts_ms: i64,
         ends_ms: i64,
     ) -> Result<SaleWrite, RedisError> {
-        self.sale_script(
-            event_id,
-            vec![
-                Value::from("end"),
-                Value::from(starts_ms),
-                Value::from(ends_ms),
-            ],
-        )
-        .await
+        let (mut starts_ms, mut ends_ms) = (starts_ms, ends_ms);
+        let mut first = None;
+        for bucket in self.buckets(event_id).await? {
+            let written = self
+                .sale_script(
+                    bucket,
+                    vec![
+                        Value::from("end"),
+                        Value::from(starts_ms),
+                        Value::from(ends_ms),
+                    ],
+                )
+                .await?;
+            (starts_ms, ends_ms) = (written.starts_ms, written.ends_ms);
+            first.get_or_insert(written);
+        }
+        Ok(first.expect("an event has at least one bucket"))
     }
 
-    /// Runs `sale.lua` "pause": only the pause flag (`paused` false: resume).
+    /// Runs `sale.lua` "pause" on every bucket: only the pause flag
+    /// (`paused` false: resume).
     pub async fn pause_sale(&self, event_id: i64, paused: bool) -> Result<SaleWrite, RedisError> {
-        self.sale_script(
-            event_id,
-            vec![
-                Value::from("pause"),
-                Value::from(if paused { "1" } else { "0" }),
-            ],
-        )
-        .await
+        let mut first = None;
+        for bucket in self.buckets(event_id).await? {
+            let written = self
+                .sale_script(
+                    bucket,
+                    vec![
+                        Value::from("pause"),
+                        Value::from(if paused { "1" } else { "0" }),
+                    ],
+                )
+                .await?;
+            first.get_or_insert(written);
+        }
+        Ok(first.expect("an event has at least one bucket"))
     }
 
-    async fn sale_script(&self, event_id: i64, args: Vec<Value>) -> Result<SaleWrite, RedisError> {
+    async fn sale_script(
+        &self,
+        event_id: impl Into<Bucket>,
+        args: Vec<Value>,
+    ) -> Result<SaleWrite, RedisError> {
+        let event_id: Bucket = event_id.into();
         let reply = self
             .run(
                 &self.scripts.sale,
@@ -113,10 +150,11 @@ impl Redis {
     /// Runs `adjust.lua` for adjustment `id`.
     pub async fn adjust_stock(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         id: i64,
         delta: i64,
     ) -> Result<AdjustOutcome, RedisError> {
+        let event_id: Bucket = event_id.into();
         let k = self.keys.event(event_id);
         let reply = self
             .run(
@@ -146,7 +184,11 @@ impl Redis {
     }
 
     /// The sale parameters Redis holds; `None` when the event is not loaded.
-    pub async fn loaded_params(&self, event_id: i64) -> Result<Option<LoadedParams>, RedisError> {
+    pub async fn loaded_params(
+        &self,
+        event_id: impl Into<Bucket>,
+    ) -> Result<Option<LoadedParams>, RedisError> {
+        let event_id: Bucket = event_id.into();
         let raw: Vec<Option<i64>> = self
             .client()
             .hmget(

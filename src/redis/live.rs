@@ -6,24 +6,43 @@ use std::collections::HashMap;
 use fred::prelude::*;
 use uuid::Uuid;
 
-use super::{Redis, RedisError};
+use super::{keys::Bucket, Redis, RedisError};
 use crate::intent::LedgerEntry;
 
 impl Redis {
     /// Units left, or None when the event is not in Redis.
-    pub async fn stock_left(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
+    pub async fn stock_left(&self, event_id: impl Into<Bucket>) -> Result<Option<i64>, RedisError> {
+        let event_id: Bucket = event_id.into();
         Ok(self.client().get(self.keys.event(event_id).stock).await?)
     }
 
+    /// Units left in all of an event's buckets (those in flight between
+    /// two are on their way to one: counted once they land), or None when
+    /// no bucket is in Redis. One GET for a one-bucket event.
+    pub async fn event_stock_left(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
+        let mut left: Option<i64> = None;
+        for bucket in self.buckets(event_id).await? {
+            if let Some(stock) = self.stock_left(bucket).await? {
+                left = Some(left.unwrap_or(0) + stock);
+            }
+        }
+        Ok(left)
+    }
+
     /// Whether the event's sale parameters are loaded.
-    pub async fn is_loaded(&self, event_id: i64) -> Result<bool, RedisError> {
+    pub async fn is_loaded(&self, event_id: impl Into<Bucket>) -> Result<bool, RedisError> {
+        let event_id: Bucket = event_id.into();
         let n: i64 = self.client().exists(self.keys.event(event_id).meta).await?;
         Ok(n == 1)
     }
 
     /// Every pending intent of an event, in one read: for tests and small
     /// events (the engine walks the ledger with [`Redis::ledger_page`]).
-    pub async fn ledger(&self, event_id: i64) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+    pub async fn ledger(
+        &self,
+        event_id: impl Into<Bucket>,
+    ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+        let event_id: Bucket = event_id.into();
         let raw: HashMap<String, String> = self
             .client()
             .hgetall(self.keys.event(event_id).ledger)
@@ -39,9 +58,10 @@ impl Redis {
     /// Pending intents for some order_nos of one event.
     pub async fn ledger_entries(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+        let event_id: Bucket = event_id.into();
         if order_nos.is_empty() {
             return Ok(Vec::new());
         }
@@ -61,9 +81,10 @@ impl Redis {
     /// the event's `returned` set), in reads of at most 1,000.
     pub async fn returned_among(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<Vec<bool>, RedisError> {
+        let event_id: Bucket = event_id.into();
         let key = self.keys.event(event_id).returned;
         let mut out = Vec::with_capacity(order_nos.len());
         for chunk in order_nos.chunks(1_000) {
@@ -74,12 +95,46 @@ impl Redis {
         Ok(out)
     }
 
+    /// [`Self::ledger_entries`] over every bucket of the event (for callers
+    /// that do not know the orders' shoppers).
+    pub async fn event_ledger_entries(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+    ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+        let mut found = Vec::new();
+        for bucket in self.buckets(event_id).await? {
+            found.extend(self.ledger_entries(bucket, order_nos).await?);
+        }
+        Ok(found)
+    }
+
+    /// [`Self::returned_among`] over every bucket of the event: whether
+    /// each order's units are back in any of them.
+    pub async fn event_returned_among(
+        &self,
+        event_id: i64,
+        order_nos: &[Uuid],
+    ) -> Result<Vec<bool>, RedisError> {
+        let mut back = vec![false; order_nos.len()];
+        for bucket in self.buckets(event_id).await? {
+            for (seen, flag) in back
+                .iter_mut()
+                .zip(self.returned_among(bucket, order_nos).await?)
+            {
+                *seen |= flag;
+            }
+        }
+        Ok(back)
+    }
+
     /// The buyer's order_nos for an event, each with whether it failed.
     pub async fn buyer_orders(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         user_id: i64,
     ) -> Result<Vec<(Uuid, bool)>, RedisError> {
+        let event_id: Bucket = event_id.into();
         let raw: Option<String> = self
             .client()
             .hget(self.keys.event(event_id).orders, user_id)
@@ -89,7 +144,11 @@ impl Redis {
 
     /// Units held per buyer (user_id -> units), in one read: for tests and
     /// small events (the engine walks buyers with [`Redis::buyers_page`]).
-    pub async fn buyers(&self, event_id: i64) -> Result<HashMap<i64, i64>, RedisError> {
+    pub async fn buyers(
+        &self,
+        event_id: impl Into<Bucket>,
+    ) -> Result<HashMap<i64, i64>, RedisError> {
+        let event_id: Bucket = event_id.into();
         let raw: HashMap<String, i64> = self
             .client()
             .hgetall(self.keys.event(event_id).bought)
@@ -104,14 +163,74 @@ impl Redis {
     /// is freed in the background, not while Redis serves) and its place in
     /// the live set.
     pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
-        for key in self.keys.event(event_id).every() {
-            let _: i64 = self.client().unlink(key).await?;
+        for bucket in self.buckets(event_id).await? {
+            for key in self.keys.event(bucket).every() {
+                let _: i64 = self.client().unlink(key).await?;
+            }
         }
+        let _: i64 = self
+            .client()
+            .hdel(self.keys.event_buckets(), event_id)
+            .await?;
         let _: i64 = self
             .client()
             .srem(self.keys.live_events(), event_id)
             .await?;
         Ok(())
+    }
+
+    /// Records an event's bucket count (at its preheat or rebuild), for the
+    /// steps that know only an event id and a shopper ([`Self::home`]).
+    pub async fn record_buckets(&self, event_id: i64, of: u16) -> Result<(), RedisError> {
+        let _: i64 = self
+            .client()
+            .hset(self.keys.event_buckets(), (event_id, of as i64))
+            .await?;
+        self.bucket_counts
+            .lock()
+            .expect("bucket counts")
+            .insert(event_id, of);
+        Ok(())
+    }
+
+    /// An event's bucket count (1 when none was recorded: a one-bucket
+    /// event, or one not preheated yet); read once per process.
+    pub async fn buckets_of(&self, event_id: i64) -> Result<u16, RedisError> {
+        if let Some(of) = self
+            .bucket_counts
+            .lock()
+            .expect("bucket counts")
+            .get(&event_id)
+        {
+            return Ok(*of);
+        }
+        let of: Option<i64> = self
+            .client()
+            .hget(self.keys.event_buckets(), event_id)
+            .await?;
+        let Some(of) = of else {
+            return Ok(1);
+        };
+        let of = of.clamp(1, super::MAX_BUCKETS as i64) as u16;
+        self.bucket_counts
+            .lock()
+            .expect("bucket counts")
+            .insert(event_id, of);
+        Ok(of)
+    }
+
+    /// A shopper's home bucket in an event.
+    pub async fn home(&self, event_id: i64, user_id: i64) -> Result<Bucket, RedisError> {
+        Ok(Bucket::home(
+            event_id,
+            self.buckets_of(event_id).await?,
+            user_id,
+        ))
+    }
+
+    /// Every bucket of an event.
+    pub async fn buckets(&self, event_id: i64) -> Result<Vec<Bucket>, RedisError> {
+        Ok(Bucket::all(event_id, self.buckets_of(event_id).await?).collect())
     }
 
     pub async fn add_live_event(&self, event_id: i64) -> Result<(), RedisError> {

@@ -17,6 +17,8 @@
 //! - [`repair`]: `repair.lua` and `cap.lua`, corrections of drifted state.
 //! - [`lifecycle`]: `sale.lua` (an operator's end, pause or edit of a live
 //!   sale) and `adjust.lua` (a stock adjustment, applied once).
+//! - [`transfer`]: `transfer.lua`, stock moving between two buckets of an
+//!   event (out on the source, in on the target, done), each step once.
 //! - [`idempotency`]: `idempotency.lua`, Idempotency-Key records.
 //! - [`lock`]: `renew.lua` and `unlock.lua`, the leader lock.
 //! - [`live`]: plain reads of an event's state and the set of live events.
@@ -40,6 +42,7 @@ pub mod repair;
 pub mod scripts;
 pub mod settle;
 pub mod state;
+pub mod transfer;
 
 use std::{sync::Arc, time::Duration};
 
@@ -50,7 +53,7 @@ use fred::{
 
 pub use admit::Admission;
 pub use idempotency::{KeyClaim, KeyState};
-pub use keys::{EventKeys, Keys};
+pub use keys::{Bucket, EventKeys, Keys, MAX_BUCKETS};
 pub use lifecycle::{AdjustOutcome, LoadedParams, SaleWrite};
 pub use live::parse_order_list;
 pub use lock::LeaderLock;
@@ -61,6 +64,7 @@ pub use refund::{RefundedOrder, StockReturn};
 pub use scripts::{LuaScript, Scripts};
 pub use settle::FAILED_KEPT_PER_SHOPPER;
 pub use state::{BuyerState, SaleState};
+pub use transfer::PendingTransfer;
 
 /// Most items (order_nos, intents, shoppers) one script call takes. Redis
 /// runs one command at a time, so a call over a whole writer batch (up to a
@@ -85,6 +89,8 @@ pub struct Redis {
     config: Config,
     keys: Keys,
     scripts: Arc<Scripts>,
+    /// Events' bucket counts read so far (fixed for an event's life).
+    bucket_counts: Arc<std::sync::Mutex<std::collections::HashMap<i64, u16>>>,
 }
 
 impl Redis {
@@ -131,6 +137,7 @@ impl Redis {
             config,
             keys: Keys::new(prefix),
             scripts: Arc::new(Scripts::default()),
+            bucket_counts: Default::default(),
         };
         loop {
             match redis.load_scripts().await {

@@ -2,7 +2,7 @@
 
 use fred::types::Value;
 
-use super::{Redis, RedisError};
+use super::{keys::Bucket, Redis, RedisError};
 
 /// Sale parameters as loaded into an event's meta hash.
 #[derive(Clone, Copy, Debug)]
@@ -18,7 +18,12 @@ pub struct SaleParams {
 
 impl Redis {
     /// Loads an event that Redis does not hold yet; false when it already did.
-    pub async fn preheat(&self, event_id: i64, sale: SaleParams) -> Result<bool, RedisError> {
+    pub async fn preheat(
+        &self,
+        event_id: impl Into<Bucket>,
+        sale: SaleParams,
+    ) -> Result<bool, RedisError> {
+        let event_id: Bucket = event_id.into();
         let loaded = self
             .run_for_int(
                 &self.scripts.preheat,
@@ -26,7 +31,7 @@ impl Redis {
                 sale_args(sale),
             )
             .await?;
-        self.add_live_event(event_id).await?;
+        self.add_live_event(event_id.event_id).await?;
         Ok(loaded == 1)
     }
 }

@@ -3,7 +3,7 @@
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::{live::parse_order_list, Redis, RedisError};
+use super::{keys::Bucket, live::parse_order_list, Redis, RedisError};
 
 /// What `purchase.lua` decided. Business outcomes are values, not errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,11 +34,12 @@ impl Redis {
     /// re-sent command is the same attempt).
     pub async fn purchase(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         user_id: i64,
         quantity: i32,
         order_no: Uuid,
     ) -> Result<PurchaseOutcome, RedisError> {
+        let event_id: Bucket = event_id.into();
         let reply = self
             .run(
                 &self.scripts.purchase,

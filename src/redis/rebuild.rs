@@ -10,8 +10,8 @@ use fred::types::Value;
 use uuid::Uuid;
 
 use super::{
-    preheat::sale_args, settle::FAILED_KEPT_PER_SHOPPER, Redis, RedisError, SaleParams,
-    MOST_PER_CALL,
+    keys::Bucket, preheat::sale_args, settle::FAILED_KEPT_PER_SHOPPER, Redis, RedisError,
+    SaleParams, MOST_PER_CALL,
 };
 
 /// An order as Postgres knows it, for a rebuild.
@@ -71,13 +71,19 @@ impl RebuiltBuyer {
 }
 
 impl Redis {
-    async fn rebuild_step(&self, event_id: i64, args: Vec<Value>) -> Result<Value, RedisError> {
+    async fn rebuild_step(
+        &self,
+        event_id: impl Into<Bucket>,
+        args: Vec<Value>,
+    ) -> Result<Value, RedisError> {
+        let event_id: Bucket = event_id.into();
         let keys = self.keys.event(event_id).with_returned();
         self.run(&self.scripts.rebuild, keys, args).await
     }
 
     /// Step 1: the event is unloaded and its buyers forgotten (the ledger stays).
-    pub async fn rebuild_begin(&self, event_id: i64) -> Result<(), RedisError> {
+    pub async fn rebuild_begin(&self, event_id: impl Into<Bucket>) -> Result<(), RedisError> {
+        let event_id: Bucket = event_id.into();
         self.rebuild_step(event_id, vec![Value::from("begin")])
             .await?;
         Ok(())
@@ -86,9 +92,10 @@ impl Redis {
     /// Step 2, a batch at a time: shoppers as Postgres knows them.
     pub async fn rebuild_buyers(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         buyers: &[RebuiltBuyer],
     ) -> Result<(), RedisError> {
+        let event_id: Bucket = event_id.into();
         for chunk in buyers.chunks(MOST_PER_CALL) {
             let mut args = Vec::with_capacity(1 + chunk.len() * 3);
             args.push(Value::from("buyers"));
@@ -109,9 +116,10 @@ impl Redis {
     /// will not return them a second time).
     pub async fn rebuild_returned(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<(), RedisError> {
+        let event_id: Bucket = event_id.into();
         for chunk in order_nos.chunks(MOST_PER_CALL) {
             let mut args = Vec::with_capacity(1 + chunk.len());
             args.push(Value::from("returned"));
@@ -125,9 +133,10 @@ impl Redis {
     /// are counted for their buyers. Returns (intents kept, units kept).
     pub async fn rebuild_ledger(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         page: &[(Uuid, bool)],
     ) -> Result<(i64, i64), RedisError> {
+        let event_id: Bucket = event_id.into();
         let mut args = Vec::with_capacity(1 + page.len() * 2);
         args.push(Value::from("ledger"));
         for (order_no, persisted) in page {
@@ -152,16 +161,17 @@ impl Redis {
     /// non-failed orders. Returns the stock left.
     pub async fn rebuild_finish(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         sale: SaleParams,
         settled: i64,
         pending_units: i64,
     ) -> Result<i64, RedisError> {
+        let event_id: Bucket = event_id.into();
         let mut args = vec![Value::from("finish")];
         args.extend(sale_args(sale));
         args.extend([Value::from(settled), Value::from(pending_units)]);
         let left = self.rebuild_step(event_id, args).await?;
-        self.add_live_event(event_id).await?;
+        self.add_live_event(event_id.event_id).await?;
         left.as_i64()
             .ok_or_else(|| RedisError::Protocol(format!("rebuild.lua finish returned {left:?}")))
     }
@@ -170,10 +180,11 @@ impl Redis {
     /// first): (stock_left, intents kept).
     pub async fn rebuild(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         sale: SaleParams,
         orders: &[PersistedOrder],
     ) -> Result<(i64, i64), RedisError> {
+        let event_id: Bucket = event_id.into();
         self.rebuild_begin(event_id).await?;
         let buyers = RebuiltBuyer::from_orders(orders);
         self.rebuild_buyers(event_id, &buyers).await?;
@@ -193,7 +204,7 @@ impl Redis {
     /// order_nos of a page Postgres has.
     pub async fn rebuild_whole_ledger<F, Fut, E>(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         persisted: F,
     ) -> Result<(i64, i64), E>
     where
@@ -201,6 +212,7 @@ impl Redis {
         Fut: std::future::Future<Output = Result<Vec<(Uuid, bool)>, E>>,
         E: From<RedisError>,
     {
+        let event_id: Bucket = event_id.into();
         let (mut kept, mut units) = (0, 0);
         let mut cursor = "0".to_owned();
         loop {

@@ -4,7 +4,7 @@
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::{settle::FAILED_KEPT_PER_SHOPPER, Redis, RedisError};
+use super::{keys::Bucket, settle::FAILED_KEPT_PER_SHOPPER, Redis, RedisError};
 
 /// An order Postgres has refunded, whose units are to come back.
 #[derive(Clone, Copy, Debug)]
@@ -50,9 +50,10 @@ impl Redis {
     /// most [`super::MOST_PER_CALL`]; one answer per order, in order.
     pub async fn return_refunded(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         orders: &[RefundedOrder],
     ) -> Result<Vec<StockReturn>, RedisError> {
+        let event_id: Bucket = event_id.into();
         if orders.is_empty() {
             return Ok(Vec::new());
         }

@@ -4,7 +4,7 @@
 
 use fred::types::Value;
 
-use super::{Redis, RedisError};
+use super::{keys::Bucket, Redis, RedisError};
 
 impl Redis {
     /// Runs `repair.lua` on some buyers: (user, units observed, units
@@ -12,9 +12,10 @@ impl Redis {
     /// corrected (the `held` counter follows); false when any moved.
     pub async fn repair_buyers(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         buyers: &[(i64, i64, i64)],
     ) -> Result<bool, RedisError> {
+        let event_id: Bucket = event_id.into();
         let parts = Self::in_parts(buyers, |part| self.repair(event_id, None, None, part)).await?;
         Ok(parts.into_iter().all(|repaired| repaired))
     }
@@ -25,12 +26,13 @@ impl Redis {
     /// release or ack in between moves one of them).
     pub async fn repair_stock(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         observed: Option<i64>,
         observed_pending: i64,
         corrected: i64,
         held: i64,
     ) -> Result<bool, RedisError> {
+        let event_id: Bucket = event_id.into();
         self.repair(
             event_id,
             Some((observed.unwrap_or(-1), corrected)),
@@ -42,11 +44,12 @@ impl Redis {
 
     async fn repair(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         stock: Option<(i64, i64)>,
         counters: Option<(i64, i64)>,
         buyers: &[(i64, i64, i64)],
     ) -> Result<bool, RedisError> {
+        let event_id: Bucket = event_id.into();
         let k = self.keys.event(event_id);
         let (observed, corrected) = match stock {
             Some((observed, corrected)) => (Value::from(observed), Value::from(corrected)),
@@ -72,7 +75,12 @@ impl Redis {
 
     /// Runs `cap.lua`: the event's stock lowered to at most `unsold`; returns
     /// the stock after (-1 when the event is not loaded).
-    pub async fn cap_stock(&self, event_id: i64, unsold: i64) -> Result<i64, RedisError> {
+    pub async fn cap_stock(
+        &self,
+        event_id: impl Into<Bucket>,
+        unsold: i64,
+    ) -> Result<i64, RedisError> {
+        let event_id: Bucket = event_id.into();
         self.run_for_int(
             &self.scripts.cap,
             vec![self.keys.event(event_id).stock],

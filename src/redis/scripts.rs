@@ -65,6 +65,7 @@ pub struct Scripts {
     pub unlock: LuaScript,
     pub sale: LuaScript,
     pub adjust: LuaScript,
+    pub transfer: LuaScript,
 }
 
 impl Default for Scripts {
@@ -90,12 +91,13 @@ impl Default for Scripts {
             unlock: LuaScript::new("unlock", include_str!("../../lua/unlock.lua")),
             sale: LuaScript::with_prelude("sale", include_str!("../../lua/sale.lua")),
             adjust: LuaScript::new("adjust", include_str!("../../lua/adjust.lua")),
+            transfer: LuaScript::new("transfer", include_str!("../../lua/transfer.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 17] {
+    pub fn all(&self) -> [&LuaScript; 18] {
         [
             &self.purchase,
             &self.release,
@@ -114,6 +116,7 @@ impl Scripts {
             &self.unlock,
             &self.sale,
             &self.adjust,
+            &self.transfer,
         ]
     }
 }

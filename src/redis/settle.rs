@@ -5,7 +5,7 @@
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::{Redis, RedisError};
+use super::{keys::Bucket, Redis, RedisError};
 
 /// Failed order_nos a shopper's list keeps per event (the newest): a
 /// shopper who cannot pay cannot grow Redis, or the scripts' work, without
@@ -16,7 +16,12 @@ pub const FAILED_KEPT_PER_SHOPPER: usize = 8;
 impl Redis {
     /// Runs `ack.lua`: persisted intents leave the ledger; returns how many
     /// were still there.
-    pub async fn ack(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+    pub async fn ack(
+        &self,
+        event_id: impl Into<Bucket>,
+        order_nos: &[Uuid],
+    ) -> Result<i64, RedisError> {
+        let event_id: Bucket = event_id.into();
         if order_nos.is_empty() {
             return Ok(0);
         }
@@ -34,22 +39,33 @@ impl Redis {
 
     /// `release.lua` restock: the units of failed orders back on sale, once;
     /// returns the units returned.
-    pub async fn release(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+    pub async fn release(
+        &self,
+        event_id: impl Into<Bucket>,
+        order_nos: &[Uuid],
+    ) -> Result<i64, RedisError> {
+        let event_id: Bucket = event_id.into();
         self.release_with(event_id, order_nos, "restock").await
     }
 
     /// `release.lua` discard: failed orders whose units never existed leave
     /// the ledger without going back on sale.
-    pub async fn discard(&self, event_id: i64, order_nos: &[Uuid]) -> Result<i64, RedisError> {
+    pub async fn discard(
+        &self,
+        event_id: impl Into<Bucket>,
+        order_nos: &[Uuid],
+    ) -> Result<i64, RedisError> {
+        let event_id: Bucket = event_id.into();
         self.release_with(event_id, order_nos, "discard").await
     }
 
     async fn release_with(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         order_nos: &[Uuid],
         mode: &str,
     ) -> Result<i64, RedisError> {
+        let event_id: Bucket = event_id.into();
         if order_nos.is_empty() {
             return Ok(0);
         }

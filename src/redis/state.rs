@@ -7,7 +7,7 @@
 use fred::{prelude::*, types::Value};
 use uuid::Uuid;
 
-use super::{Redis, RedisError};
+use super::{keys::Bucket, Redis, RedisError};
 use crate::intent::LedgerEntry;
 
 /// Shoppers or ledger entries read per page.
@@ -28,6 +28,51 @@ pub struct SaleState {
     pub pending_units: i64,
     /// Intents pending in the ledger.
     pub pending: i64,
+    /// Units this bucket gave to another whose arrival is not confirmed.
+    pub in_flight: i64,
+    /// Units received from / given to other buckets of the event.
+    pub moved_in: i64,
+    pub moved_out: i64,
+    /// Bumped by every transfer step on this bucket.
+    pub transfer_seq: i64,
+}
+
+impl SaleState {
+    /// Several buckets' counters as one event's: loaded only if all are,
+    /// counters summed, and a unit in flight between two buckets counted as
+    /// stock (and in the total): it is unsold, on its way to one of them
+    /// (`in_flight` as [`Redis::bucket_state`] reads it: not landed yet).
+    pub fn merged(states: &[SaleState]) -> SaleState {
+        let mut sum = SaleState {
+            at_ms: i64::MAX,
+            loaded: true,
+            stock_left: Some(0),
+            total: 0,
+            held: Some(0),
+            pending_units: 0,
+            pending: 0,
+            in_flight: 0,
+            moved_in: 0,
+            moved_out: 0,
+            transfer_seq: 0,
+        };
+        for s in states {
+            sum.at_ms = sum.at_ms.min(s.at_ms);
+            sum.loaded &= s.loaded;
+            sum.stock_left = sum
+                .stock_left
+                .zip(s.stock_left)
+                .map(|(a, b)| a + b + s.in_flight);
+            sum.total += s.total + s.in_flight;
+            sum.held = sum.held.zip(s.held).map(|(a, b)| a + b);
+            sum.pending_units += s.pending_units;
+            sum.pending += s.pending;
+            sum.moved_in += s.moved_in;
+            sum.moved_out += s.moved_out;
+            sum.transfer_seq += s.transfer_seq;
+        }
+        sum
+    }
 }
 
 /// A shopper's units and pending intents at one instant (`buyers.lua`).
@@ -41,7 +86,8 @@ pub struct BuyerState {
 
 impl Redis {
     /// Runs `state.lua`.
-    pub async fn sale_state(&self, event_id: i64) -> Result<SaleState, RedisError> {
+    pub async fn sale_state(&self, event_id: impl Into<Bucket>) -> Result<SaleState, RedisError> {
+        let event_id: Bucket = event_id.into();
         let k = self.keys.event(event_id);
         let reply = self
             .run(&self.scripts.state, vec![k.meta, k.stock, k.ledger], vec![])
@@ -63,16 +109,42 @@ impl Redis {
             held: (held >= 0).then_some(held),
             pending_units: int(5)?,
             pending: int(6)?,
+            in_flight: int(7)?,
+            moved_in: int(8)?,
+            moved_out: int(9)?,
+            transfer_seq: int(10)?,
         })
+    }
+
+    /// The whole event's counters ([`SaleState::merged`] of its buckets).
+    pub async fn event_state(&self, event_id: i64) -> Result<SaleState, RedisError> {
+        let mut states = Vec::new();
+        for bucket in self.buckets(event_id).await? {
+            states.push(self.bucket_state(bucket).await?);
+        }
+        Ok(SaleState::merged(&states))
+    }
+
+    /// Each bucket's counters, in index order.
+    pub async fn bucket_states(
+        &self,
+        event_id: i64,
+    ) -> Result<Vec<(super::Bucket, SaleState)>, RedisError> {
+        let mut states = Vec::new();
+        for bucket in self.buckets(event_id).await? {
+            states.push((bucket, self.bucket_state(bucket).await?));
+        }
+        Ok(states)
     }
 
     /// One page of the ledger from `cursor` ("0" to start); the next cursor
     /// ("0" when the walk is over) and the entries.
     pub async fn ledger_page(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         cursor: &str,
     ) -> Result<(String, Vec<(Uuid, LedgerEntry)>), RedisError> {
+        let event_id: Bucket = event_id.into();
         let (next, flat) = self
             .hscan_page(self.keys.event(event_id).ledger, cursor)
             .await?;
@@ -86,9 +158,10 @@ impl Redis {
     /// One page of the event's buyers (user ids) from `cursor`.
     pub async fn buyers_page(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         cursor: &str,
     ) -> Result<(String, Vec<i64>), RedisError> {
+        let event_id: Bucket = event_id.into();
         let (next, flat) = self
             .hscan_page(self.keys.event(event_id).bought, cursor)
             .await?;
@@ -133,9 +206,10 @@ impl Redis {
     /// Runs `buyers.lua` for a batch of shoppers: (Redis time, their state).
     pub async fn buyers_at(
         &self,
-        event_id: i64,
+        event_id: impl Into<Bucket>,
         users: &[i64],
     ) -> Result<(i64, Vec<BuyerState>), RedisError> {
+        let event_id: Bucket = event_id.into();
         let k = self.keys.event(event_id);
         let reply = self
             .run(

@@ -1,7 +1,7 @@
 //! A batch's admission: just before it persists, a writer asks Redis whether
 //! each intent is still accounted for.
 //!
-//! Common case, one `missing.lua` call per event that finds every intent
+//! Common case, one `missing.lua` call per stock bucket that finds every intent
 //! still pending in the ledger. Only intents missing from it go through
 //! `admit.lua` (already settled, or lost by a Redis restart: without
 //! persistence, or the last second of an `everysec` AOF), which takes their
@@ -15,22 +15,23 @@ use uuid::Uuid;
 
 use crate::{
     intent::Intent,
-    redis::{Admission, Redis, RedisError},
+    redis::{Admission, Bucket, Redis, RedisError},
 };
 
 /// The order_nos that lost their stock to a Redis restart and found none left.
 pub async fn refused(redis: &Redis, batch: &[Intent]) -> Result<HashSet<Uuid>, RedisError> {
-    let mut per_event: BTreeMap<i64, Vec<Intent>> = BTreeMap::new();
+    let mut per_bucket: BTreeMap<Bucket, Vec<Intent>> = BTreeMap::new();
     for intent in batch {
-        per_event.entry(intent.event_id).or_default().push(*intent);
+        per_bucket.entry(intent.bucket()).or_default().push(*intent);
     }
     let mut refused = HashSet::new();
-    for (event_id, intents) in per_event {
-        let suspect = redis.missing_from_ledger(event_id, &intents).await?;
+    for (bucket, intents) in per_bucket {
+        let event_id = bucket.event_id;
+        let suspect = redis.missing_from_ledger(bucket, &intents).await?;
         if suspect.is_empty() {
             continue;
         }
-        if let Admission::Decided(states) = redis.admit(event_id, &suspect).await? {
+        if let Admission::Decided(states) = redis.admit(bucket, &suspect).await? {
             for (order_no, state) in states {
                 match state {
                     0 => {

@@ -55,6 +55,7 @@ impl BatchResult {
             .chain(failed)
             .chain(already)
             .map(|(intent, failure)| Settlement {
+                bucket: intent.bucket(),
                 event_id: intent.event_id,
                 order_no: intent.order_no,
                 settled: failure.map_or(Settled::Confirmed, Settled::Failed),

@@ -9,13 +9,15 @@ use uuid::Uuid;
 
 use crate::{
     intent::{Settled, STOCK_LOST},
-    redis::{Redis, RedisError},
+    redis::{Bucket, Redis, RedisError},
 };
 
 /// One persisted order and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settlement {
     pub event_id: i64,
+    /// The bucket whose ledger holds the intent (the shopper's home).
+    pub bucket: Bucket,
     pub order_no: Uuid,
     pub settled: Settled,
 }
@@ -35,9 +37,9 @@ pub async fn settle(
         releases: Vec<Uuid>,
         discards: Vec<Uuid>,
     }
-    let mut per_event: BTreeMap<i64, PerEvent> = BTreeMap::new();
+    let mut per_bucket: BTreeMap<Bucket, PerEvent> = BTreeMap::new();
     for s in settlements {
-        let slot = per_event.entry(s.event_id).or_default();
+        let slot = per_bucket.entry(s.bucket).or_default();
         match &s.settled {
             Settled::Confirmed => slot.acks.push(s.order_no),
             Settled::Failed(reason) if reason == STOCK_LOST => slot.discards.push(s.order_no),
@@ -45,16 +47,20 @@ pub async fn settle(
         }
     }
     for &(event_id, unsold) in oversold {
-        redis.cap_stock(event_id, unsold).await?;
-    }
-    let mut restocked = Vec::new();
-    for (event_id, orders) in per_event {
-        redis.ack(event_id, &orders.acks).await?;
-        redis.discard(event_id, &orders.discards).await?;
-        if redis.release(event_id, &orders.releases).await? > 0 {
-            redis.publish_stock_back(event_id).await?;
-            restocked.push(event_id);
+        // Each bucket's stock is at most what Postgres has unsold in all.
+        for bucket in redis.buckets(event_id).await? {
+            redis.cap_stock(bucket, unsold).await?;
         }
     }
+    let mut restocked = Vec::new();
+    for (bucket, orders) in per_bucket {
+        redis.ack(bucket, &orders.acks).await?;
+        redis.discard(bucket, &orders.discards).await?;
+        if redis.release(bucket, &orders.releases).await? > 0 {
+            redis.publish_stock_back(bucket.event_id).await?;
+            restocked.push(bucket.event_id);
+        }
+    }
+    restocked.dedup();
     Ok(restocked)
 }

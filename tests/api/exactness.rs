@@ -402,6 +402,7 @@ async fn a_resumed_attempt_redis_refuses_is_void_so_no_late_copy_confirms_it() {
     // A copy of that attempt reaching a writer later (a Redis that lost it
     // had accepted it) finds the order void and charges nothing.
     let late = Intent {
+        buckets: 1,
         order_no: first,
         event_id: sale.id,
         user_id: 1,

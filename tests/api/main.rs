@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod bench_script;
+mod buckets;
 mod cli;
 mod cluster;
 mod connections;

@@ -491,6 +491,7 @@ impl Run<'_> {
                 let as_intents: Vec<Intent> = intents
                     .iter()
                     .map(|(o, k)| Intent {
+                        buckets: 1,
                         order_no: *o,
                         event_id: self.event,
                         user_id: k.user,

@@ -85,6 +85,7 @@ async fn every_persisted_order_state_has_exactly_one_event() {
             .await
             .unwrap();
     let replayed = Intent {
+        buckets: 1,
         order_no,
         event_id: sale.id,
         user_id: 1,
@@ -115,6 +116,7 @@ async fn a_rolled_back_batch_leaves_no_event() {
         .await
         .unwrap();
     let intent = Intent {
+        buckets: 1,
         order_no: Uuid::now_v7(),
         event_id: sale.id,
         user_id: 1,
@@ -157,6 +159,7 @@ async fn a_rolled_back_batch_leaves_no_event() {
     .await
     .unwrap();
     let doomed = Intent {
+        buckets: 1,
         order_no: Uuid::now_v7(),
         ..intent
     };

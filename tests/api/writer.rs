@@ -30,6 +30,7 @@ async fn a_wallet_moved_underneath_is_a_counted_conflict_then_both_debits_apply(
     .unwrap();
     // ...while a writer batch reads version 0 and blocks on its UPDATE.
     let intent = Intent {
+        buckets: 1,
         order_no: Uuid::now_v7(),
         event_id: sale.id,
         user_id: 1,

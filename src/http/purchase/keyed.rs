@@ -17,6 +17,7 @@ use crate::{
     error::ApiError,
     idempotency::{self, Claim, IdempotencyStore, StoreError},
     intent::{Intent, OrderStatus, NOT_ACCEPTED, STOCK_LOST},
+    loading,
     state::AppState,
 };
 
@@ -112,7 +113,7 @@ impl Attempt<'_> {
                     Err(StoreError::Taken(winner)) => {
                         // Across a Redis loss two attempts under one key both
                         // bought: the first recorded keeps it, ours is undone.
-                        app.redis.release(self.slot.event.id, &[order_no]).await?;
+                        app.redis.release(intent.bucket(), &[order_no]).await?;
                         return Ok(Answer::Accepted {
                             receipt: Receipt {
                                 order_no: winner,
@@ -150,6 +151,7 @@ impl Attempt<'_> {
         let intent = Intent {
             order_no,
             event_id: self.slot.event.id,
+            buckets: loading::bucket_count(&self.slot.event),
             user_id: self.user_id,
             quantity: self.quantity,
             amount: self.slot.event.price * self.quantity as i64,

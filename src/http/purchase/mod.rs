@@ -36,7 +36,8 @@ use crate::{
     error::{ApiError, ErrorBody},
     idempotency,
     intent::{from_millis, Intent, OrderStatus, Settled},
-    redis::PurchaseOutcome,
+    loading,
+    redis::{Bucket, PurchaseOutcome},
     state::AppState,
 };
 
@@ -198,10 +199,17 @@ pub(super) async fn take_stock(
         return Ok(Taken::Refused(sold_out_refusal(slot)));
     }
     let event_id = slot.event.id;
-    let outcome = app
+    let home = loading::home_bucket(&slot.event, user_id);
+    let mut outcome = app
         .redis
-        .purchase(event_id, user_id, quantity, order_no)
+        .purchase(home, user_id, quantity, order_no)
         .await?;
+    if home.of > 1 && matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
+        outcome = Box::pin(buy_with_stock_from_other_buckets(
+            app, home, user_id, quantity, order_no,
+        ))
+        .await?;
+    }
     Ok(Taken::Refused(match outcome {
         PurchaseOutcome::Accepted {
             amount,
@@ -212,6 +220,7 @@ pub(super) async fn take_stock(
             let intent = Intent {
                 order_no,
                 event_id,
+                buckets: home.of,
                 user_id,
                 quantity,
                 amount,
@@ -241,6 +250,51 @@ pub(super) async fn take_stock(
         }
         PurchaseOutcome::NotPreheated => Refusal::NotActive("the sale is not open yet"),
     }))
+}
+
+/// The home bucket ran dry: stock moves from the other buckets, one at a
+/// time, until the purchase finds enough (each transfer takes half of what
+/// a bucket has left, so a bucket's own shoppers keep some). Sold out only
+/// when no bucket has a unit and none is in flight between two buckets:
+/// then `stock_left` 0 lets the caller set the local flag. A bucket that
+/// cannot be reached (its primary failing over) is skipped for the others;
+/// if none of them could serve, the answer is 503, not sold out.
+async fn buy_with_stock_from_other_buckets(
+    app: &AppState,
+    home: Bucket,
+    user_id: i64,
+    quantity: i32,
+    order_no: Uuid,
+) -> Result<PurchaseOutcome, ApiError> {
+    let mut unreachable = None;
+    for donor in home.others() {
+        match app.redis.move_stock(donor, home, quantity as i64).await {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(err) => {
+                // A donor on a primary that is failing over: ask the others.
+                unreachable = Some(err);
+                continue;
+            }
+        }
+        let outcome = app
+            .redis
+            .purchase(home, user_id, quantity, order_no)
+            .await?;
+        if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
+            return Ok(outcome);
+        }
+    }
+    if let Some(err) = unreachable {
+        // Some bucket could not be asked: not known to be sold out.
+        return Err(err.into());
+    }
+    let mut left = 0;
+    for bucket in Bucket::all(home.event_id, home.of) {
+        let state = app.redis.sale_state(bucket).await?;
+        left += state.stock_left.unwrap_or(0).max(0) + state.in_flight;
+    }
+    Ok(PurchaseOutcome::SoldOut { stock_left: left })
 }
 
 /// What the local sold-out flag answers.

@@ -1,0 +1,180 @@
+//! `transfer.lua`: stock moving between two buckets of one event, each step
+//! atomic on one bucket and applied at most once (see the script's header).
+//! [`Redis::move_stock`] runs the three steps in order; the reconciler
+//! finishes what a crash left after the first ([`Redis::pending_transfers`],
+//! [`Redis::transfer_arrived`]).
+
+use fred::{prelude::*, types::Value};
+use uuid::Uuid;
+
+use super::{keys::Bucket, Redis, RedisError};
+
+/// A transfer the source bucket recorded and has not seen confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingTransfer {
+    pub id: Uuid,
+    pub source: Bucket,
+    pub target: Bucket,
+    pub units: i64,
+}
+
+impl Redis {
+    fn transfer_keys(&self, at: Bucket) -> Vec<String> {
+        let k = self.keys.event(at);
+        vec![k.meta, k.stock, k.transfers_out, k.transfers_in]
+    }
+
+    /// Step 1 on `source`: takes half its stock (at least `at_least`, at
+    /// most all) into a transfer to `target`. Returns the units moved (0:
+    /// it had none).
+    pub async fn transfer_out(
+        &self,
+        id: Uuid,
+        source: Bucket,
+        target: Bucket,
+        at_least: i64,
+    ) -> Result<i64, RedisError> {
+        self.run_for_int(
+            &self.scripts.transfer,
+            self.transfer_keys(source),
+            vec![
+                Value::from("out"),
+                Value::from(id.to_string()),
+                Value::from(target.index as i64),
+                Value::from(at_least),
+            ],
+        )
+        .await
+    }
+
+    /// Step 2 on the target: the units join its stock, once per id.
+    /// `Ok(false)` when the target is not loaded (nothing written).
+    pub async fn transfer_in(&self, transfer: &PendingTransfer) -> Result<bool, RedisError> {
+        let applied = self
+            .run_for_int(
+                &self.scripts.transfer,
+                self.transfer_keys(transfer.target),
+                vec![
+                    Value::from("in"),
+                    Value::from(transfer.id.to_string()),
+                    Value::from(transfer.source.index as i64),
+                    Value::from(transfer.units),
+                ],
+            )
+            .await?;
+        Ok(applied != 0)
+    }
+
+    /// Step 3 on the source: the record goes once the target has the id.
+    pub async fn transfer_done(&self, transfer: &PendingTransfer) -> Result<bool, RedisError> {
+        Ok(self
+            .run_for_int(
+                &self.scripts.transfer,
+                self.transfer_keys(transfer.source),
+                vec![Value::from("done"), Value::from(transfer.id.to_string())],
+            )
+            .await?
+            == 1)
+    }
+
+    /// The three steps: units from `source` into `target`'s stock. Returns
+    /// the units that arrived (0: the source had none). A failure after the
+    /// first step leaves a record the reconciler finishes.
+    pub async fn move_stock(
+        &self,
+        source: Bucket,
+        target: Bucket,
+        at_least: i64,
+    ) -> Result<i64, RedisError> {
+        let id = Uuid::now_v7();
+        let units = self.transfer_out(id, source, target, at_least).await?;
+        if units == 0 {
+            return Ok(0);
+        }
+        metrics::counter!("seckill_bucket_transfers_total").increment(1);
+        let transfer = PendingTransfer {
+            id,
+            source,
+            target,
+            units,
+        };
+        if !self.transfer_in(&transfer).await? {
+            // The target was lost meanwhile: the record stays, and the
+            // rebuild counts it in flight; the reconciler lands it after.
+            return Ok(0);
+        }
+        self.transfer_done(&transfer).await?;
+        Ok(units)
+    }
+
+    /// The source bucket's unconfirmed transfers (a few at most: each is
+    /// confirmed right after it lands).
+    pub async fn pending_transfers(
+        &self,
+        source: Bucket,
+    ) -> Result<Vec<PendingTransfer>, RedisError> {
+        let raw: std::collections::HashMap<String, String> = self
+            .client()
+            .hgetall(self.keys.event(source).transfers_out)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, record)| {
+                let (target, units) = record.split_once(':')?;
+                let target: u16 = target.parse().ok()?;
+                (target < source.of).then_some(())?;
+                Some(PendingTransfer {
+                    id: id.parse().ok()?,
+                    source,
+                    target: Bucket::new(source.event_id, target, source.of),
+                    units: units.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// A bucket's counters with `in_flight` counting only the units that
+    /// have not landed: between a transfer's landing and its record's
+    /// removal (a moment, or until the reconciler after a crash) the units
+    /// are already in the target's stock and total.
+    pub async fn bucket_state(&self, bucket: Bucket) -> Result<super::SaleState, RedisError> {
+        let mut state = self.sale_state(bucket).await?;
+        if state.in_flight != 0 {
+            state.in_flight = self.unlanded_units(bucket).await?;
+        }
+        Ok(state)
+    }
+
+    /// Units of the bucket's transfer records whose target has not got them.
+    pub async fn unlanded_units(&self, bucket: Bucket) -> Result<i64, RedisError> {
+        let mut units = 0;
+        for transfer in self.pending_transfers(bucket).await? {
+            if !self.transfer_arrived(&transfer).await? {
+                units += transfer.units;
+            }
+        }
+        Ok(units)
+    }
+
+    /// Drops a bucket's transfer records and received ids (its rebuild
+    /// counts their units afresh).
+    pub async fn forget_transfers(&self, bucket: Bucket) -> Result<(), RedisError> {
+        let k = self.keys.event(bucket);
+        let _: i64 = self
+            .client()
+            .unlink(vec![k.transfers_out, k.transfers_in])
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the target has applied the transfer.
+    pub async fn transfer_arrived(&self, transfer: &PendingTransfer) -> Result<bool, RedisError> {
+        Ok(self
+            .client()
+            .sismember(
+                self.keys.event(transfer.target).transfers_in,
+                transfer.id.to_string(),
+            )
+            .await?)
+    }
+}
