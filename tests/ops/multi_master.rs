@@ -3,11 +3,9 @@
 //! Postgres database behind HAProxy (round robin), a crowd of shoppers
 //! buying through the balancer (issue 10).
 //!
-//! The event is created with `"stock_buckets": 6` (two buckets per primary
-//! with `redis-cli --cluster create`'s slot split). An engine that does not
-//! know `stock_buckets` yet (it refuses the field) gets an ordinary event
-//! (one bucket on one primary): every assertion but the per-bucket ones
-//! still runs, and those say they were skipped.
+//! The hot event is created with `"stock_buckets": 6` (two buckets per
+//! primary with `redis-cli --cluster create`'s slot split); the failover
+//! test runs with one bucket too (the whole event on the killed primary).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -81,7 +79,7 @@ struct Sale {
 }
 
 impl Sale {
-    async fn open(name: &str) -> Self {
+    async fn open(name: &str, buckets: i64) -> Self {
         let started = Instant::now();
         let cluster = RedisCluster::start(MASTERS, 1, NODE_TIMEOUT_MS).await;
         println!(
@@ -137,7 +135,7 @@ impl Sale {
             auth,
         };
         sale.wait_balancer().await;
-        sale.create_event().await;
+        sale.create_event(buckets).await;
         println!(
             "sale {} open ({} bucket(s)) after {:.1} s",
             sale.event,
@@ -162,35 +160,28 @@ impl Sale {
         }
     }
 
-    /// The event (bucketed when the engine knows how), the wallets, preheat.
-    async fn create_event(&mut self) {
+    /// The event of `buckets` stock buckets, the wallets, the preheat.
+    async fn create_event(&mut self, buckets: i64) {
         let now = chrono::Utc::now();
-        let mut body = json!({
+        let body = json!({
             "name": "hot item", "price": PRICE, "stock": STOCK, "per_user_limit": LIMIT,
             "starts_at": (now - chrono::Duration::seconds(5)).to_rfc3339(),
             "ends_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
-            "stock_buckets": BUCKETS,
+            "stock_buckets": buckets,
         });
-        let post = |body: Value| {
-            self.http
-                .post(self.rig.url(0, "/admin/events"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&body)
-                .send()
-        };
-        let r = post(body.clone()).await.unwrap();
-        let (mut status, mut created) = (r.status(), r.json::<Value>().await.unwrap_or_default());
-        if status.is_client_error() && created.to_string().contains("stock_buckets") {
-            println!(
-                "NOTE: this engine does not know stock_buckets ({status} {created}): an ordinary event, per-bucket assertions skipped"
-            );
-            body.as_object_mut().unwrap().remove("stock_buckets");
-            let r = post(body).await.unwrap();
-            (status, created) = (r.status(), r.json::<Value>().await.unwrap_or_default());
-        }
+        let r = self
+            .http
+            .post(self.rig.url(0, "/admin/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, created) = (r.status(), r.json::<Value>().await.unwrap_or_default());
         assert_eq!(status, StatusCode::CREATED, "{created}");
         self.event = created["id"].as_i64().unwrap();
         self.buckets = created["stock_buckets"].as_i64().unwrap_or(1);
+        assert_eq!(self.buckets, buckets, "{created}");
         self.rig
             .admin(
                 0,
@@ -736,7 +727,7 @@ async fn discrepancy_kinds(db: &PgPool, event: i64) -> HashMap<String, i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_item_sold_exactly_across_all_masters() {
     let started = Instant::now();
-    let sale = Sale::open("cluster-hot").await;
+    let sale = Sale::open("cluster-hot", BUCKETS).await;
 
     let crowd = sale.start_crowd(sale.crowd_order(), CONCURRENCY);
     let mut attempts = crowd.join().await;
@@ -807,7 +798,7 @@ async fn hot_item_sold_exactly_across_all_masters() {
 
     let view = sale.view().await.expect("event view");
     let masters = bucket_masters(&sale, &view);
-    if sale.buckets > 1 {
+    {
         assert_eq!(view["stock_buckets"], BUCKETS, "{view}");
         assert_eq!(masters.len() as i64, BUCKETS, "{view}");
         let on: BTreeSet<u16> = masters.iter().map(|m| m.2).collect();
@@ -832,11 +823,6 @@ async fn hot_item_sold_exactly_across_all_masters() {
             assert_eq!(b["in_flight"], 0, "no transfer half done: {b}");
             assert_eq!(b["loaded"], true, "{b}");
         }
-    } else {
-        println!(
-            "NOTE: one bucket on primary :{} (slot {}); the per-bucket assertions need stock_buckets",
-            masters[0].2, masters[0].1
-        );
     }
     sale.finish().await;
     println!(
@@ -876,10 +862,27 @@ async fn hot_item_sold_exactly_across_all_masters() {
 /// PASS. 503s and timeouts during the failover window are expected and
 /// counted, not failures; the sale must go on after it (202s for requests
 /// sent after the cluster is whole again).
+///
+/// With one bucket, the whole event lives on the killed primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
+    master_killed_mid_sale(1).await;
+}
+
+/// Test B with the hot event of test A: six buckets, two of them (0 and 1)
+/// on the killed primary, stock moving between buckets while it dies.
+/// Besides test B's assertions: the buckets are on every primary before
+/// and after (the promoted replica among them), every bucket is loaded
+/// and no transfer is left in flight once the reconciler has converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "core bug (buckets eeafcc7): a transfer step lost with the failover leaves the buckets' totals != stock_total and the reconciler never repairs it: Observation::drift (src/drift.rs) hides stock drift while totals disagree, so repair_bucket_stocks is never reached (a shortfall: 2504 of 3000 sold, 496 units gone, no bucket_totals_drift recorded), and it only repairs a shortfall anyway (an excess: totals 4475, 1945 of 4945 202s failed stock_lost vs 782 202s in the lag window); the checker's I1 checks stay FAIL after the reconciler converges"]
+async fn master_killed_mid_sale_with_six_buckets_fails_over_without_oversell_or_double_charge() {
+    master_killed_mid_sale(BUCKETS).await;
+}
+
+async fn master_killed_mid_sale(buckets: i64) {
     let started = Instant::now();
-    let mut sale = Sale::open("cluster-failover").await;
+    let mut sale = Sale::open("cluster-failover", buckets).await;
     let view = sale.view().await.expect("event view");
     let masters = bucket_masters(&sale, &view);
     if sale.buckets > 1 {
@@ -1001,9 +1004,14 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
         "oversold",
         "buyer_drift",
         "redis_state_lost",
-        // Stock buckets: a transfer whose second step the reconciler made
-        // (its engine's call failed while a primary was down).
+        // Stock buckets (README "Hot item across shards"): a transfer whose
+        // second step the reconciler made (its engine's call failed while a
+        // primary was down); a bucket's stock set to its total less what
+        // its shoppers hold; the buckets' totals against stock_total (a
+        // transfer step lost with the failover).
         "transfer_unfinished",
+        "bucket_stock_drift",
+        "bucket_totals_drift",
     ];
     let unforeseen: Vec<&String> = kinds
         .keys()
@@ -1036,28 +1044,6 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
         failed.keys().all(|r| r == "stock_lost"),
         "every shopper could pay: failed orders only stock_lost: {failed:?}"
     );
-    let stock_lost = failed.get("stock_lost").copied().unwrap_or(0) as i64;
-    if sale.buckets == 1 {
-        // README: "at most the units sold after the snapshot".
-        assert!(
-            stock_lost <= lagged,
-            "{stock_lost} orders stock_lost > {lagged} units acknowledged in the lag window"
-        );
-    } else {
-        // A transfer's half on the lost primary can come back undone too
-        // (units counted twice by the older state): not bounded by sales.
-        println!("{stock_lost} orders stock_lost; {lagged} 202s in the lag window");
-    }
-    assert!(
-        failing.is_empty() && checker["drained"] == true,
-        "after the reconciler converged, checks failing: {failing:?}"
-    );
-    if truth.confirmed_units < STOCK {
-        println!(
-            "NOTE: {} units unsold (README's failover row promises never oversold, not exact)",
-            STOCK - truth.confirmed_units
-        );
-    }
     if sale.buckets > 1 {
         let view = sale.view().await.expect("event view");
         println!("after the failover:");
@@ -1072,9 +1058,27 @@ async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
             assert_eq!(b["in_flight"], 0, "every transfer finished: {b}");
         }
     }
+    assert!(
+        failing.is_empty() && checker["drained"] == true,
+        "after the reconciler converged, checks failing: {failing:?}"
+    );
+    // README: what the older state sells again is "at most the units sold
+    // after the snapshot": here, the 202s answered from the moment the
+    // replica stopped taking the stream until the cluster was whole.
+    let stock_lost = failed.get("stock_lost").copied().unwrap_or(0) as i64;
+    assert!(
+        stock_lost <= lagged,
+        "{stock_lost} orders stock_lost > {lagged} units acknowledged in the lag window"
+    );
+    if truth.confirmed_units < STOCK {
+        println!(
+            "NOTE: {} units unsold (README's failover row promises never oversold, not exact)",
+            STOCK - truth.confirmed_units
+        );
+    }
     sale.finish().await;
     println!(
-        "master_killed_mid_sale…: {:.1} s in all",
+        "master_killed_mid_sale ({buckets} bucket(s)): {:.1} s in all",
         started.elapsed().as_secs_f64()
     );
 }
