@@ -463,6 +463,50 @@ async fn purchase(http: &reqwest::Client, url: &str, token: &str) -> Outcome {
     }
 }
 
+/// When the first `sold_out` was answered, and how many 202s answered
+/// requests sent after it (a sold_out while units were left or in flight).
+fn after_first_sold_out(attempts: &[Attempt]) -> (Option<Duration>, usize) {
+    let first = attempts
+        .iter()
+        .filter(|a| matches!(&a.outcome, Outcome::Rejected(409, c) if c == "sold_out"))
+        .map(|a| a.answered)
+        .min();
+    let later = first.map_or(0, |t| {
+        attempts
+            .iter()
+            .filter(|a| a.sent > t && matches!(a.outcome, Outcome::Accepted(_)))
+            .count()
+    });
+    {
+        if let Some(last_202) = attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Accepted(_)))
+            .map(|a| a.sent)
+            .max()
+        {
+            let early: Vec<&Attempt> = attempts
+                .iter()
+                .filter(|a| matches!(&a.outcome, Outcome::Rejected(409, c) if c == "sold_out"))
+                .filter(|a| a.answered < last_202)
+                .collect();
+            let mut homes = [0usize; BUCKETS as usize];
+            for a in &early {
+                homes[(a.user % BUCKETS) as usize] += 1;
+            }
+            let mut times: Vec<f64> = early.iter().map(|a| a.answered.as_secs_f64()).collect();
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{} sold_out answered before the last 202 was sent ({:.2} s): by home bucket (of 6) {homes:?}, first at {:?}, last at {:?}",
+                early.len(),
+                last_202.as_secs_f64(),
+                times.first(),
+                times.last()
+            );
+        }
+    }
+    (first, later)
+}
+
 fn tally(attempts: &[Attempt]) -> String {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for a in attempts {
@@ -726,6 +770,20 @@ async fn discrepancy_kinds(db: &PgPool, event: i64) -> HashMap<String, i64> {
 /// stock moved between buckets (some bucket has `moved_in` > 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_item_sold_exactly_across_all_masters() {
+    hot_item(false).await;
+}
+
+/// Test A, also holding the engine to README's "Sold out is answered …
+/// only after every bucket was read empty with no unit in flight": no 202
+/// for a request sent after the first sold_out answer (nothing fails and
+/// nothing is refunded in this sale, so no unit comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "core bug (buckets eeafcc7): sold_out answered while units are left; e.g. 239 sold_out answers between 2.6 s and 5.1 s, then 1 092 202s for requests sent after the first one. buy_with_stock_from_other_buckets (src/http/purchase/mod.rs) asks each donor once; when concurrent shoppers take the moved units first it returns SoldOut { stock_left > 0 }, and take_stock answers 409 sold_out for any SoldOut (it only skips the local flag)"]
+async fn hot_item_no_sold_out_while_units_are_left() {
+    hot_item(true).await;
+}
+
+async fn hot_item(strict_sold_out: bool) {
     let started = Instant::now();
     let sale = Sale::open("cluster-hot", BUCKETS).await;
 
@@ -737,6 +795,13 @@ async fn hot_item_sold_exactly_across_all_masters() {
         crowd_took.as_secs_f64(),
         tally(&attempts)
     );
+    let (first_sold_out, later) = after_first_sold_out(&attempts);
+    println!(
+        "first sold_out answered at {first_sold_out:?}; 202s for requests sent later: {later}"
+    );
+    if strict_sold_out {
+        assert_eq!(later, 0, "202s after a sold_out answer: it was premature");
+    }
     let settled = sale.settle(Duration::from_secs(30)).await;
     println!(
         "settled {} after {} rounds, {:.1} s: stragglers {}",
@@ -825,20 +890,17 @@ async fn hot_item_sold_exactly_across_all_masters() {
         }
     }
     sale.finish().await;
-    println!(
-        "hot_item_sold_exactly_across_all_masters: {:.1} s in all",
-        started.elapsed().as_secs_f64()
-    );
+    println!("hot item: {:.1} s in all", started.elapsed().as_secs_f64());
 }
 
 /// Test B. The same sale; once a third of the stock is acknowledged, the
-/// replica of the primary holding bucket 0 (the home of the shoppers who
-/// arrive first; with one bucket, the event's) is SIGSTOPped for 500 ms, so
-/// it lags by every write of that window (on loopback replication is
-/// otherwise too quick to lose anything), then the primary is `kill -9`ed
-/// and the replica let go. It is promoted (`cluster_state:ok` on every live
-/// node, every slot on a live primary) and the sale goes on through the
-/// same engines.
+/// primary holding bucket 0 (the home of the shoppers who arrive first;
+/// with one bucket, the event's) is `kill -9`ed. Its replica is promoted
+/// (`cluster_state:ok` on every live node, every slot on a live primary)
+/// and the sale goes on through the same engines. In the "lagging replica"
+/// variants the replica is first SIGSTOPped and its link cut for 500 ms,
+/// so it lacks every write of that window (on loopback, replication is
+/// otherwise too quick to lose more than a few).
 ///
 /// The promise checked is README's durability row "Redis back from an
 /// older state (… failover to a lagging replica)" under the default
@@ -863,24 +925,31 @@ async fn hot_item_sold_exactly_across_all_masters() {
 /// counted, not failures; the sale must go on after it (202s for requests
 /// sent after the cluster is whole again).
 ///
-/// With one bucket, the whole event lives on the killed primary.
+/// With six buckets (two of them, 0 and 1, on the killed primary; stock
+/// moving between buckets while it dies), also: the buckets are on every
+/// primary before and after (the promoted replica among them), every
+/// bucket is loaded and no transfer is left in flight once the reconciler
+/// has converged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn master_killed_mid_sale_fails_over_without_oversell_or_double_charge() {
-    master_killed_mid_sale(1).await;
+async fn master_killed_mid_sale_with_six_buckets_fails_over_without_oversell_or_double_charge() {
+    master_killed_mid_sale(BUCKETS, false).await;
 }
 
-/// Test B with the hot event of test A: six buckets, two of them (0 and 1)
-/// on the killed primary, stock moving between buckets while it dies.
-/// Besides test B's assertions: the buckets are on every primary before
-/// and after (the promoted replica among them), every bucket is loaded
-/// and no transfer is left in flight once the reconciler has converged.
+/// Test B with one bucket (the whole event on the killed primary) and a
+/// replica lagging by 500 ms of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn master_killed_mid_sale_lagging_replica_one_bucket() {
+    master_killed_mid_sale(1, true).await;
+}
+
+/// Test B with six buckets and a replica lagging by 500 ms of writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "core bug (buckets eeafcc7): a transfer step lost with the failover leaves the buckets' totals != stock_total and the reconciler never repairs it: Observation::drift (src/drift.rs) hides stock drift while totals disagree, so repair_bucket_stocks is never reached (a shortfall: 2504 of 3000 sold, 496 units gone, no bucket_totals_drift recorded), and it only repairs a shortfall anyway (an excess: totals 4475, 1945 of 4945 202s failed stock_lost vs 782 202s in the lag window); the checker's I1 checks stay FAIL after the reconciler converges"]
-async fn master_killed_mid_sale_with_six_buckets_fails_over_without_oversell_or_double_charge() {
-    master_killed_mid_sale(BUCKETS).await;
+async fn master_killed_mid_sale_lagging_replica_six_buckets() {
+    master_killed_mid_sale(BUCKETS, true).await;
 }
 
-async fn master_killed_mid_sale(buckets: i64) {
+async fn master_killed_mid_sale(buckets: i64, lag: bool) {
     let started = Instant::now();
     let mut sale = Sale::open("cluster-failover", buckets).await;
     let view = sale.view().await.expect("event view");
@@ -903,15 +972,23 @@ async fn master_killed_mid_sale(buckets: i64) {
     // primary for LAG; then the primary dies. The promoted replica lacks
     // every write of that window, whatever the loopback's replication
     // delay (otherwise too small to lose anything).
+    // Without `lag`, the replica is as in sync as loopback makes it.
     let replica = replicas[0];
-    sale.cluster.sigstop(replica);
-    let cut = sale.cluster.cut_replication(victim);
+    let mut cut = 0;
+    if lag {
+        sale.cluster.sigstop(replica);
+        cut = sale.cluster.cut_replication(victim);
+    }
     let lag_from = sale.clock.elapsed();
-    tokio::time::sleep(LAG).await;
+    if lag {
+        tokio::time::sleep(LAG).await;
+    }
     let primary_offset = sale.cluster.repl_offset(victim);
     sale.cluster.kill9(victim);
     let killed_at = sale.clock.elapsed();
-    sale.cluster.sigcont(replica);
+    if lag {
+        sale.cluster.sigcont(replica);
+    }
     let failover = sale
         .cluster
         .wait_ok(Duration::from_secs(30))
@@ -923,9 +1000,10 @@ async fn master_killed_mid_sale(buckets: i64) {
     println!(
         "replication cut ({cut} link): the primary's offset at the kill {primary_offset}, the promoted replica's {replica_offset}"
     );
-    assert_eq!(cut, 1, "the victim's replica link was cut");
+    assert_eq!(cut, usize::from(lag), "the victim's replica link was cut");
     println!(
-        "replica :{replica} stopped at {:.2} s, primary :{victim} (slot {slot}) killed at {:.2} s with {} 202s, :{promoted} serves the slot {:.2} s later",
+        "replica :{replica} {} at {:.2} s, primary :{victim} (slot {slot}) killed at {:.2} s with {} 202s, :{promoted} serves the slot {:.2} s later",
+        if lag { "stopped, link cut," } else { "in sync" },
         lag_from.as_secs_f64(),
         killed_at.as_secs_f64(),
         crowd.accepted(),
@@ -941,6 +1019,10 @@ async fn master_killed_mid_sale(buckets: i64) {
         "crowd done in {:.1} s: {}",
         sale.clock.elapsed().as_secs_f64(),
         tally(&attempts)
+    );
+    let (first_sold_out, later) = after_first_sold_out(&attempts);
+    println!(
+        "first sold_out answered at {first_sold_out:?}; 202s for requests sent later: {later}"
     );
     let in_window = attempts
         .iter()
