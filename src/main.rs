@@ -106,6 +106,10 @@ enum EventCommand {
         starts_at: String,
         #[arg(long)]
         ends_at: String,
+        /// Stock buckets, 1..=64: the stock split across that many Redis
+        /// hash tags (so across the primaries of a Redis Cluster).
+        #[arg(long, default_value_t = 1)]
+        buckets: i32,
         /// Preheat it right after creating it.
         #[arg(long)]
         preheat: bool,

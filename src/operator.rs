@@ -30,6 +30,7 @@ pub struct NewSale {
     pub per_user_limit: i32,
     pub starts_at: chrono::DateTime<chrono::Utc>,
     pub ends_at: chrono::DateTime<chrono::Utc>,
+    pub stock_buckets: i32,
 }
 
 /// One page of `GET /admin/events`.

@@ -41,6 +41,7 @@ pub async fn event(command: EventCommand) -> anyhow::Result<()> {
             limit,
             starts_at,
             ends_at,
+            buckets,
             preheat,
         } => {
             let api = client(&engine)?;
@@ -51,6 +52,7 @@ pub async fn event(command: EventCommand) -> anyhow::Result<()> {
                 per_user_limit: limit,
                 starts_at: parse_when(&starts_at)?,
                 ends_at: parse_when(&ends_at)?,
+                stock_buckets: buckets,
             };
             let created = api.create_event(&sale).await?;
             if preheat {

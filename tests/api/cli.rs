@@ -43,6 +43,8 @@ async fn an_operator_runs_a_sale_from_the_command_line() {
             "now",
             "--ends-at",
             "+1h",
+            "--buckets",
+            "2",
             "--preheat",
         ],
     )
@@ -51,6 +53,14 @@ async fn an_operator_runs_a_sale_from_the_command_line() {
     let created: Value = serde_json::from_str(&out).expect("create prints the event as JSON");
     let id = created["id"].as_i64().expect("an id");
     assert_eq!(created["stock_total"], 7);
+    assert_eq!(created["stock_buckets"], 2);
+    let shares: Vec<i64> = created["buckets"]
+        .as_array()
+        .expect("the buckets")
+        .iter()
+        .map(|b| b["stock_left"].as_i64().unwrap())
+        .collect();
+    assert_eq!(shares, vec![4, 3], "--buckets 2 splits the stock");
     assert_eq!(created["preheated"], true, "--preheat loads it");
     assert_eq!(app.stock_left(id).await, Some(7));
 

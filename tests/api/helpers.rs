@@ -337,7 +337,7 @@ impl TestApp {
     }
 
     pub async fn stock_left(&self, event: i64) -> Option<i64> {
-        self.redis.stock_left(event).await.unwrap()
+        self.redis.event_stock_left(event).await.unwrap()
     }
 
     pub async fn scalar(&self, sql: &str, event: i64) -> i64 {
