@@ -916,12 +916,18 @@ async fn hot_item(strict_sold_out: bool) {
 /// order_no answered twice; no order for a shopper beyond their unknown
 /// (5xx / timed out) answers; each wallet charged exactly once per
 /// confirmed order (debits, payments, balance) and never for a failed one;
-/// per-user limit; failed orders only `stock_lost`; the reconciler's
-/// discrepancies only of the kinds a replayed or lost intent and a
-/// repaired older state leave (`unacked_intent`, `unpersisted_intent`,
-/// `stock_drift`, `oversold`, `buyer_drift`, `redis_state_lost`); and,
-/// once the reconciler has converged, every check of the engine's checker
-/// PASS. 503s and timeouts during the failover window are expected and
+/// per-user limit; failed orders only `stock_lost`, and no more of them
+/// than 202s answered between the replica's last write and the cluster
+/// being whole again (README: "at most the units sold after the
+/// snapshot"); the reconciler's discrepancies only of the kinds a replayed
+/// or lost intent and a repaired older state leave (`unacked_intent`,
+/// `unpersisted_intent`, `stock_drift`, `oversold`, `buyer_drift`,
+/// `redis_state_lost`, and for buckets `transfer_unfinished`,
+/// `bucket_stock_drift`, `bucket_totals_drift`); and, once the reconciler
+/// has converged, every check of the engine's checker PASS (so, with
+/// buckets, `I1 buckets`: every bucket balanced and their totals making
+/// `stock_total`). Exact sale is not asserted (the row promises "never
+/// oversold"); units left unsold are printed. 503s and timeouts during the failover window are expected and
 /// counted, not failures; the sale must go on after it (202s for requests
 /// sent after the cluster is whole again).
 ///
