@@ -26,7 +26,8 @@
   ARGV[1] mode  ARGV[2] transfer id
     "out"   ARGV[3] target index  ARGV[4] units at least (the purchase's
             quantity): half the stock left, at least that many, at most
-            all of it.          Returns units moved out (0: none to give).
+            all of it.          Returns units moved out (0: none to give,
+                                -1: bucket not loaded).
     "in"    ARGV[3] source index  ARGV[4] units.
                                 Returns 1 applied, 2 applied before,
                                 0 bucket not loaded (nothing written).
@@ -37,6 +38,9 @@ if not id or id == '' then
   return redis.error_reply('ERR transfer id missing')
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  if mode == 'out' then
+    return -1
+  end
   return 0
 end
 

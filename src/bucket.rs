@@ -91,3 +91,37 @@ impl From<i64> for Bucket {
         Self::whole(event_id)
     }
 }
+
+/// Every bucket of one event, as its Postgres row says (`stock_buckets`,
+/// fixed at creation): what the steps over a whole event walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Buckets {
+    pub event_id: i64,
+    pub of: u16,
+}
+
+impl Buckets {
+    pub fn new(event_id: i64, of: u16) -> Self {
+        Self {
+            event_id,
+            of: of.max(1),
+        }
+    }
+
+    /// Every bucket, in index order.
+    pub fn iter(self) -> impl Iterator<Item = Bucket> {
+        Bucket::all(self.event_id, self.of)
+    }
+
+    /// A shopper's home bucket.
+    pub fn home(self, user_id: i64) -> Bucket {
+        Bucket::home(self.event_id, self.of, user_id)
+    }
+}
+
+/// An event id alone is a one-bucket event.
+impl From<i64> for Buckets {
+    fn from(event_id: i64) -> Self {
+        Self::new(event_id, 1)
+    }
+}

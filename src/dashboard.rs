@@ -292,7 +292,11 @@ impl Sampler {
                 .await
                 .unwrap_or_default();
             for event in recent {
-                let per_bucket = self.redis.bucket_states(event.id).await.ok();
+                let per_bucket = self
+                    .redis
+                    .bucket_states(crate::loading::event_buckets(&event))
+                    .await
+                    .ok();
                 let state = per_bucket
                     .as_ref()
                     .map(|b| SaleState::merged(&b.iter().map(|(_, s)| *s).collect::<Vec<_>>()));

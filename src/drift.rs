@@ -100,7 +100,7 @@ impl Observation {
             refunded_pending.extend(db::orders::refunded_among(db, chunk).await?);
         }
         let sold = db::checks::sold(db, event.id).await?;
-        let unreturned = unreturned_refunds(db, redis, event.id).await?;
+        let unreturned = unreturned_refunds(db, redis, event).await?;
         Ok(Self {
             state,
             ledger,
@@ -181,14 +181,16 @@ const MOST_UNRETURNED: i64 = 100_000;
 async fn unreturned_refunds(
     db: &PgPool,
     redis: &Redis,
-    event_id: i64,
+    event: &Event,
 ) -> Result<Vec<(Uuid, i64)>, DriftError> {
-    let refunds = db::refunds::unreturned(db, event_id, None, MOST_UNRETURNED).await?;
+    let refunds = db::refunds::unreturned(db, event.id, None, MOST_UNRETURNED).await?;
     if refunds.is_empty() {
         return Ok(Vec::new());
     }
     let order_nos: Vec<Uuid> = refunds.iter().map(|r| r.order_no).collect();
-    let returned = redis.event_returned_among(event_id, &order_nos).await?;
+    let returned = redis
+        .event_returned_among(loading::event_buckets(event), &order_nos)
+        .await?;
     Ok(refunds
         .iter()
         .zip(returned)

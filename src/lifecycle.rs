@@ -141,7 +141,9 @@ pub async fn set_paused(
     if seen.paused_at.is_some() == paused {
         return Ok(seen);
     }
-    let written = redis.pause_sale(id, paused).await?;
+    let written = redis
+        .pause_sale(loading::event_buckets(&seen), paused)
+        .await?;
     let (mut tx, event) = fence(db, id).await?;
     let updated = if event.paused_at.is_some() == paused {
         event
@@ -156,7 +158,9 @@ pub async fn set_paused(
                 current: event.version,
             })?
     };
-    redis.set_sale(id, sale_params(&updated)).await?;
+    redis
+        .set_sale(loading::event_buckets(&updated), sale_params(&updated))
+        .await?;
     tx.commit().await?;
     Ok(updated)
 }
@@ -176,7 +180,7 @@ pub async fn end_now(
         .ok_or(LifecycleError::NotFound)?;
     let written = redis
         .end_sale(
-            id,
+            loading::event_buckets(&seen),
             seen.starts_at.timestamp_millis(),
             seen.ends_at.timestamp_millis(),
         )
@@ -197,7 +201,9 @@ pub async fn end_now(
         .ok_or(LifecycleError::VersionConflict {
             current: event.version,
         })?;
-    redis.set_sale(id, sale_params(&updated)).await?;
+    redis
+        .set_sale(loading::event_buckets(&updated), sale_params(&updated))
+        .await?;
     tx.commit().await?;
     Ok((updated, ends_at))
 }
@@ -315,9 +321,13 @@ async fn edit_fenced(
         .ok_or(LifecycleError::VersionConflict {
             current: event.version,
         })?;
-    redis.set_sale(id, sale_params(&updated)).await?;
+    redis
+        .set_sale(loading::event_buckets(&updated), sale_params(&updated))
+        .await?;
     if let Some(adjustment) = adjustment {
-        let left = redis.event_stock_left(id).await?;
+        let left = redis
+            .event_stock_left(loading::event_buckets(&updated))
+            .await?;
         db::adjustments::mark_applied(&mut *tx, adjustment.id, updated.stock_total, left).await?;
     }
     tx.commit().await?;
@@ -609,7 +619,9 @@ pub async fn sync_params(
     if now == ParamsSync::InSync || (now == ParamsSync::Closing && !revert_closing) {
         return Ok(now);
     }
-    redis.set_sale(id, sale_params(&event)).await?;
+    redis
+        .set_sale(loading::event_buckets(&event), sale_params(&event))
+        .await?;
     tx.commit().await?;
     Ok(ParamsSync::Corrected)
 }

@@ -28,6 +28,11 @@ pub fn bucket_count(event: &Event) -> u16 {
         .clamp(1, crate::redis::MAX_BUCKETS as i32) as u16
 }
 
+/// The event's buckets, for the Redis steps over a whole event.
+pub fn event_buckets(event: &Event) -> crate::redis::Buckets {
+    crate::redis::Buckets::new(event.id, bucket_count(event))
+}
+
 /// Every stock bucket of the event.
 pub fn buckets(event: &Event) -> impl Iterator<Item = Bucket> {
     Bucket::all(event.id, bucket_count(event))
@@ -92,9 +97,6 @@ pub async fn preheat(db: &PgPool, redis: &Redis, event: &Event) -> Result<bool, 
         return Err(LoadError::HasOrders);
     }
     let mut loaded = false;
-    if bucket_count(event) > 1 {
-        redis.record_buckets(event.id, bucket_count(event)).await?;
-    }
     for bucket in missing {
         let mut params = sale_params(event);
         params.stock_total = first_share(event.stock_total, bucket);
@@ -219,9 +221,6 @@ async fn rebuild_fenced(
     lost: &[Bucket],
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
 ) -> Result<(i64, i64), LoadError> {
-    if bucket_count(event) > 1 {
-        redis.record_buckets(event.id, bucket_count(event)).await?;
-    }
     for &bucket in lost {
         redis.forget_transfers(bucket).await?;
     }
@@ -255,9 +254,9 @@ async fn rebuild_fenced(
     Ok((left, kept))
 }
 
-/// Units the surviving buckets account for: their totals and what they
-/// gave away that has not landed. Read until two reads agree on every
-/// survivor's `transfer_seq`, so no transfer moved in between.
+/// Units the buckets account for: their totals and what they gave away
+/// that has not landed. Read until two reads agree on every bucket's
+/// `transfer_seq`, so no transfer moved in between.
 async fn surviving_units(redis: &Redis, survivors: &[Bucket]) -> Result<i64, LoadError> {
     let read = || async {
         let mut seqs = Vec::with_capacity(survivors.len());
@@ -282,4 +281,93 @@ async fn surviving_units(redis: &Redis, survivors: &[Bucket]) -> Result<i64, Loa
         }
         (seqs, units) = (again, now);
     }
+}
+
+/// What [`settle_bucket_totals`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TotalsSettled {
+    /// Units the buckets accounted for (totals and units in flight).
+    pub accounted: i64,
+    pub stock_total: i64,
+    /// Units put back (positive) or taken off sale (negative).
+    pub applied: i64,
+}
+
+/// The buckets' totals with the units in flight between them must make the
+/// event's `stock_total`. A Redis failover to a replica that missed a
+/// transfer step (or a bucket lost in the middle of one) breaks that: units
+/// missing are put back into the first bucket, units too many are taken off
+/// sale from the buckets that hold stock (as far as unsold stock allows).
+/// Checked without the fence first (every pass, O(buckets)); confirmed and
+/// corrected under it (no adjustment or rebuild runs meanwhile, and the
+/// buckets are read until two reads agree, so no transfer moved between
+/// them; purchases, releases and refunds never change a total). `None`
+/// when they agree, a bucket is not loaded, or an adjustment is pending.
+pub async fn settle_bucket_totals(
+    db: &PgPool,
+    redis: &Redis,
+    event: &Event,
+) -> Result<Option<TotalsSettled>, LoadError> {
+    let all: Vec<Bucket> = buckets(event).collect();
+    if all.len() == 1 || !all_loaded(redis, &all).await? {
+        return Ok(None);
+    }
+    if surviving_units(redis, &all).await? == event.stock_total {
+        return Ok(None);
+    }
+    let mut tx = db.begin().await?;
+    let Some(event) = db::events::lock_fresh(&mut *tx, event.id).await? else {
+        return Ok(None);
+    };
+    if db::adjustments::pending_for_event(&mut *tx, event.id).await? > 0
+        || !all_loaded(redis, &all).await?
+    {
+        return Ok(None);
+    }
+    let accounted = surviving_units(redis, &all).await?;
+    let mut missing = event.stock_total - accounted;
+    let mut applied = 0;
+    // Once-only marks in the bucket's meta, as for an operator's adjustment
+    // (negative ids: never an operator's).
+    let mark = -chrono::Utc::now().timestamp_micros();
+    if missing > 0 {
+        if let crate::redis::AdjustOutcome::Applied { .. } =
+            redis.adjust_stock(all[0], mark, missing).await?
+        {
+            applied = missing;
+        }
+    }
+    for (i, &bucket) in all.iter().enumerate() {
+        if missing >= 0 {
+            break;
+        }
+        let left = redis.stock_left(bucket).await?.unwrap_or(0);
+        let take = left.min(-missing);
+        if take <= 0 {
+            continue;
+        }
+        if let crate::redis::AdjustOutcome::Applied { .. } = redis
+            .adjust_stock(bucket, mark - 1 - i as i64, -take)
+            .await?
+        {
+            missing += take;
+            applied -= take;
+        }
+    }
+    tx.commit().await?;
+    Ok(Some(TotalsSettled {
+        accounted,
+        stock_total: event.stock_total,
+        applied,
+    }))
+}
+
+async fn all_loaded(redis: &Redis, all: &[Bucket]) -> Result<bool, LoadError> {
+    for &bucket in all {
+        let state = redis.sale_state(bucket).await?;
+        if !state.loaded || state.held.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -33,6 +33,7 @@ use crate::{
         wallets::LedgerKind,
         DbError,
     },
+    loading,
     redis::{Bucket, Redis, RedisError, RefundedOrder, StockReturn},
 };
 
@@ -329,8 +330,11 @@ async fn not_persisted(
     requester: Requester,
 ) -> Result<RefundError, RefundError> {
     for event_id in redis.live_events().await? {
+        let Some(event) = db::events::get(db, event_id).await? else {
+            continue;
+        };
         if let Some((_, entry)) = redis
-            .event_ledger_entries(event_id, &[order_no])
+            .event_ledger_entries(loading::event_buckets(&event), &[order_no])
             .await?
             .pop()
         {
@@ -369,7 +373,10 @@ pub async fn return_stock(
                 quantity: r.quantity,
             })
             .collect();
-        let of = redis.buckets_of(event_id).await?;
+        let of = match db::events::get(db, event_id).await? {
+            Some(event) => loading::bucket_count(&event),
+            None => 1,
+        };
         let mut outcomes = vec![StockReturn::AlreadyReturned; orders.len()];
         let mut per_bucket: std::collections::BTreeMap<Bucket, Vec<usize>> = Default::default();
         for (i, order) in orders.iter().enumerate() {

@@ -273,7 +273,14 @@ async fn poll_sold_out(app: AppState, stop: CancellationToken) {
             _ = tokio::time::sleep(SOLD_OUT_RECHECK) => {}
         }
         for id in app.catalog.sold_out_ids() {
-            if let Ok(Some(left)) = app.redis.event_stock_left(id).await {
+            let Some(Some(slot)) = app.catalog.cached(id) else {
+                continue;
+            };
+            if let Ok(Some(left)) = app
+                .redis
+                .event_stock_left(crate::loading::event_buckets(&slot.event))
+                .await
+            {
                 if left > 0 {
                     app.catalog.clear_sold_out(id);
                 }
@@ -296,7 +303,11 @@ async fn refresh_catalog(app: AppState, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         for slot in app.catalog.recently_viewed() {
-            if let Ok(left) = app.redis.event_stock_left(slot.event.id).await {
+            if let Ok(left) = app
+                .redis
+                .event_stock_left(crate::loading::event_buckets(&slot.event))
+                .await
+            {
                 app.catalog.saw_stock(&slot, left);
             }
         }

@@ -89,6 +89,17 @@ pub async fn pending(
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
+/// How many adjustments of the event are pending (recorded, not settled).
+pub async fn pending_for_event(db: impl PgExecutor<'_>, event_id: i64) -> Result<i64, DbError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM stock_adjustments WHERE event_id = $1 AND state = 'pending'",
+    )
+    .bind(event_id)
+    .fetch_one(db)
+    .await?;
+    Ok(n)
+}
+
 /// The adjustment, taken `FOR UPDATE` (one settlement at a time).
 pub async fn lock(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Adjustment>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM stock_adjustments WHERE id = $1 FOR UPDATE");

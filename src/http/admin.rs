@@ -100,7 +100,10 @@ pub async fn event_view(app: &AppState, event: &Event) -> Result<AdminEventView,
     // order is committed, so every accepted purchase is counted in one of
     // the two (read together, a batch committed in between was in neither).
     // The counters: O(1) in Redis, however large the sale.
-    let buckets = app.redis.bucket_states(event.id).await?;
+    let buckets = app
+        .redis
+        .bucket_states(loading::event_buckets(event))
+        .await?;
     let state =
         crate::redis::SaleState::merged(&buckets.iter().map(|(_, s)| *s).collect::<Vec<_>>());
     let figures = db::orders::figures(&app.db, event.id).await?;
@@ -380,7 +383,10 @@ pub async fn preheat(
             event_id: id,
             loaded,
             rebuilt: false,
-            stock_left: app.redis.event_stock_left(id).await?,
+            stock_left: app
+                .redis
+                .event_stock_left(loading::event_buckets(&event))
+                .await?,
             pending_intents: None,
         }
     };

@@ -135,7 +135,10 @@ pub async fn show(
     let stock = match app.catalog.seen_stock(&slot) {
         Some(seen) => seen,
         None => {
-            let left = app.redis.event_stock_left(id).await?;
+            let left = app
+                .redis
+                .event_stock_left(crate::loading::event_buckets(&slot.event))
+                .await?;
             app.catalog.saw_stock(&slot, left);
             SeenStock {
                 left,

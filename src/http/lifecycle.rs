@@ -206,7 +206,10 @@ pub async fn list(
         let exhausted = (page.len() as i64) < limit;
         for event in page {
             after = event.id;
-            let state = app.redis.event_state(event.id).await?;
+            let state = app
+                .redis
+                .event_state(crate::loading::event_buckets(&event))
+                .await?;
             let stock = state.stock_left.filter(|_| state.loaded);
             if wanted.is_none_or(|w| w == Lifecycle::of(&event, stock, Utc::now())) {
                 kept.push((event, state));

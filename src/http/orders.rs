@@ -11,6 +11,7 @@ use crate::{
     db::{self, orders::Order},
     error::{ApiError, ErrorBody},
     intent::{from_millis, LedgerEntry},
+    loading,
     state::AppState,
 };
 
@@ -33,9 +34,12 @@ async fn find(app: &AppState, order_no: Uuid) -> Result<Option<Order>, ApiError>
         return Ok(Some(order));
     }
     for event_id in app.redis.live_events().await? {
+        let Some(slot) = app.catalog.get(&app.db, event_id).await? else {
+            continue;
+        };
         if let Some((_, entry)) = app
             .redis
-            .event_ledger_entries(event_id, &[order_no])
+            .event_ledger_entries(loading::event_buckets(&slot.event), &[order_no])
             .await?
             .pop()
         {
@@ -92,9 +96,13 @@ pub async fn mine(
 ) -> Result<Json<Vec<Order>>, ApiError> {
     let mut orders = db::orders::list_for_user(&app.db, user_id, MY_ORDERS_LIMIT).await?;
     for event_id in app.redis.live_events().await? {
+        let Some(slot) = app.catalog.get(&app.db, event_id).await? else {
+            continue;
+        };
+        let home = loading::home_bucket(&slot.event, user_id);
         let held: Vec<Uuid> = app
             .redis
-            .buyer_orders(app.redis.home(event_id, user_id).await?, user_id)
+            .buyer_orders(home, user_id)
             .await?
             .into_iter()
             .map(|(o, _)| o)
@@ -103,7 +111,6 @@ pub async fn mine(
             .into_iter()
             .filter(|o| !orders.iter().any(|p| p.order_no == *o))
             .collect();
-        let home = app.redis.home(event_id, user_id).await?;
         for (order_no, entry) in app.redis.ledger_entries(home, &unseen).await? {
             orders.push(pending(order_no, event_id, entry));
         }

@@ -101,21 +101,16 @@ impl Reconciler {
 
     /// An event of several buckets, once its buyers are repaired: each
     /// bucket's stock is its total less what its shoppers hold (both kept
-    /// by the scripts in the same steps; a repair writes only if the stock
-    /// and the pending counter are still as read). Then the buckets'
-    /// totals, with the units in flight, must add up to Postgres's
-    /// `stock_total`; a difference (a transfer step lost with a Redis
-    /// failover) is reported, and a missing amount is put back into the
-    /// first bucket with a once-only adjustment.
+    /// by the scripts in the same steps; `balance.lua` writes only if the
+    /// stock and the counters are still as read). The totals themselves are
+    /// settled every pass ([`Self::settle_bucket_totals`]).
     async fn repair_bucket_stocks(
         &self,
         event: &Event,
         report: &mut Report,
     ) -> Result<(), ReconcileError> {
-        let mut accounted = 0;
         for bucket in loading::buckets(event) {
-            let state = self.redis.bucket_state(bucket).await?;
-            accounted += state.total + state.in_flight;
+            let state = self.redis.sale_state(bucket).await?;
             let (Some(held), Some(stock)) = (state.held, state.stock_left) else {
                 continue;
             };
@@ -123,11 +118,8 @@ impl Reconciler {
             if stock == target {
                 continue;
             }
-            let repaired = self
-                .redis
-                .repair_stock(bucket, Some(stock), state.pending_units, target, held)
-                .await?;
-            if repaired {
+            let written = self.redis.balance_bucket(bucket, &state).await?;
+            if written.is_some() {
                 report.repairs += 1;
                 if target > stock {
                     self.redis.publish_stock_back(event.id).await?;
@@ -139,36 +131,42 @@ impl Reconciler {
                 subject: Some(format!("bucket {}", bucket.index)),
                 before: stock.to_string(),
                 after: target.to_string(),
-                repaired,
+                repaired: written.is_some(),
             });
         }
-        let missing = event.stock_total - accounted;
-        if missing == 0 {
+        Ok(())
+    }
+
+    /// The buckets' totals and units in flight against Postgres's
+    /// `stock_total` ([`loading::settle_bucket_totals`]).
+    pub(super) async fn settle_bucket_totals(
+        &self,
+        event: &Event,
+        report: &mut Report,
+    ) -> Result<(), ReconcileError> {
+        let Some(settled) = loading::settle_bucket_totals(&self.db, &self.redis, event).await?
+        else {
+            return Ok(());
+        };
+        if settled.applied == 0 && settled.accounted == settled.stock_total {
             return Ok(());
         }
-        // An operator's adjustment between its Redis step and its commit
-        // moves the first bucket's total before Postgres's: not now.
-        let adjusting = !crate::db::adjustments::pending(&self.db, std::time::Duration::ZERO, 1)
-            .await?
-            .is_empty();
-        let repaired = missing > 0 && !adjusting && {
-            let first = crate::lifecycle::adjusted_bucket(event);
-            let id = -chrono::Utc::now().timestamp_millis();
-            matches!(
-                self.redis.adjust_stock(first, id, missing).await?,
-                crate::redis::AdjustOutcome::Applied { .. }
-            )
-        };
-        if repaired {
+        let repaired = settled.accounted + settled.applied == settled.stock_total;
+        if settled.applied != 0 {
             report.repairs += 1;
-            self.redis.publish_stock_back(event.id).await?;
+            if settled.applied > 0 {
+                self.redis.publish_stock_back(event.id).await?;
+            }
         }
         report.discrepancies.push(Discrepancy {
             event_id: event.id,
             kind: "bucket_totals_drift",
             subject: None,
-            before: format!("buckets account for {accounted} units"),
-            after: format!("stock_total {}", event.stock_total),
+            before: format!("buckets account for {} units", settled.accounted),
+            after: format!(
+                "stock_total {} ({:+} applied)",
+                settled.stock_total, settled.applied
+            ),
             repaired,
         });
         Ok(())

@@ -38,7 +38,7 @@ impl Reconciler {
         if Utc::now() >= event.ends_at + CLOSE_OUT_AFTER && state.pending == 0 {
             // Over, every order persisted, idempotency records expired: Redis
             // need not hold the sale any more.
-            self.redis.close_out(event.id).await?;
+            self.redis.close_out(loading::event_buckets(event)).await?;
             self.gauges.closed(event.id);
             report.events_closed_out += 1;
             return Ok(());
@@ -73,6 +73,7 @@ impl Reconciler {
             return Ok(());
         }
 
+        self.settle_bucket_totals(event, report).await?;
         self.gauges.ledger(event.id, &seen);
         self.settle_stale_intents(event, &seen, report).await?;
         if self.sync_sale_params(event.id).await? {

@@ -66,11 +66,6 @@ impl Keys {
         format!("{}:live-events", self.prefix)
     }
 
-    /// Hash: event id -> its stock buckets (written at preheat; absent: 1).
-    pub fn event_buckets(&self) -> String {
-        format!("{}:event-buckets", self.prefix)
-    }
-
     /// A shopper's idempotency record; keys are scoped per user.
     pub fn idempotency(&self, user_id: i64, key: &str) -> String {
         format!("{}:idem:{user_id}:{key}", self.prefix)

@@ -3,6 +3,7 @@
 //! (a stock adjustment applied once). The callers hold the fence
 //! ([`crate::lifecycle`]).
 
+use crate::bucket::Buckets;
 use fred::{prelude::*, types::Value};
 
 use super::{keys::Bucket, Redis, RedisError, SaleParams};
@@ -45,9 +46,14 @@ pub struct LoadedParams {
 impl Redis {
     /// Runs `sale.lua` "set" on every bucket of the event: the parameters
     /// written as they are.
-    pub async fn set_sale(&self, event_id: i64, sale: SaleParams) -> Result<SaleWrite, RedisError> {
+    pub async fn set_sale(
+        &self,
+        event: impl Into<Buckets>,
+        sale: SaleParams,
+    ) -> Result<SaleWrite, RedisError> {
+        let event: Buckets = event.into();
         let mut first = None;
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             let written = self.set_bucket_sale(bucket, sale).await?;
             first.get_or_insert(written);
         }
@@ -79,13 +85,14 @@ impl Redis {
     /// clocks read later, so "min(ends, now)" keeps the first's end).
     pub async fn end_sale(
         &self,
-        event_id: i64,
+        event: impl Into<Buckets>,
         starts_ms: i64,
         ends_ms: i64,
     ) -> Result<SaleWrite, RedisError> {
+        let event: Buckets = event.into();
         let (mut starts_ms, mut ends_ms) = (starts_ms, ends_ms);
         let mut first = None;
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             let written = self
                 .sale_script(
                     bucket,
@@ -104,9 +111,14 @@ impl Redis {
 
     /// Runs `sale.lua` "pause" on every bucket: only the pause flag
     /// (`paused` false: resume).
-    pub async fn pause_sale(&self, event_id: i64, paused: bool) -> Result<SaleWrite, RedisError> {
+    pub async fn pause_sale(
+        &self,
+        event: impl Into<Buckets>,
+        paused: bool,
+    ) -> Result<SaleWrite, RedisError> {
+        let event: Buckets = event.into();
         let mut first = None;
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             let written = self
                 .sale_script(
                     bucket,

@@ -1,6 +1,7 @@
 //! Plain reads of an event's live state (stock, ledger, buyers), the set of
 //! events loaded into Redis, and closing an ended event out of Redis.
 
+use crate::bucket::Buckets;
 use std::collections::HashMap;
 
 use fred::prelude::*;
@@ -19,9 +20,13 @@ impl Redis {
     /// Units left in all of an event's buckets (those in flight between
     /// two are on their way to one: counted once they land), or None when
     /// no bucket is in Redis. One GET for a one-bucket event.
-    pub async fn event_stock_left(&self, event_id: i64) -> Result<Option<i64>, RedisError> {
+    pub async fn event_stock_left(
+        &self,
+        event: impl Into<Buckets>,
+    ) -> Result<Option<i64>, RedisError> {
+        let event: Buckets = event.into();
         let mut left: Option<i64> = None;
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             if let Some(stock) = self.stock_left(bucket).await? {
                 left = Some(left.unwrap_or(0) + stock);
             }
@@ -99,11 +104,12 @@ impl Redis {
     /// that do not know the orders' shoppers).
     pub async fn event_ledger_entries(
         &self,
-        event_id: i64,
+        event: impl Into<Buckets>,
         order_nos: &[Uuid],
     ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
+        let event: Buckets = event.into();
         let mut found = Vec::new();
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             found.extend(self.ledger_entries(bucket, order_nos).await?);
         }
         Ok(found)
@@ -113,11 +119,12 @@ impl Redis {
     /// each order's units are back in any of them.
     pub async fn event_returned_among(
         &self,
-        event_id: i64,
+        event: impl Into<Buckets>,
         order_nos: &[Uuid],
     ) -> Result<Vec<bool>, RedisError> {
+        let event: Buckets = event.into();
         let mut back = vec![false; order_nos.len()];
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             for (seen, flag) in back
                 .iter_mut()
                 .zip(self.returned_among(bucket, order_nos).await?)
@@ -162,75 +169,18 @@ impl Redis {
     /// Removes an ended event's keys (UNLINK: a hash of millions of buyers
     /// is freed in the background, not while Redis serves) and its place in
     /// the live set.
-    pub async fn close_out(&self, event_id: i64) -> Result<(), RedisError> {
-        for bucket in self.buckets(event_id).await? {
+    pub async fn close_out(&self, event: impl Into<Buckets>) -> Result<(), RedisError> {
+        let event: Buckets = event.into();
+        for bucket in event.iter() {
             for key in self.keys.event(bucket).every() {
                 let _: i64 = self.client().unlink(key).await?;
             }
         }
         let _: i64 = self
             .client()
-            .hdel(self.keys.event_buckets(), event_id)
-            .await?;
-        let _: i64 = self
-            .client()
-            .srem(self.keys.live_events(), event_id)
+            .srem(self.keys.live_events(), event.event_id)
             .await?;
         Ok(())
-    }
-
-    /// Records an event's bucket count (at its preheat or rebuild), for the
-    /// steps that know only an event id and a shopper ([`Self::home`]).
-    pub async fn record_buckets(&self, event_id: i64, of: u16) -> Result<(), RedisError> {
-        let _: i64 = self
-            .client()
-            .hset(self.keys.event_buckets(), (event_id, of as i64))
-            .await?;
-        self.bucket_counts
-            .lock()
-            .expect("bucket counts")
-            .insert(event_id, of);
-        Ok(())
-    }
-
-    /// An event's bucket count (1 when none was recorded: a one-bucket
-    /// event, or one not preheated yet); read once per process.
-    pub async fn buckets_of(&self, event_id: i64) -> Result<u16, RedisError> {
-        if let Some(of) = self
-            .bucket_counts
-            .lock()
-            .expect("bucket counts")
-            .get(&event_id)
-        {
-            return Ok(*of);
-        }
-        let of: Option<i64> = self
-            .client()
-            .hget(self.keys.event_buckets(), event_id)
-            .await?;
-        let Some(of) = of else {
-            return Ok(1);
-        };
-        let of = of.clamp(1, super::MAX_BUCKETS as i64) as u16;
-        self.bucket_counts
-            .lock()
-            .expect("bucket counts")
-            .insert(event_id, of);
-        Ok(of)
-    }
-
-    /// A shopper's home bucket in an event.
-    pub async fn home(&self, event_id: i64, user_id: i64) -> Result<Bucket, RedisError> {
-        Ok(Bucket::home(
-            event_id,
-            self.buckets_of(event_id).await?,
-            user_id,
-        ))
-    }
-
-    /// Every bucket of an event.
-    pub async fn buckets(&self, event_id: i64) -> Result<Vec<Bucket>, RedisError> {
-        Ok(Bucket::all(event_id, self.buckets_of(event_id).await?).collect())
     }
 
     pub async fn add_live_event(&self, event_id: i64) -> Result<(), RedisError> {

@@ -51,6 +51,7 @@ use fred::{
     types::{config::ReconnectPolicy, Value},
 };
 
+pub use crate::bucket::Buckets;
 pub use admit::Admission;
 pub use idempotency::{KeyClaim, KeyState};
 pub use keys::{Bucket, EventKeys, Keys, MAX_BUCKETS};
@@ -89,8 +90,6 @@ pub struct Redis {
     config: Config,
     keys: Keys,
     scripts: Arc<Scripts>,
-    /// Events' bucket counts read so far (fixed for an event's life).
-    bucket_counts: Arc<std::sync::Mutex<std::collections::HashMap<i64, u16>>>,
 }
 
 impl Redis {
@@ -137,7 +136,6 @@ impl Redis {
             config,
             keys: Keys::new(prefix),
             scripts: Arc::new(Scripts::default()),
-            bucket_counts: Default::default(),
         };
         loop {
             match redis.load_scripts().await {

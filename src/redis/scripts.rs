@@ -66,6 +66,7 @@ pub struct Scripts {
     pub sale: LuaScript,
     pub adjust: LuaScript,
     pub transfer: LuaScript,
+    pub balance: LuaScript,
 }
 
 impl Default for Scripts {
@@ -92,12 +93,13 @@ impl Default for Scripts {
             sale: LuaScript::with_prelude("sale", include_str!("../../lua/sale.lua")),
             adjust: LuaScript::new("adjust", include_str!("../../lua/adjust.lua")),
             transfer: LuaScript::new("transfer", include_str!("../../lua/transfer.lua")),
+            balance: LuaScript::new("balance", include_str!("../../lua/balance.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&LuaScript; 18] {
+    pub fn all(&self) -> [&LuaScript; 19] {
         [
             &self.purchase,
             &self.release,
@@ -117,6 +119,7 @@ impl Scripts {
             &self.sale,
             &self.adjust,
             &self.transfer,
+            &self.balance,
         ]
     }
 }

@@ -4,6 +4,7 @@
 //! `buyers.lua` (a batch of shoppers' units and pending intents at one
 //! instant). No call here holds Redis longer than a small page costs.
 
+use crate::bucket::Buckets;
 use fred::{prelude::*, types::Value};
 use uuid::Uuid;
 
@@ -117,9 +118,10 @@ impl Redis {
     }
 
     /// The whole event's counters ([`SaleState::merged`] of its buckets).
-    pub async fn event_state(&self, event_id: i64) -> Result<SaleState, RedisError> {
+    pub async fn event_state(&self, event: impl Into<Buckets>) -> Result<SaleState, RedisError> {
+        let event: Buckets = event.into();
         let mut states = Vec::new();
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             states.push(self.bucket_state(bucket).await?);
         }
         Ok(SaleState::merged(&states))
@@ -128,10 +130,11 @@ impl Redis {
     /// Each bucket's counters, in index order.
     pub async fn bucket_states(
         &self,
-        event_id: i64,
+        event: impl Into<Buckets>,
     ) -> Result<Vec<(super::Bucket, SaleState)>, RedisError> {
+        let event: Buckets = event.into();
         let mut states = Vec::new();
-        for bucket in self.buckets(event_id).await? {
+        for bucket in event.iter() {
             states.push((bucket, self.bucket_state(bucket).await?));
         }
         Ok(states)

@@ -26,7 +26,7 @@ impl Redis {
 
     /// Step 1 on `source`: takes half its stock (at least `at_least`, at
     /// most all) into a transfer to `target`. Returns the units moved (0:
-    /// it had none).
+    /// it had none; -1: it is not loaded, lost or being rebuilt).
     pub async fn transfer_out(
         &self,
         id: Uuid,
@@ -78,18 +78,19 @@ impl Redis {
     }
 
     /// The three steps: units from `source` into `target`'s stock. Returns
-    /// the units that arrived (0: the source had none). A failure after the
-    /// first step leaves a record the reconciler finishes.
+    /// the units that arrived (0: the source had none; `None`: the source
+    /// is not loaded, so whether it has any is not known). A failure after
+    /// the first step leaves a record the reconciler finishes.
     pub async fn move_stock(
         &self,
         source: Bucket,
         target: Bucket,
         at_least: i64,
-    ) -> Result<i64, RedisError> {
+    ) -> Result<Option<i64>, RedisError> {
         let id = Uuid::now_v7();
         let units = self.transfer_out(id, source, target, at_least).await?;
-        if units == 0 {
-            return Ok(0);
+        if units <= 0 {
+            return Ok((units == 0).then_some(0));
         }
         metrics::counter!("seckill_bucket_transfers_total").increment(1);
         let transfer = PendingTransfer {
@@ -101,10 +102,10 @@ impl Redis {
         if !self.transfer_in(&transfer).await? {
             // The target was lost meanwhile: the record stays, and the
             // rebuild counts it in flight; the reconciler lands it after.
-            return Ok(0);
+            return Ok(Some(0));
         }
         self.transfer_done(&transfer).await?;
-        Ok(units)
+        Ok(Some(units))
     }
 
     /// The source bucket's unconfirmed transfers (a few at most: each is
@@ -154,6 +155,33 @@ impl Redis {
             }
         }
         Ok(units)
+    }
+
+    /// `balance.lua`: the bucket's stock set to its total less what its
+    /// shoppers hold, if `seen` is still what Redis holds. Returns the stock
+    /// written (`None`: the state moved, nothing written).
+    pub async fn balance_bucket(
+        &self,
+        bucket: Bucket,
+        seen: &super::SaleState,
+    ) -> Result<Option<i64>, RedisError> {
+        let (Some(stock), Some(held)) = (seen.stock_left, seen.held) else {
+            return Ok(None);
+        };
+        let k = self.keys.event(bucket);
+        let written = self
+            .run_for_int(
+                &self.scripts.balance,
+                vec![k.meta, k.stock],
+                vec![
+                    Value::from(stock),
+                    Value::from(held),
+                    Value::from(seen.pending_units),
+                    Value::from(seen.total),
+                ],
+            )
+            .await?;
+        Ok((written >= 0).then_some(written))
     }
 
     /// Drops a bucket's transfer records and received ids (its rebuild

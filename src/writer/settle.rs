@@ -47,8 +47,14 @@ pub async fn settle(
         }
     }
     for &(event_id, unsold) in oversold {
-        // Each bucket's stock is at most what Postgres has unsold in all.
-        for bucket in redis.buckets(event_id).await? {
+        // Each bucket's stock is at most what Postgres has unsold in all
+        // (a bound on each, never below a real unit; the reconciler's
+        // per-bucket repair settles the rest once the sale is still).
+        let of = settlements
+            .iter()
+            .find(|s| s.event_id == event_id)
+            .map_or(1, |s| s.bucket.of);
+        for bucket in Bucket::all(event_id, of) {
             redis.cap_stock(bucket, unsold).await?;
         }
     }

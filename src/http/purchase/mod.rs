@@ -252,13 +252,21 @@ pub(super) async fn take_stock(
     }))
 }
 
+/// Rounds of asking the other buckets before a purchase that keeps
+/// losing the units it moved home to other shoppers is answered sold out.
+const TRANSFER_ROUNDS: usize = 4;
+
 /// The home bucket ran dry: stock moves from the other buckets, one at a
 /// time, until the purchase finds enough (each transfer takes half of what
-/// a bucket has left, so a bucket's own shoppers keep some). Sold out only
-/// when no bucket has a unit and none is in flight between two buckets:
-/// then `stock_left` 0 lets the caller set the local flag. A bucket that
-/// cannot be reached (its primary failing over) is skipped for the others;
-/// if none of them could serve, the answer is 503, not sold out.
+/// a bucket has left, so a bucket's own shoppers keep some). Other
+/// shoppers move and take units at the same time, so one pass over the
+/// buckets can miss units that landed behind it: after a pass the buckets
+/// are counted, and while they still hold enough, another pass follows (at
+/// most [`TRANSFER_ROUNDS`]). Sold out with `stock_left` 0 (which lets the
+/// caller set the local flag) only when no bucket has a unit and none is in
+/// flight. A bucket that cannot be reached (its primary failing over, or
+/// lost and not rebuilt) is skipped for the others; if none of them could
+/// serve, the answer is 503, not sold out.
 async fn buy_with_stock_from_other_buckets(
     app: &AppState,
     home: Bucket,
@@ -266,33 +274,54 @@ async fn buy_with_stock_from_other_buckets(
     quantity: i32,
     order_no: Uuid,
 ) -> Result<PurchaseOutcome, ApiError> {
-    let mut unreachable = None;
-    for donor in home.others() {
-        match app.redis.move_stock(donor, home, quantity as i64).await {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(err) => {
-                // A donor on a primary that is failing over: ask the others.
-                unreachable = Some(err);
-                continue;
+    let mut left = 0;
+    for round in 0..TRANSFER_ROUNDS {
+        if round > 0 {
+            // Units may have landed at home meanwhile.
+            let outcome = app
+                .redis
+                .purchase(home, user_id, quantity, order_no)
+                .await?;
+            if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
+                return Ok(outcome);
             }
         }
-        let outcome = app
-            .redis
-            .purchase(home, user_id, quantity, order_no)
-            .await?;
-        if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
-            return Ok(outcome);
+        let mut unreachable = None;
+        for donor in home.others() {
+            match app.redis.move_stock(donor, home, quantity as i64).await {
+                Ok(Some(0)) => continue,
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    unreachable = Some(ApiError::Unavailable(
+                        "a stock bucket is being restored after a Redis loss".into(),
+                    ));
+                    continue;
+                }
+                Err(err) => {
+                    unreachable = Some(err.into());
+                    continue;
+                }
+            }
+            let outcome = app
+                .redis
+                .purchase(home, user_id, quantity, order_no)
+                .await?;
+            if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
+                return Ok(outcome);
+            }
         }
-    }
-    if let Some(err) = unreachable {
-        // Some bucket could not be asked: not known to be sold out.
-        return Err(err.into());
-    }
-    let mut left = 0;
-    for bucket in Bucket::all(home.event_id, home.of) {
-        let state = app.redis.sale_state(bucket).await?;
-        left += state.stock_left.unwrap_or(0).max(0) + state.in_flight;
+        if let Some(err) = unreachable {
+            // Some bucket could not be asked: not known to be sold out.
+            return Err(err);
+        }
+        left = 0;
+        for bucket in Bucket::all(home.event_id, home.of) {
+            let state = app.redis.sale_state(bucket).await?;
+            left += state.stock_left.unwrap_or(0).max(0) + state.in_flight;
+        }
+        if left < quantity as i64 {
+            break;
+        }
     }
     Ok(PurchaseOutcome::SoldOut { stock_left: left })
 }
