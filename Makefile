@@ -62,7 +62,7 @@ lint: ## formatting and clippy, warnings are errors
 fmt: ## format the workspace
 	$(CARGO) fmt --all
 
-bench: services ## SPEC §7 figures: HTTP ratios, writer drain, limiter memory, Redis ceiling, criterion
+bench: services ## SPEC §7 figures: HTTP ratios, writer drain, limiter memory, Redis ceiling, criterion, one hot item on 1-3 Redis masters
 	$(DEMO_ENV) scripts/bench.sh
 
 demo: ## services, build, migrate, engine, a burst sale, report, stop

@@ -7,6 +7,8 @@
 #     ratios with p99s; loadtest/out/bench.json).
 #  2. Writer drain rate vs one transaction per order (benches/writer_drain.rs).
 #  3. Keyed rate-limiter memory at 1 M users (benches/limiter_memory.rs).
+#  1e. One hot item on a Redis Cluster of 1, 2 and 3 masters, stock split into
+#      as many buckets (scripts/bench-buckets.sh; loadtest/out/bench-buckets.json).
 #  4. Raw Redis EVALSHA rate of purchase.lua (redis-benchmark): Redis' ceiling.
 #  5. Criterion micro-benchmarks (benches/purchase_script.rs).
 #  6. A summary of the figures and of which targets are met.
@@ -20,7 +22,7 @@
 # SECKILL_DATABASE_URL from the environment is ignored.
 #
 # BENCH_PARTS selects parts (comma-separated: http,durable,ablation,instructions,bigsale,
-# drain,limiter,redis,criterion;
+# buckets,drain,limiter,redis,criterion;
 # default all; "none" only checks the services and the database lifecycle).
 set -euo pipefail
 
@@ -36,7 +38,7 @@ BENCH_DB_CREATED=""
 PG_SERVER="${SECKILL_TEST_DATABASE_URL%%\?*}"
 PG_SERVER="${PG_SERVER%/*}"
 export SECKILL_DATABASE_URL="$PG_SERVER/$BENCH_DB"
-BENCH_PARTS="${BENCH_PARTS:-http,durable,ablation,instructions,bigsale,drain,limiter,redis,criterion}"
+BENCH_PARTS="${BENCH_PARTS:-http,durable,ablation,instructions,bigsale,buckets,drain,limiter,redis,criterion}"
 ABLATION_PHASE_SECS="${BENCH_ABLATION_PHASE_SECS:-4}"
 part() { [[ ",$BENCH_PARTS," == *",$1,"* ]]; }
 export SECKILL_TEST_REDIS_URL="${SECKILL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
@@ -212,6 +214,16 @@ if part bigsale; then
     set -e
 fi
 
+# --- 1e. One hot item across 1, 2 and 3 Redis masters (stock buckets) -------
+buckets_rc=skipped
+if part buckets; then
+    section "one hot item on a Redis Cluster of ${BUCKETS_MASTERS:-1 2 3} master(s), one stock bucket per master"
+    set +e
+    SECKILL_LOADTEST_OUT_DIR="$OUT_DIR" scripts/bench-buckets.sh
+    buckets_rc=$?
+    set -e
+fi
+
 # --- 2. Writer drain rate ----------------------------------------------------
 drain_rc=skipped
 if part drain && [[ -f benches/writer_drain.rs ]]; then
@@ -347,6 +359,14 @@ if [[ -f "$OUT_DIR/bigsale.json" && "$bigsale_rc" != skipped ]]; then
       "  engine RSS: start \(.engine_rss_mb.start) MiB, peak \(.engine_rss_mb.peak) MiB, idle after the sale \(.engine_rss_mb.idle_after_sale) MiB (bound \(.engine_rss_mb.bound) MiB)"
     ' "$OUT_DIR/bigsale.json"
 fi
+if [[ -f "$OUT_DIR/bench-buckets.json" && "$buckets_rc" != skipped ]]; then
+    echo
+    echo "one hot item on a Redis Cluster, stock in buckets (CPU µs per accepted purchase; same run per row):"
+    jq -r '
+      def r(x): if x == null then "-" else (x * 10 | round / 10 | tostring) end;
+      (.runs[] | "  \(.masters) master(s), \(.stock_buckets) bucket(s): \(.purchases_rps | round) purchases/s, ratio \(.ratio * 1000 | round / 1000), engine \(r(.cpu_us_per_purchase.engine)) µs, redis \([.redis_masters[] | r(.us_per_purchase)] | join(" + ")) µs, postgres \(r(.cpu_us_per_purchase.postgres)) µs; sell-out: \(.sellout.transfers // "-") transfers, \(.sellout.unsold // "-") unsold")
+    ' "$OUT_DIR/bench-buckets.json"
+fi
 if [[ -n "$redis_rps" ]]; then
     echo "redis EVALSHA purchase.lua  ${redis_rps} calls/s (Redis ceiling, 64 clients)"
 fi
@@ -360,7 +380,7 @@ echo "total time: $(($(date +%s) - started))s"
 # default ack), so only its other failures count.
 failures=()
 for part in "http $http_rc" "durable $durable_rc" "ablation $ablation_rc" \
-    "instructions $instructions_rc" "bigsale $bigsale_rc" \
+    "instructions $instructions_rc" "bigsale $bigsale_rc" "buckets $buckets_rc" \
     "criterion $micro_rc" "drain $drain_rc" "limiter $limiter_rc"; do
     read -r name c <<<"$part"
     if [[ "$c" == skipped || "$c" == 0 || ("$name" == durable && "$c" == 3) ]]; then

@@ -194,6 +194,10 @@ pub struct RunArgs {
     /// Units of stock in the sale.
     #[arg(long)]
     pub stock: Option<i64>,
+    /// Stock buckets of the sale's event (`"stock_buckets"` in
+    /// `POST /admin/events`); absent: not sent, the engine's default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub stock_buckets: Option<u32>,
     /// Unit price in minor units (cents).
     #[arg(long)]
     pub price: Option<i64>,
@@ -278,6 +282,19 @@ fn parse_stages(text: &str) -> Result<Schedule, String> {
     Schedule::parse(text).map_err(|err| format!("{err:#}"))
 }
 
+fn parse_watch_pid(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("`{text}`: the pid is not a number"))?;
+    if name.is_empty() {
+        return Err(format!("`{text}`: the name is empty"));
+    }
+    Ok((name.to_owned(), pid))
+}
+
 fn parse_threshold(text: &str) -> Result<Threshold, String> {
     Threshold::parse(text).map_err(|err| format!("{err:#}"))
 }
@@ -344,9 +361,17 @@ pub struct BenchArgs {
     /// Stock of the selling event (must outlast the phase).
     #[arg(long, default_value_t = 5_000_000)]
     pub stock: i64,
+    /// Stock buckets of the selling event (`"stock_buckets"` in
+    /// `POST /admin/events`); absent: not sent, the engine's default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub stock_buckets: Option<u32>,
     /// Engine process id, to report its CPU use per phase (from /proc).
     #[arg(long)]
     pub engine_pid: Option<u32>,
+    /// Another process to report per phase, `NAME=PID` (repeatable): its
+    /// utime+stime in clock ticks over each phase, in `cpu.watched`.
+    #[arg(long = "watch-pid", value_name = "NAME=PID", value_parser = parse_watch_pid)]
+    pub watch_pids: Vec<(String, u32)>,
     /// Per-request timeout.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,

@@ -173,6 +173,9 @@ pub struct Plan {
     pub thresholds: Vec<Threshold>,
     pub timeout_ms: u64,
     pub drain_timeout_secs: u64,
+    /// Stock buckets of the event (`None`: not sent, the engine's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stock_buckets: Option<u32>,
     #[serde(skip)]
     pub database_url: String,
     /// Where the engine's order events are read back (`None`: not checked).
@@ -246,6 +249,7 @@ impl Plan {
             thresholds: args.thresholds,
             timeout_ms: args.timeout_ms.max(1),
             drain_timeout_secs: args.drain_timeout_secs,
+            stock_buckets: args.stock_buckets,
             database_url: args.database_url,
             order_stream: (!matches!(args.nats_url.trim(), "" | "off")).then(|| OrderStream {
                 url: args.nats_url.trim().to_owned(),

@@ -207,6 +207,7 @@ async fn create_event(
             starts_at,
             ends_at,
             cancel_window_seconds: (k.cancel_share > 0.0).then_some(3_600),
+            stock_buckets: plan.stock_buckets,
         })
         .await?;
     println!(

@@ -17,6 +17,9 @@ pub struct NewEvent<'a> {
     /// Seconds after a purchase its shopper may cancel it (absent: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_window_seconds: Option<i64>,
+    /// Stock buckets of the event (absent: the engine's default, one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stock_buckets: Option<u32>,
 }
 
 /// `GET /admin/events/{id}`: the event with live figures.

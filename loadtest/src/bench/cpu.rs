@@ -1,6 +1,7 @@
 //! CPU time over a phase, read from `/proc` (Linux; elsewhere the figures
 //! are absent): this client, the engine, Redis (`redis-server`), Postgres
-//! (every `postgres` process) and whatever else ran on the box.
+//! (every `postgres` process), processes named with `--watch-pid` (one
+//! Redis Cluster master each, say) and whatever else ran on the box.
 
 use serde::Serialize;
 
@@ -8,13 +9,15 @@ use serde::Serialize;
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU ticks of the watched processes and of the box, at one instant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuSample {
     at: std::time::Instant,
     client: Option<u64>,
     engine: Option<u64>,
     redis: u64,
     postgres: u64,
+    /// Ticks of each watched process (`--watch-pid`), in its order.
+    watched: Vec<Option<u64>>,
     /// (busy, total) ticks over all CPUs.
     machine: Option<(u64, u64)>,
 }
@@ -37,18 +40,38 @@ pub struct CpuUse {
     pub redis_us_per_request: Option<f64>,
     pub postgres_us_per_request: Option<f64>,
     pub other_us_per_request: Option<f64>,
+    /// Each `--watch-pid` process (already inside the sums above).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<WatchedCpu>,
+}
+
+/// One watched process over a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchedCpu {
+    pub name: String,
+    pub pid: u32,
+    /// utime + stime over the phase, in clock ticks (`getconf CLK_TCK`);
+    /// absent when /proc could not be read at either end.
+    pub ticks: Option<u64>,
+    pub cores: Option<f64>,
+    pub us_per_request: Option<f64>,
 }
 
 impl CpuSample {
     /// Reads /proc now; what cannot be read stays absent.
-    pub fn take(engine_pid: Option<u32>) -> Self {
+    pub fn take(engine_pid: Option<u32>, watch: &[(String, u32)]) -> Self {
         let (redis, postgres) = services_ticks();
+        let watched = watch
+            .iter()
+            .map(|(_, pid)| process_ticks(&format!("/proc/{pid}/stat")))
+            .collect();
         Self {
             at: std::time::Instant::now(),
             client: process_ticks("/proc/self/stat"),
             engine: engine_pid.and_then(|pid| process_ticks(&format!("/proc/{pid}/stat"))),
             redis,
             postgres,
+            watched,
             machine: machine_ticks(),
         }
     }
@@ -56,7 +79,8 @@ impl CpuSample {
 
 impl CpuUse {
     /// The use between two samples, `requests` requests apart.
-    pub fn between(a: &CpuSample, b: &CpuSample, requests: u64) -> Self {
+    /// `watch` names the watched processes of both samples.
+    pub fn between(a: &CpuSample, b: &CpuSample, requests: u64, watch: &[(String, u32)]) -> Self {
         let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         let secs =
             |x: Option<u64>, y: Option<u64>| Some(y?.saturating_sub(x?) as f64 / TICKS_PER_SEC);
@@ -85,6 +109,21 @@ impl CpuUse {
             + postgres.unwrap_or(0.0);
         let other = busy_secs.map(|busy| (busy - known).max(0.0));
         let cores = |x: Option<f64>| x.map(|c| c / wall);
+        let watched = watch
+            .iter()
+            .zip(a.watched.iter().zip(&b.watched))
+            .map(|((name, pid), (x, y))| {
+                let ticks = x.zip(*y).map(|(x, y)| y.saturating_sub(x));
+                let cpu = ticks.map(|t| t as f64 / TICKS_PER_SEC);
+                WatchedCpu {
+                    name: name.clone(),
+                    pid: *pid,
+                    ticks,
+                    cores: cores(cpu),
+                    us_per_request: per_req(cpu),
+                }
+            })
+            .collect();
         Self {
             client_cores: cores(client),
             engine_cores: cores(engine),
@@ -97,6 +136,7 @@ impl CpuUse {
             redis_us_per_request: per_req(redis),
             postgres_us_per_request: per_req(postgres),
             other_us_per_request: per_req(other),
+            watched,
         }
     }
 }

@@ -75,7 +75,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
         head.base_url, head.connections, head.client, head.phase_secs, head.cpus
     );
     let conns = Conn::open(args.client, &target, args.connections).await?;
-    let mut phases = Phases::new(conns, args.phase_secs, args.engine_pid);
+    let mut phases = Phases::new(
+        conns,
+        args.phase_secs,
+        args.engine_pid,
+        args.watch_pids.clone(),
+    );
     let healthz = Call {
         method: Method::GET,
         path: "/healthz".into(),

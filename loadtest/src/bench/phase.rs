@@ -161,15 +161,23 @@ pub struct Phases {
     /// Seconds per measured phase.
     phase_secs: u64,
     engine_pid: Option<u32>,
+    /// Processes whose CPU use is reported one by one (`--watch-pid`).
+    watch: Vec<(String, u32)>,
 }
 
 impl Phases {
     /// Takes over the open connections.
-    pub fn new(conns: Vec<Conn>, phase_secs: u64, engine_pid: Option<u32>) -> Self {
+    pub fn new(
+        conns: Vec<Conn>,
+        phase_secs: u64,
+        engine_pid: Option<u32>,
+        watch: Vec<(String, u32)>,
+    ) -> Self {
         Self {
             conns,
             phase_secs,
             engine_pid,
+            watch,
         }
     }
 
@@ -206,7 +214,7 @@ impl Phases {
         secs: f64,
         record: bool,
     ) -> anyhow::Result<(Instant, WorkerLog, CpuUse)> {
-        let cpu0 = CpuSample::take(self.engine_pid);
+        let cpu0 = CpuSample::take(self.engine_pid, &self.watch);
         let t0 = Instant::now();
         let spec = Arc::new(PhaseSpec {
             call: call.clone(),
@@ -225,8 +233,8 @@ impl Phases {
             self.conns.push(conn);
             log.merge(part)?;
         }
-        let cpu1 = CpuSample::take(self.engine_pid);
-        let cpu = CpuUse::between(&cpu0, &cpu1, log.requests);
+        let cpu1 = CpuSample::take(self.engine_pid, &self.watch);
+        let cpu = CpuUse::between(&cpu0, &cpu1, log.requests, &self.watch);
         Ok((t0, log, cpu))
     }
 }

@@ -109,8 +109,14 @@ pub async fn prepare(
     let (seed_secs, warnings) = fund(api, first_user_id, users + 2).await?;
 
     let stamp = started_at.format("%Y-%m-%dT%H:%M:%SZ");
-    let selling = new_event(api, &format!("bench selling {stamp}"), args.stock).await?;
-    let sold_out = new_event(api, &format!("bench sold-out {stamp}"), 1).await?;
+    let selling = new_event(
+        api,
+        &format!("bench selling {stamp}"),
+        args.stock,
+        args.stock_buckets,
+    )
+    .await?;
+    let sold_out = new_event(api, &format!("bench sold-out {stamp}"), 1, None).await?;
     sell_out(
         api,
         &tokens.signer,
@@ -189,7 +195,12 @@ fn presign(secret: &str, first_user_id: i64, users: u64) -> (Signer, f64) {
 }
 
 /// A preheated event on sale since a minute ago, for two hours, 1 unit each.
-async fn new_event(api: &Api, name: &str, stock: i64) -> anyhow::Result<AdminEvent> {
+async fn new_event(
+    api: &Api,
+    name: &str,
+    stock: i64,
+    stock_buckets: Option<u32>,
+) -> anyhow::Result<AdminEvent> {
     let now = Utc::now();
     api.create_preheated_event(&NewEvent {
         name,
@@ -199,6 +210,7 @@ async fn new_event(api: &Api, name: &str, stock: i64) -> anyhow::Result<AdminEve
         starts_at: now - chrono::Duration::seconds(60),
         ends_at: now + chrono::Duration::hours(2),
         cancel_window_seconds: None,
+        stock_buckets,
     })
     .await
 }
