@@ -17,8 +17,17 @@ use reqwest::StatusCode;
 use crate::rig::{free_port, Rig};
 
 /// The HAProxy configuration README's "Behind a balancer" recommends,
-/// pointed at the test's engines.
-fn haproxy_config(port: u16, engines: &[u16]) -> String {
+/// pointed at the test's engines. `balance` is its `balance source` (each
+/// shopper sticks to one engine) or, for tests whose shoppers all come from
+/// one address, `roundrobin`. `check_timeout`: how long a health check may
+/// take (unset: HAProxy allows the 200 ms `inter`, which a debug engine
+/// under a full crowd on two cores overruns, and is marked DOWN).
+fn haproxy_config(
+    port: u16,
+    engines: &[u16],
+    balance: Balance,
+    check_timeout: Option<Duration>,
+) -> String {
     let servers: String = engines
         .iter()
         .enumerate()
@@ -48,28 +57,61 @@ frontend shoppers
     default_backend engines
 
 backend engines
-    # Each shopper sticks to one engine, so the engine's per-IP limit is
+{balance}    option httpchk GET /readyz
+    http-check expect status 200
+{check_timeout}    default-server inter 200ms fall 2 rise 1
+    http-response set-header x-served-by %s
+{servers}"#,
+        balance = match balance {
+            Balance::Source => {
+                "    # Each shopper sticks to one engine, so the engine's per-IP limit is
     # the whole budget (round robin would give each shopper one per engine).
     balance source
     hash-type consistent
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 200ms fall 2 rise 1
-    http-response set-header x-served-by %s
-{servers}"#
+"
+            }
+            Balance::RoundRobin => "    balance roundrobin\n",
+        },
+        check_timeout = check_timeout.map_or(String::new(), |t| format!(
+            "    timeout check {}ms\n",
+            t.as_millis()
+        )),
     )
 }
 
-struct HaProxy {
+/// How HAProxy spreads requests over the engines.
+#[derive(Clone, Copy, Debug)]
+pub enum Balance {
+    /// By client address (the recommended set-up).
+    Source,
+    /// Request by request (one client address, several engines busy).
+    RoundRobin,
+}
+
+/// A `haproxy` child on a loopback port, killed on drop.
+pub struct HaProxy {
     child: Child,
     port: u16,
 }
 
 impl HaProxy {
     fn start(dir: &Path, engines: &[u16]) -> Self {
+        Self::start_balanced(dir, engines, Balance::Source, None)
+    }
+
+    pub fn start_balanced(
+        dir: &Path,
+        engines: &[u16],
+        balance: Balance,
+        check_timeout: Option<Duration>,
+    ) -> Self {
         let port = free_port();
         let config = dir.join("haproxy.cfg");
-        std::fs::write(&config, haproxy_config(port, engines)).unwrap();
+        std::fs::write(
+            &config,
+            haproxy_config(port, engines, balance, check_timeout),
+        )
+        .unwrap();
         let binary = ["haproxy", "/usr/sbin/haproxy"]
             .into_iter()
             .find(|b| Command::new(b).arg("-v").output().is_ok())
@@ -93,7 +135,7 @@ impl HaProxy {
         Self { child, port }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 }

@@ -1,9 +1,13 @@
 //! What operators see: HTTP metrics and access logs, the reconciler's
 //! gauges, alert rules and dashboards that name only metrics the engine
-//! exports, and two engines behind HAProxy. Every test runs real
-//! `seckill serve` processes against the Redis and Postgres of `make test`.
+//! exports, two engines behind HAProxy, and a sale on a Redis Cluster of
+//! three primaries with replicas (one of them killed mid-sale). Every test
+//! runs real `seckill serve` processes against the Postgres of `make test`
+//! (and its Redis, or a cluster of its own).
 
 mod balancer;
 mod metrics;
+mod multi_master;
+mod redis_cluster;
 mod rig;
 mod rules;
