@@ -25,8 +25,11 @@
 
   ARGV[1] mode  ARGV[2] transfer id
     "out"   ARGV[3] target index  ARGV[4] units at least (the purchase's
-            quantity): half the stock left, at least that many, at most
-            all of it.          Returns units moved out (0: none to give,
+            quantity)  ARGV[5] units at most otherwise: half the stock
+            left, within those bounds, never more than all of it (small
+            moves keep a bucket's own shoppers served, and few units go
+            back and forth between busy buckets).
+                                Returns units moved out (0: none to give,
                                 -1: bucket not loaded).
     "in"    ARGV[3] source index  ARGV[4] units.
                                 Returns 1 applied, 2 applied before,
@@ -45,9 +48,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 
 if mode == 'out' then
-  local target, at_least = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if not target or not at_least or at_least < 1 then
-    return redis.error_reply('ERR out takes target index and units at least')
+  local target, at_least, at_most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  if not target or not at_least or at_least < 1 or not at_most then
+    return redis.error_reply('ERR out takes target index, units at least and at most')
   end
   if redis.call('HEXISTS', KEYS[3], id) == 1 then
     return redis.error_reply('ERR transfer id already used')
@@ -56,7 +59,7 @@ if mode == 'out' then
   if stock < 1 then
     return 0
   end
-  local units = math.max(at_least, math.ceil(stock / 2))
+  local units = math.max(at_least, math.min(math.ceil(stock / 2), at_most))
   if units > stock then
     units = stock
   end

@@ -327,14 +327,54 @@ pub async fn settle_bucket_totals(
     let accounted = surviving_units(redis, &all).await?;
     let mut missing = event.stock_total - accounted;
     let mut applied = 0;
-    // Once-only marks in the bucket's meta, as for an operator's adjustment
-    // (negative ids: never an operator's).
+    // First the totals of buckets that do not balance in the same
+    // direction: a bucket whose stock and shoppers' units fall short of
+    // its total while the buckets account for too many (units a lost
+    // "out" made were sold, then found to be none and discarded) has its
+    // total lowered; one whose stock and units exceed its total while the
+    // buckets account for too few has it raised. Its stock stays.
+    for &bucket in &all {
+        if missing == 0 {
+            break;
+        }
+        let seen = redis.sale_state(bucket).await?;
+        let (Some(stock), Some(held)) = (seen.stock_left, seen.held) else {
+            continue;
+        };
+        let excess = stock + held - seen.total;
+        let change = if missing < 0 && excess < 0 {
+            excess.max(missing)
+        } else if missing > 0 && excess > 0 {
+            excess.min(missing)
+        } else {
+            continue;
+        };
+        if !redis
+            .set_bucket_total(bucket, &seen, seen.total + change)
+            .await?
+        {
+            // The bucket moved: what is missing is not known any more.
+            tx.commit().await?;
+            return Ok(Some(TotalsSettled {
+                accounted,
+                stock_total: event.stock_total,
+                applied,
+            }));
+        }
+        missing -= change;
+        applied += change;
+    }
+    // Then units: missing ones back on sale in the first bucket, too many
+    // taken off sale from the buckets that hold stock. Once-only marks in
+    // the bucket's meta, as for an operator's adjustment (negative ids:
+    // never an operator's).
     let mark = -chrono::Utc::now().timestamp_micros();
     if missing > 0 {
         if let crate::redis::AdjustOutcome::Applied { .. } =
             redis.adjust_stock(all[0], mark, missing).await?
         {
-            applied = missing;
+            applied += missing;
+            missing = 0;
         }
     }
     for (i, &bucket) in all.iter().enumerate() {

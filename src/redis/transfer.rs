@@ -9,6 +9,12 @@ use uuid::Uuid;
 
 use super::{keys::Bucket, Redis, RedisError};
 
+/// Most units one transfer moves beyond what the purchase needs: small
+/// moves keep a bucket's own shoppers served and few units in flight (a
+/// failover can lose a step of one), at a few more transfers at the end
+/// of a sale.
+pub const TRANSFER_AT_MOST: i64 = 16;
+
 /// A transfer the source bucket recorded and has not seen confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingTransfer {
@@ -24,8 +30,9 @@ impl Redis {
         vec![k.meta, k.stock, k.transfers_out, k.transfers_in]
     }
 
-    /// Step 1 on `source`: takes half its stock (at least `at_least`, at
-    /// most all) into a transfer to `target`. Returns the units moved (0:
+    /// Step 1 on `source`: takes half its stock (at least `at_least`, else
+    /// at most [`TRANSFER_AT_MOST`], never more than all) into a transfer
+    /// to `target`. Returns the units moved (0:
     /// it had none; -1: it is not loaded, lost or being rebuilt).
     pub async fn transfer_out(
         &self,
@@ -42,6 +49,7 @@ impl Redis {
                 Value::from(id.to_string()),
                 Value::from(target.index as i64),
                 Value::from(at_least),
+                Value::from(TRANSFER_AT_MOST),
             ],
         )
         .await
@@ -165,21 +173,39 @@ impl Redis {
         bucket: Bucket,
         seen: &super::SaleState,
     ) -> Result<Option<i64>, RedisError> {
+        self.balance(bucket, seen, None).await
+    }
+
+    /// `balance.lua` with a corrected total: only the bucket's total is
+    /// written, if `seen` is still what Redis holds.
+    pub async fn set_bucket_total(
+        &self,
+        bucket: Bucket,
+        seen: &super::SaleState,
+        total: i64,
+    ) -> Result<bool, RedisError> {
+        Ok(self.balance(bucket, seen, Some(total)).await?.is_some())
+    }
+
+    async fn balance(
+        &self,
+        bucket: Bucket,
+        seen: &super::SaleState,
+        total: Option<i64>,
+    ) -> Result<Option<i64>, RedisError> {
         let (Some(stock), Some(held)) = (seen.stock_left, seen.held) else {
             return Ok(None);
         };
         let k = self.keys.event(bucket);
+        let mut args = vec![
+            Value::from(stock),
+            Value::from(held),
+            Value::from(seen.pending_units),
+            Value::from(seen.total),
+        ];
+        args.extend(total.map(Value::from));
         let written = self
-            .run_for_int(
-                &self.scripts.balance,
-                vec![k.meta, k.stock],
-                vec![
-                    Value::from(stock),
-                    Value::from(held),
-                    Value::from(seen.pending_units),
-                    Value::from(seen.total),
-                ],
-            )
+            .run_for_int(&self.scripts.balance, vec![k.meta, k.stock], args)
             .await?;
         Ok((written >= 0).then_some(written))
     }

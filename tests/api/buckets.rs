@@ -617,7 +617,9 @@ async fn run_bucket_model(app: &TestApp, seed: u64, steps: u64) {
                 let want = if s.stock < 1 {
                     0
                 } else {
-                    at_least.max((s.stock + 1) / 2).min(s.stock)
+                    at_least
+                        .max(((s.stock + 1) / 2).min(seckill::redis::transfer::TRANSFER_AT_MOST))
+                        .min(s.stock)
                 };
                 assert_eq!(units, want, "{at}: out");
                 if units > 0 {
