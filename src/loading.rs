@@ -291,6 +291,9 @@ pub struct TotalsSettled {
     pub stock_total: i64,
     /// Units put back (positive) or taken off sale (negative).
     pub applied: i64,
+    /// Units of total moved between buckets that did not balance in
+    /// opposite directions.
+    pub rebalanced: i64,
 }
 
 /// The buckets' totals with the units in flight between them must make the
@@ -312,7 +315,7 @@ pub async fn settle_bucket_totals(
     if all.len() == 1 || !all_loaded(redis, &all).await? {
         return Ok(None);
     }
-    if surviving_units(redis, &all).await? == event.stock_total {
+    if surviving_units(redis, &all).await? == event.stock_total && balanced(redis, &all).await? {
         return Ok(None);
     }
     let mut tx = db.begin().await?;
@@ -326,7 +329,7 @@ pub async fn settle_bucket_totals(
     }
     let accounted = surviving_units(redis, &all).await?;
     let mut missing = event.stock_total - accounted;
-    let mut applied = 0;
+    let (mut applied, mut rebalanced) = (0, 0);
     // First the totals of buckets that do not balance in the same
     // direction: a bucket whose stock and shoppers' units fall short of
     // its total while the buckets account for too many (units a lost
@@ -359,10 +362,49 @@ pub async fn settle_bucket_totals(
                 accounted,
                 stock_total: event.stock_total,
                 applied,
+                rebalanced,
             }));
         }
         missing -= change;
         applied += change;
+    }
+    // Buckets that do not balance in opposite directions (one holds units
+    // beyond its total, another falls short of its own: a transfer step
+    // lost between them) cancel out in the event's sums, where no drift
+    // shows: the units are where they are, so their totals follow them.
+    if missing == 0 {
+        let mut seen = Vec::with_capacity(all.len());
+        for &bucket in &all {
+            let state = redis.sale_state(bucket).await?;
+            if let (Some(stock), Some(held)) = (state.stock_left, state.held) {
+                seen.push((bucket, state, stock + held - state.total));
+            }
+        }
+        let mut over: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].2 > 0).collect();
+        let mut short: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].2 < 0).collect();
+        while let (Some(&o), Some(&u)) = (over.last(), short.last()) {
+            let d = seen[o].2.min(-seen[u].2);
+            let (ob, os, _) = seen[o];
+            let (ub, us, _) = seen[u];
+            if !redis.set_bucket_total(ob, &os, os.total + d).await?
+                || !redis.set_bucket_total(ub, &us, us.total - d).await?
+            {
+                // Moved meanwhile (the first write may have landed: the
+                // next pass sees the sums off and settles them).
+                break;
+            }
+            rebalanced += d;
+            seen[o].1.total += d;
+            seen[o].2 -= d;
+            seen[u].1.total -= d;
+            seen[u].2 += d;
+            if seen[o].2 == 0 {
+                over.pop();
+            }
+            if seen[u].2 == 0 {
+                short.pop();
+            }
+        }
     }
     // Then units: missing ones back on sale in the first bucket, too many
     // taken off sale from the buckets that hold stock. Once-only marks in
@@ -399,7 +441,21 @@ pub async fn settle_bucket_totals(
         accounted,
         stock_total: event.stock_total,
         applied,
+        rebalanced,
     }))
+}
+
+/// Whether every bucket's stock and shoppers' units make its total.
+async fn balanced(redis: &Redis, all: &[Bucket]) -> Result<bool, LoadError> {
+    for &bucket in all {
+        let state = redis.sale_state(bucket).await?;
+        if let (Some(stock), Some(held)) = (state.stock_left, state.held) {
+            if stock + held != state.total {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 async fn all_loaded(redis: &Redis, all: &[Bucket]) -> Result<bool, LoadError> {

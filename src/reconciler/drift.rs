@@ -148,6 +148,20 @@ impl Reconciler {
         else {
             return Ok(());
         };
+        if settled.rebalanced > 0 {
+            report.repairs += 1;
+            report.discrepancies.push(Discrepancy {
+                event_id: event.id,
+                kind: "bucket_balance_drift",
+                subject: None,
+                before: "buckets' stock and units off their totals, in opposite directions".into(),
+                after: format!(
+                    "{} units of total moved to where the units are",
+                    settled.rebalanced
+                ),
+                repaired: true,
+            });
+        }
         if settled.applied == 0 && settled.accounted == settled.stock_total {
             return Ok(());
         }

@@ -1103,6 +1103,7 @@ async fn master_killed_mid_sale(buckets: i64, lag: bool) {
         "transfer_unfinished",
         "bucket_stock_drift",
         "bucket_totals_drift",
+        "bucket_balance_drift",
     ];
     let unforeseen: Vec<&String> = kinds
         .keys()
