@@ -73,6 +73,7 @@ loadtest: ## like demo with SCENARIO=burst|sellout-storm|slow-payers|retry-storm
 
 faults: services ## fault-injection tests (kill -9, restarts, stalls), one at a time
 	$(CARGO) test --release --test faults -- --include-ignored --test-threads=1 --nocapture
+	$(CARGO) test --release --test ops master_killed_mid_sale_lagging_replica -- --include-ignored --nocapture
 
 model: services ## the Lua scripts against their reference model, long (SEEDS=200 STEPS=5000 by default)
 	SECKILL_MODEL_SEEDS="$${SEEDS:-200}" SECKILL_MODEL_STEPS="$${STEPS:-5000}" SECKILL_MODEL_SEED="$${SEED:-1}" \

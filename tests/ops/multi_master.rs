@@ -945,7 +945,7 @@ async fn master_killed_mid_sale_lagging_replica_one_bucket() {
 
 /// Test B with six buckets and a replica lagging by 500 ms of writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "core bug (buckets 92cd9a2: fails 5 runs of 6; eeafcc7: 5 of 6): a transfer `out` lost with the old primary while its `in` survived leaves the buckets' totals above stock_total (4000..4294 vs 3000) and the surplus is sold: 4233..4648 202s, ~1 200..1 800 of them failed stock_lost (vs 591..660 202s in the lag window), and units reappear after the crowd (stock_left 1112..1661 with 3000 confirmed). settle_bucket_totals (src/loading.rs) withdraws a surplus only from unsold stock, so once it is sold the reconciler reports bucket_totals_drift repaired=false on every pass and never converges; other runs: I1 buckets FAIL, or stock_lost > the lag window's 202s"]
+#[ignore = "the failover stress variant (a replica cut off for 500 ms before its primary is killed, six buckets): run by make faults; it failed 5 of 6 runs before the totals settlement of 5be9357 and 85ab24b and passed 8 of 9 after it, the ninth a cluster start-up timeout"]
 async fn master_killed_mid_sale_lagging_replica_six_buckets() {
     master_killed_mid_sale(BUCKETS, true).await;
 }
