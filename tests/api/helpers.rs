@@ -337,7 +337,16 @@ impl TestApp {
     }
 
     pub async fn stock_left(&self, event: i64) -> Option<i64> {
-        self.redis.event_stock_left(event).await.unwrap()
+        let (of,): (i32,) = sqlx::query_as("SELECT stock_buckets FROM events WHERE id = $1")
+            .bind(event)
+            .fetch_optional(&self.db)
+            .await
+            .unwrap()
+            .unwrap_or((1,));
+        self.redis
+            .event_stock_left(seckill::redis::Buckets::new(event, of as u16))
+            .await
+            .unwrap()
     }
 
     pub async fn scalar(&self, sql: &str, event: i64) -> i64 {
