@@ -133,8 +133,7 @@ pub async fn rebuild_if_lost(
     let event = fresh.as_ref().unwrap_or(event);
     let mut lost = Vec::new();
     for bucket in buckets(event) {
-        let state = redis.sale_state(bucket).await?;
-        if !state.loaded || state.held.is_none() {
+        if !redis.sale_state(bucket).await?.intact() {
             lost.push(bucket);
         }
     }
@@ -225,7 +224,7 @@ async fn rebuild_fenced(
         redis.forget_transfers(bucket).await?;
     }
     let survivors: Vec<Bucket> = buckets(event).filter(|b| !lost.contains(b)).collect();
-    let accounted_elsewhere = surviving_units(redis, &survivors).await?;
+    let accounted_elsewhere = accounted_units(redis, &survivors).await?;
     let mut held = Vec::with_capacity(lost.len());
     for &bucket in lost {
         held.push(rebuild_bucket_contents(db, redis, bucket, &mut tx).await?);
@@ -257,19 +256,14 @@ async fn rebuild_fenced(
 /// Units the buckets account for: their totals and what they gave away
 /// that has not landed. Read until two reads agree on every bucket's
 /// `transfer_seq`, so no transfer moved in between.
-async fn surviving_units(redis: &Redis, survivors: &[Bucket]) -> Result<i64, LoadError> {
+async fn accounted_units(redis: &Redis, buckets: &[Bucket]) -> Result<i64, LoadError> {
     let read = || async {
-        let mut seqs = Vec::with_capacity(survivors.len());
+        let mut seqs = Vec::with_capacity(buckets.len());
         let mut units = 0;
-        for &bucket in survivors {
-            let state = redis.sale_state(bucket).await?;
+        for &bucket in buckets {
+            let state = redis.bucket_state(bucket).await?;
             seqs.push(state.transfer_seq);
-            units += state.total;
-            for transfer in redis.pending_transfers(bucket).await? {
-                if !redis.transfer_arrived(&transfer).await? {
-                    units += transfer.units;
-                }
-            }
+            units += state.total + state.in_flight;
         }
         Ok::<_, RedisError>((seqs, units))
     };
@@ -312,10 +306,21 @@ pub async fn settle_bucket_totals(
     event: &Event,
 ) -> Result<Option<TotalsSettled>, LoadError> {
     let all: Vec<Bucket> = buckets(event).collect();
-    if all.len() == 1 || !all_loaded(redis, &all).await? {
+    if all.len() == 1 {
         return Ok(None);
     }
-    if surviving_units(redis, &all).await? == event.stock_total && balanced(redis, &all).await? {
+    // The check every pass: one read of each bucket.
+    let mut accounted = 0;
+    let mut balanced = true;
+    for &bucket in &all {
+        let state = redis.bucket_state(bucket).await?;
+        if !state.intact() {
+            return Ok(None);
+        }
+        accounted += state.total + state.in_flight;
+        balanced &= state.stock_left.unwrap_or(0) + state.held.unwrap_or(0) == state.total;
+    }
+    if accounted == event.stock_total && balanced {
         return Ok(None);
     }
     let mut tx = db.begin().await?;
@@ -327,7 +332,7 @@ pub async fn settle_bucket_totals(
     {
         return Ok(None);
     }
-    let accounted = surviving_units(redis, &all).await?;
+    let accounted = accounted_units(redis, &all).await?;
     let mut missing = event.stock_total - accounted;
     let (mut applied, mut rebalanced) = (0, 0);
     // First the totals of buckets that do not balance in the same
@@ -445,23 +450,9 @@ pub async fn settle_bucket_totals(
     }))
 }
 
-/// Whether every bucket's stock and shoppers' units make its total.
-async fn balanced(redis: &Redis, all: &[Bucket]) -> Result<bool, LoadError> {
-    for &bucket in all {
-        let state = redis.sale_state(bucket).await?;
-        if let (Some(stock), Some(held)) = (state.stock_left, state.held) {
-            if stock + held != state.total {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
 async fn all_loaded(redis: &Redis, all: &[Bucket]) -> Result<bool, LoadError> {
     for &bucket in all {
-        let state = redis.sale_state(bucket).await?;
-        if !state.loaded || state.held.is_none() {
+        if !redis.sale_state(bucket).await?.intact() {
             return Ok(false);
         }
     }

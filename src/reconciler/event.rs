@@ -43,7 +43,7 @@ impl Reconciler {
             report.events_closed_out += 1;
             return Ok(());
         }
-        if !state.loaded || state.held.is_none() {
+        if !state.intact() {
             if event.preheated_at.is_none() || Utc::now() >= event.ends_at {
                 return Ok(());
             }

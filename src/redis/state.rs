@@ -39,6 +39,12 @@ pub struct SaleState {
 }
 
 impl SaleState {
+    /// Loaded with the counters the scripts keep: anything else is a sale
+    /// (or a bucket) Redis lost, to be rebuilt.
+    pub fn intact(&self) -> bool {
+        self.loaded && self.held.is_some()
+    }
+
     /// Several buckets' counters as one event's: loaded only if all are,
     /// counters summed, and a unit in flight between two buckets counted as
     /// stock (and in the total): it is unsold, on its way to one of them
