@@ -22,10 +22,10 @@ impl Redis {
     /// Runs `missing.lua`: the intents (of one event) no longer pending in its ledger.
     pub async fn missing_from_ledger(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         intents: &[Intent],
     ) -> Result<Vec<Intent>, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let parts = Self::in_parts(intents, |part| async move {
             let args = part
                 .iter()
@@ -34,7 +34,7 @@ impl Redis {
             let reply = self
                 .run(
                     &self.scripts.missing,
-                    vec![self.keys.event(event_id).ledger],
+                    vec![self.keys.event(bucket).ledger],
                     args,
                 )
                 .await?;
@@ -57,11 +57,11 @@ impl Redis {
     /// they are, and which lost their stock with a Redis restart.
     pub async fn admit(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         intents: &[Intent],
     ) -> Result<Admission, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let parts = Self::in_parts(intents, |part| self.admit_part(event_id, part)).await?;
+        let bucket: Bucket = bucket.into();
+        let parts = Self::in_parts(intents, |part| self.admit_part(bucket, part)).await?;
         let mut decided = Vec::with_capacity(intents.len());
         for part in parts {
             match part {
@@ -76,10 +76,10 @@ impl Redis {
 
     async fn admit_part(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         intents: &[Intent],
     ) -> Result<Admission, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let mut args = Vec::with_capacity(intents.len() * 5);
         for i in intents {
             args.extend([
@@ -91,7 +91,7 @@ impl Redis {
             ]);
         }
         match self
-            .run(&self.scripts.admit, self.keys.event(event_id).all(), args)
+            .run(&self.scripts.admit, self.keys.event(bucket).all(), args)
             .await?
         {
             Value::Integer(-1) => Ok(Admission::NotLoaded),

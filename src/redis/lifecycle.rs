@@ -135,16 +135,12 @@ impl Redis {
 
     async fn sale_script(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         args: Vec<Value>,
     ) -> Result<SaleWrite, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let reply = self
-            .run(
-                &self.scripts.sale,
-                vec![self.keys.event(event_id).meta],
-                args,
-            )
+            .run(&self.scripts.sale, vec![self.keys.event(bucket).meta], args)
             .await?;
         let bad = || RedisError::Protocol(format!("sale.lua returned {reply:?}"));
         let Value::Array(items) = &reply else {
@@ -162,12 +158,12 @@ impl Redis {
     /// Runs `adjust.lua` for adjustment `id`.
     pub async fn adjust_stock(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         id: i64,
         delta: i64,
     ) -> Result<AdjustOutcome, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let k = self.keys.event(event_id);
+        let bucket: Bucket = bucket.into();
+        let k = self.keys.event(bucket);
         let reply = self
             .run(
                 &self.scripts.adjust,
@@ -198,13 +194,13 @@ impl Redis {
     /// The sale parameters Redis holds; `None` when the event is not loaded.
     pub async fn loaded_params(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
     ) -> Result<Option<LoadedParams>, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let raw: Vec<Option<i64>> = self
             .client()
             .hmget(
-                self.keys.event(event_id).meta,
+                self.keys.event(bucket).meta,
                 vec!["price", "limit", "starts_ms", "ends_ms", "paused"],
             )
             .await?;

@@ -12,9 +12,9 @@ use crate::intent::LedgerEntry;
 
 impl Redis {
     /// Units left, or None when the event is not in Redis.
-    pub async fn stock_left(&self, event_id: impl Into<Bucket>) -> Result<Option<i64>, RedisError> {
-        let event_id: Bucket = event_id.into();
-        Ok(self.client().get(self.keys.event(event_id).stock).await?)
+    pub async fn stock_left(&self, bucket: impl Into<Bucket>) -> Result<Option<i64>, RedisError> {
+        let bucket: Bucket = bucket.into();
+        Ok(self.client().get(self.keys.event(bucket).stock).await?)
     }
 
     /// Units left in all of an event's buckets (those in flight between
@@ -35,9 +35,9 @@ impl Redis {
     }
 
     /// Whether the event's sale parameters are loaded.
-    pub async fn is_loaded(&self, event_id: impl Into<Bucket>) -> Result<bool, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let n: i64 = self.client().exists(self.keys.event(event_id).meta).await?;
+    pub async fn is_loaded(&self, bucket: impl Into<Bucket>) -> Result<bool, RedisError> {
+        let bucket: Bucket = bucket.into();
+        let n: i64 = self.client().exists(self.keys.event(bucket).meta).await?;
         Ok(n == 1)
     }
 
@@ -45,12 +45,12 @@ impl Redis {
     /// events (the engine walks the ledger with [`Redis::ledger_page`]).
     pub async fn ledger(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
     ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let raw: HashMap<String, String> = self
             .client()
-            .hgetall(self.keys.event(event_id).ledger)
+            .hgetall(self.keys.event(bucket).ledger)
             .await?;
         Ok(raw
             .into_iter()
@@ -63,17 +63,17 @@ impl Redis {
     /// Pending intents for some order_nos of one event.
     pub async fn ledger_entries(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<Vec<(Uuid, LedgerEntry)>, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         if order_nos.is_empty() {
             return Ok(Vec::new());
         }
         let fields: Vec<String> = order_nos.iter().map(Uuid::to_string).collect();
         let raw: Vec<Option<String>> = self
             .client()
-            .hmget(self.keys.event(event_id).ledger, fields)
+            .hmget(self.keys.event(bucket).ledger, fields)
             .await?;
         Ok(order_nos
             .iter()
@@ -86,11 +86,11 @@ impl Redis {
     /// the event's `returned` set), in reads of at most 1,000.
     pub async fn returned_among(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<Vec<bool>, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let key = self.keys.event(event_id).returned;
+        let bucket: Bucket = bucket.into();
+        let key = self.keys.event(bucket).returned;
         let mut out = Vec::with_capacity(order_nos.len());
         for chunk in order_nos.chunks(1_000) {
             let members: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
@@ -138,27 +138,24 @@ impl Redis {
     /// The buyer's order_nos for an event, each with whether it failed.
     pub async fn buyer_orders(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         user_id: i64,
     ) -> Result<Vec<(Uuid, bool)>, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let raw: Option<String> = self
             .client()
-            .hget(self.keys.event(event_id).orders, user_id)
+            .hget(self.keys.event(bucket).orders, user_id)
             .await?;
         Ok(parse_order_list(raw.as_deref().unwrap_or("")))
     }
 
     /// Units held per buyer (user_id -> units), in one read: for tests and
     /// small events (the engine walks buyers with [`Redis::buyers_page`]).
-    pub async fn buyers(
-        &self,
-        event_id: impl Into<Bucket>,
-    ) -> Result<HashMap<i64, i64>, RedisError> {
-        let event_id: Bucket = event_id.into();
+    pub async fn buyers(&self, bucket: impl Into<Bucket>) -> Result<HashMap<i64, i64>, RedisError> {
+        let bucket: Bucket = bucket.into();
         let raw: HashMap<String, i64> = self
             .client()
-            .hgetall(self.keys.event(event_id).bought)
+            .hgetall(self.keys.event(bucket).bought)
             .await?;
         Ok(raw
             .into_iter()

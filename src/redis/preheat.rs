@@ -20,18 +20,18 @@ impl Redis {
     /// Loads an event that Redis does not hold yet; false when it already did.
     pub async fn preheat(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         sale: SaleParams,
     ) -> Result<bool, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let loaded = self
             .run_for_int(
                 &self.scripts.preheat,
-                self.keys.event(event_id).all(),
+                self.keys.event(bucket).all(),
                 sale_args(sale),
             )
             .await?;
-        self.add_live_event(event_id.event_id).await?;
+        self.add_live_event(bucket.event_id).await?;
         Ok(loaded == 1)
     }
 }

@@ -34,16 +34,16 @@ impl Redis {
     /// re-sent command is the same attempt).
     pub async fn purchase(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         user_id: i64,
         quantity: i32,
         order_no: Uuid,
     ) -> Result<PurchaseOutcome, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let reply = self
             .run(
                 &self.scripts.purchase,
-                self.keys.event(event_id).all(),
+                self.keys.event(bucket).all(),
                 vec![
                     Value::from(user_id),
                     Value::from(quantity as i64),

@@ -73,18 +73,18 @@ impl RebuiltBuyer {
 impl Redis {
     async fn rebuild_step(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         args: Vec<Value>,
     ) -> Result<Value, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let keys = self.keys.event(event_id).with_returned();
+        let bucket: Bucket = bucket.into();
+        let keys = self.keys.event(bucket).with_returned();
         self.run(&self.scripts.rebuild, keys, args).await
     }
 
     /// Step 1: the event is unloaded and its buyers forgotten (the ledger stays).
-    pub async fn rebuild_begin(&self, event_id: impl Into<Bucket>) -> Result<(), RedisError> {
-        let event_id: Bucket = event_id.into();
-        self.rebuild_step(event_id, vec![Value::from("begin")])
+    pub async fn rebuild_begin(&self, bucket: impl Into<Bucket>) -> Result<(), RedisError> {
+        let bucket: Bucket = bucket.into();
+        self.rebuild_step(bucket, vec![Value::from("begin")])
             .await?;
         Ok(())
     }
@@ -92,10 +92,10 @@ impl Redis {
     /// Step 2, a batch at a time: shoppers as Postgres knows them.
     pub async fn rebuild_buyers(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         buyers: &[RebuiltBuyer],
     ) -> Result<(), RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         for chunk in buyers.chunks(MOST_PER_CALL) {
             let mut args = Vec::with_capacity(1 + chunk.len() * 3);
             args.push(Value::from("buyers"));
@@ -106,7 +106,7 @@ impl Redis {
                     Value::from(b.held),
                 ]);
             }
-            self.rebuild_step(event_id, args).await?;
+            self.rebuild_step(bucket, args).await?;
         }
         Ok(())
     }
@@ -116,15 +116,15 @@ impl Redis {
     /// will not return them a second time).
     pub async fn rebuild_returned(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<(), RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         for chunk in order_nos.chunks(MOST_PER_CALL) {
             let mut args = Vec::with_capacity(1 + chunk.len());
             args.push(Value::from("returned"));
             args.extend(chunk.iter().map(|o| Value::from(o.to_string())));
-            self.rebuild_step(event_id, args).await?;
+            self.rebuild_step(bucket, args).await?;
         }
         Ok(())
     }
@@ -133,17 +133,17 @@ impl Redis {
     /// are counted for their buyers. Returns (intents kept, units kept).
     pub async fn rebuild_ledger(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         page: &[(Uuid, bool)],
     ) -> Result<(i64, i64), RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let mut args = Vec::with_capacity(1 + page.len() * 2);
         args.push(Value::from("ledger"));
         for (order_no, persisted) in page {
             args.push(Value::from(order_no.to_string()));
             args.push(Value::from(if *persisted { "1" } else { "0" }));
         }
-        let reply = self.rebuild_step(event_id, args).await?;
+        let reply = self.rebuild_step(bucket, args).await?;
         match &reply {
             Value::Array(items) if items.len() == 2 => {
                 if let (Some(kept), Some(units)) = (items[0].as_i64(), items[1].as_i64()) {
@@ -161,17 +161,17 @@ impl Redis {
     /// non-failed orders. Returns the stock left.
     pub async fn rebuild_finish(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         sale: SaleParams,
         settled: i64,
         pending_units: i64,
     ) -> Result<i64, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let mut args = vec![Value::from("finish")];
         args.extend(sale_args(sale));
         args.extend([Value::from(settled), Value::from(pending_units)]);
-        let left = self.rebuild_step(event_id, args).await?;
-        self.add_live_event(event_id.event_id).await?;
+        let left = self.rebuild_step(bucket, args).await?;
+        self.add_live_event(bucket.event_id).await?;
         left.as_i64()
             .ok_or_else(|| RedisError::Protocol(format!("rebuild.lua finish returned {left:?}")))
     }
@@ -180,23 +180,23 @@ impl Redis {
     /// first): (stock_left, intents kept).
     pub async fn rebuild(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         sale: SaleParams,
         orders: &[PersistedOrder],
     ) -> Result<(i64, i64), RedisError> {
-        let event_id: Bucket = event_id.into();
-        self.rebuild_begin(event_id).await?;
+        let bucket: Bucket = bucket.into();
+        self.rebuild_begin(bucket).await?;
         let buyers = RebuiltBuyer::from_orders(orders);
-        self.rebuild_buyers(event_id, &buyers).await?;
+        self.rebuild_buyers(bucket, &buyers).await?;
         let persisted: HashSet<Uuid> = orders.iter().map(|o| o.order_no).collect();
         let (kept, units) = self
-            .rebuild_whole_ledger(event_id, |page| {
+            .rebuild_whole_ledger(bucket, |page| {
                 let flags = page.iter().map(|o| (*o, persisted.contains(o))).collect();
                 async move { Ok::<_, RedisError>(flags) }
             })
             .await?;
         let settled: i64 = buyers.iter().map(|b| b.held).sum();
-        let left = self.rebuild_finish(event_id, sale, settled, units).await?;
+        let left = self.rebuild_finish(bucket, sale, settled, units).await?;
         Ok((left, kept))
     }
 
@@ -204,7 +204,7 @@ impl Redis {
     /// order_nos of a page Postgres has.
     pub async fn rebuild_whole_ledger<F, Fut, E>(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         persisted: F,
     ) -> Result<(i64, i64), E>
     where
@@ -212,15 +212,15 @@ impl Redis {
         Fut: std::future::Future<Output = Result<Vec<(Uuid, bool)>, E>>,
         E: From<RedisError>,
     {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let (mut kept, mut units) = (0, 0);
         let mut cursor = "0".to_owned();
         loop {
-            let (next, page) = self.ledger_page(event_id, &cursor).await?;
+            let (next, page) = self.ledger_page(bucket, &cursor).await?;
             let order_nos: Vec<Uuid> = page.into_iter().map(|(o, _)| o).collect();
             if !order_nos.is_empty() {
                 let flags = persisted(order_nos).await?;
-                let (k, u) = self.rebuild_ledger(event_id, &flags).await?;
+                let (k, u) = self.rebuild_ledger(bucket, &flags).await?;
                 kept += k;
                 units += u;
             }

@@ -50,10 +50,10 @@ impl Redis {
     /// most [`super::MOST_PER_CALL`]; one answer per order, in order.
     pub async fn return_refunded(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         orders: &[RefundedOrder],
     ) -> Result<Vec<StockReturn>, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         if orders.is_empty() {
             return Ok(Vec::new());
         }
@@ -67,7 +67,7 @@ impl Redis {
                     Value::from(order.quantity as i64),
                 ]);
             }
-            let keys = self.keys.event(event_id).with_returned();
+            let keys = self.keys.event(bucket).with_returned();
             let reply = self.run(&self.scripts.refund, keys, args).await?;
             let codes = match &reply {
                 Value::Array(items) if items.len() == part.len() => items

@@ -12,11 +12,11 @@ impl Redis {
     /// corrected (the `held` counter follows); false when any moved.
     pub async fn repair_buyers(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         buyers: &[(i64, i64, i64)],
     ) -> Result<bool, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let parts = Self::in_parts(buyers, |part| self.repair(event_id, None, None, part)).await?;
+        let bucket: Bucket = bucket.into();
+        let parts = Self::in_parts(buyers, |part| self.repair(bucket, None, None, part)).await?;
         Ok(parts.into_iter().all(|repaired| repaired))
     }
 
@@ -26,15 +26,15 @@ impl Redis {
     /// release or ack in between moves one of them).
     pub async fn repair_stock(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         observed: Option<i64>,
         observed_pending: i64,
         corrected: i64,
         held: i64,
     ) -> Result<bool, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         self.repair(
-            event_id,
+            bucket,
             Some((observed.unwrap_or(-1), corrected)),
             Some((observed_pending, held)),
             &[],
@@ -44,13 +44,13 @@ impl Redis {
 
     async fn repair(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         stock: Option<(i64, i64)>,
         counters: Option<(i64, i64)>,
         buyers: &[(i64, i64, i64)],
     ) -> Result<bool, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let k = self.keys.event(event_id);
+        let bucket: Bucket = bucket.into();
+        let k = self.keys.event(bucket);
         let (observed, corrected) = match stock {
             Some((observed, corrected)) => (Value::from(observed), Value::from(corrected)),
             None => (Value::from("-"), Value::from("-")),
@@ -77,13 +77,13 @@ impl Redis {
     /// the stock after (-1 when the event is not loaded).
     pub async fn cap_stock(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         unsold: i64,
     ) -> Result<i64, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         self.run_for_int(
             &self.scripts.cap,
-            vec![self.keys.event(event_id).stock],
+            vec![self.keys.event(bucket).stock],
             vec![Value::from(unsold.max(0))],
         )
         .await

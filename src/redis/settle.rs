@@ -18,15 +18,15 @@ impl Redis {
     /// were still there.
     pub async fn ack(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<i64, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         if order_nos.is_empty() {
             return Ok(0);
         }
         let parts = Self::in_parts(order_nos, |part| {
-            let k = self.keys.event(event_id);
+            let k = self.keys.event(bucket);
             self.run_for_int(
                 &self.scripts.ack,
                 vec![k.meta, k.ledger],
@@ -41,31 +41,31 @@ impl Redis {
     /// returns the units returned.
     pub async fn release(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<i64, RedisError> {
-        let event_id: Bucket = event_id.into();
-        self.release_with(event_id, order_nos, "restock").await
+        let bucket: Bucket = bucket.into();
+        self.release_with(bucket, order_nos, "restock").await
     }
 
     /// `release.lua` discard: failed orders whose units never existed leave
     /// the ledger without going back on sale.
     pub async fn discard(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
     ) -> Result<i64, RedisError> {
-        let event_id: Bucket = event_id.into();
-        self.release_with(event_id, order_nos, "discard").await
+        let bucket: Bucket = bucket.into();
+        self.release_with(bucket, order_nos, "discard").await
     }
 
     async fn release_with(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         order_nos: &[Uuid],
         mode: &str,
     ) -> Result<i64, RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         if order_nos.is_empty() {
             return Ok(0);
         }
@@ -74,7 +74,7 @@ impl Redis {
             args.push(Value::from(FAILED_KEPT_PER_SHOPPER as i64));
             args.push(Value::from(mode));
             args.extend(part.iter().map(|o| Value::from(o.to_string())));
-            self.run_for_int(&self.scripts.release, self.keys.event(event_id).all(), args)
+            self.run_for_int(&self.scripts.release, self.keys.event(bucket).all(), args)
         })
         .await?;
         Ok(parts.into_iter().sum())

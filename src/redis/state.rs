@@ -93,9 +93,9 @@ pub struct BuyerState {
 
 impl Redis {
     /// Runs `state.lua`.
-    pub async fn sale_state(&self, event_id: impl Into<Bucket>) -> Result<SaleState, RedisError> {
-        let event_id: Bucket = event_id.into();
-        let k = self.keys.event(event_id);
+    pub async fn sale_state(&self, bucket: impl Into<Bucket>) -> Result<SaleState, RedisError> {
+        let bucket: Bucket = bucket.into();
+        let k = self.keys.event(bucket);
         let reply = self
             .run(&self.scripts.state, vec![k.meta, k.stock, k.ledger], vec![])
             .await?;
@@ -150,12 +150,12 @@ impl Redis {
     /// ("0" when the walk is over) and the entries.
     pub async fn ledger_page(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         cursor: &str,
     ) -> Result<(String, Vec<(Uuid, LedgerEntry)>), RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let (next, flat) = self
-            .hscan_page(self.keys.event(event_id).ledger, cursor)
+            .hscan_page(self.keys.event(bucket).ledger, cursor)
             .await?;
         let entries = flat
             .chunks_exact(2)
@@ -167,12 +167,12 @@ impl Redis {
     /// One page of the event's buyers (user ids) from `cursor`.
     pub async fn buyers_page(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         cursor: &str,
     ) -> Result<(String, Vec<i64>), RedisError> {
-        let event_id: Bucket = event_id.into();
+        let bucket: Bucket = bucket.into();
         let (next, flat) = self
-            .hscan_page(self.keys.event(event_id).bought, cursor)
+            .hscan_page(self.keys.event(bucket).bought, cursor)
             .await?;
         let users = flat
             .chunks_exact(2)
@@ -215,11 +215,11 @@ impl Redis {
     /// Runs `buyers.lua` for a batch of shoppers: (Redis time, their state).
     pub async fn buyers_at(
         &self,
-        event_id: impl Into<Bucket>,
+        bucket: impl Into<Bucket>,
         users: &[i64],
     ) -> Result<(i64, Vec<BuyerState>), RedisError> {
-        let event_id: Bucket = event_id.into();
-        let k = self.keys.event(event_id);
+        let bucket: Bucket = bucket.into();
+        let k = self.keys.event(bucket);
         let reply = self
             .run(
                 &self.scripts.buyers,
