@@ -53,6 +53,23 @@ async fn repaired(app: &TestApp, event: i64, kind: &str) -> i64 {
     n
 }
 
+/// One unit each for every shopper of `users`, all at once: their statuses.
+async fn crowd(app: &TestApp, event: i64, users: impl IntoIterator<Item = i64>) -> Vec<StatusCode> {
+    let buyer = app.buyer();
+    all(users, |user| {
+        let buyer = buyer.clone();
+        async move { buyer.purchase(event, user, json!(1)).await.0 }
+    })
+    .await
+}
+
+fn accepted(answers: &[StatusCode]) -> usize {
+    answers
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count()
+}
+
 fn bucket_views(view: &Value) -> Vec<Value> {
     view["buckets"].as_array().cloned().unwrap_or_default()
 }
@@ -90,22 +107,14 @@ async fn a_crowd_on_a_bucketed_item_sells_exactly_the_stock_with_transfers() {
     // 4), 300 of them for 240 units: buckets 2 and 3 have no shopper of
     // their own, and every unit they hold must move to sell.
     let users: Vec<i64> = (1..=shoppers).filter(|u| u % 4 < 2).collect();
-    let buyer = app.buyer();
-    let answers = all(users.clone(), |user| {
-        let buyer = buyer.clone();
-        async move { buyer.purchase(event, user, json!(1)).await.0 }
-    })
-    .await;
-    let accepted = answers
-        .iter()
-        .filter(|s| **s == StatusCode::ACCEPTED)
-        .count() as i64;
+    let answers = crowd(&app, event, users.clone()).await;
+    let bought = accepted(&answers) as i64;
     let sold_out = answers
         .iter()
         .filter(|s| **s == StatusCode::CONFLICT)
         .count() as i64;
-    assert_eq!(accepted, stock, "every unit sold, none twice: {answers:?}");
-    assert_eq!(accepted + sold_out, users.len() as i64);
+    assert_eq!(bought, stock, "every unit sold, none twice: {answers:?}");
+    assert_eq!(bought + sold_out, users.len() as i64);
 
     app.drain(event).await;
     let confirmed = app
@@ -201,19 +210,8 @@ async fn a_transfer_cut_after_its_first_step_is_finished_once_by_the_reconciler(
     assert_eq!(view["stock_left"], 30, "{view:#}");
 
     // The crowd takes all 30 units, not one more.
-    let buyer = app.buyer();
-    let answers = all(1..=60i64, |user| {
-        let buyer = buyer.clone();
-        async move { buyer.purchase(event, user, json!(1)).await.0 }
-    })
-    .await;
-    assert_eq!(
-        answers
-            .iter()
-            .filter(|s| **s == StatusCode::ACCEPTED)
-            .count(),
-        30
-    );
+    let answers = crowd(&app, event, 1..=60i64).await;
+    assert_eq!(accepted(&answers), 30);
     app.drain(event).await;
     app.assert_invariants(event).await;
     app.cleanup().await;
@@ -264,19 +262,8 @@ async fn a_lost_bucket_is_rebuilt_with_what_the_others_do_not_hold() {
         (status, body["error"].as_str()),
         (StatusCode::CONFLICT, Some("limit_exceeded"))
     );
-    let buyer = app.buyer();
-    let answers = all(25..=200i64, |user| {
-        let buyer = buyer.clone();
-        async move { buyer.purchase(event, user, json!(1)).await.0 }
-    })
-    .await;
-    assert_eq!(
-        answers
-            .iter()
-            .filter(|s| **s == StatusCode::ACCEPTED)
-            .count(),
-        36
-    );
+    let answers = crowd(&app, event, 25..=200i64).await;
+    assert_eq!(accepted(&answers), 36);
     app.drain(event).await;
     let confirmed = app
         .scalar("SELECT COALESCE(SUM(quantity), 0)::BIGINT FROM orders WHERE event_id = $1 AND status = 'confirmed'", event)
@@ -348,19 +335,8 @@ async fn totals_a_failover_broke_are_settled_by_the_reconciler() {
     app.assert_invariants(event).await;
 
     // And the crowd buys exactly 30.
-    let buyer = app.buyer();
-    let answers = all(1..=100i64, |user| {
-        let buyer = buyer.clone();
-        async move { buyer.purchase(event, user, json!(1)).await.0 }
-    })
-    .await;
-    assert_eq!(
-        answers
-            .iter()
-            .filter(|s| **s == StatusCode::ACCEPTED)
-            .count(),
-        30
-    );
+    let answers = crowd(&app, event, 1..=100i64).await;
+    assert_eq!(accepted(&answers), 30);
     app.drain(event).await;
     app.assert_invariants(event).await;
     app.cleanup().await;
@@ -436,19 +412,8 @@ async fn the_operators_switches_and_adjustments_reach_every_bucket() {
         "added to the first bucket"
     );
     // Shoppers of bucket 1 and 2 only: the added units reach them by transfers.
-    let buyer = app.buyer();
-    let answers = all((1..=45i64).filter(|u| u % 3 != 0), |user| {
-        let buyer = buyer.clone();
-        async move { buyer.purchase(event, user, json!(1)).await.0 }
-    })
-    .await;
-    assert_eq!(
-        answers
-            .iter()
-            .filter(|s| **s == StatusCode::ACCEPTED)
-            .count(),
-        15
-    );
+    let answers = crowd(&app, event, (1..=45i64).filter(|u| u % 3 != 0)).await;
+    assert_eq!(accepted(&answers), 15);
     app.drain(event).await;
     app.assert_invariants(event).await;
     assert_eq!(
