@@ -4,14 +4,14 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::extract::Id;
+use super::extract::{Id, IfNoneMatch};
 use crate::{
     catalog::{RenderedPage, SeenStock},
     db::events::Event,
@@ -100,6 +100,9 @@ impl EventView {
 const CACHE_CONTROL: HeaderValue =
     HeaderValue::from_static("public, max-age=0, s-maxage=1, stale-while-revalidate=1");
 
+/// How old the `stock_left` shown is, in milliseconds.
+const STOCK_AGE: HeaderName = HeaderName::from_static("x-stock-age-ms");
+
 /// The page every shopper refreshes before and during the sale: answered
 /// from the catalog, with no Postgres query and, while the event is being
 /// viewed, no Redis round trip (the stock is read every 100 ms; the
@@ -125,7 +128,7 @@ const CACHE_CONTROL: HeaderValue =
 pub async fn show(
     State(app): State<AppState>,
     Id(id): Id,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let slot = app
         .catalog
@@ -173,10 +176,7 @@ pub async fn show(
             page
         }
     };
-    let mut response = if headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == page.etag.as_bytes())
-    {
+    let mut response = if if_none_match.is_some_and(|v| v.as_bytes() == page.etag.as_bytes()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
@@ -191,9 +191,6 @@ pub async fn show(
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, CACHE_CONTROL);
     h.insert(header::ETAG, page.etag.clone());
-    h.insert(
-        "x-stock-age-ms",
-        HeaderValue::from(stock.age.as_millis() as u64),
-    );
+    h.insert(STOCK_AGE, HeaderValue::from(stock.age.as_millis() as u64));
     Ok(response)
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
-    http::{header, request::Parts, StatusCode},
+    http::{header, request::Parts, HeaderValue, StatusCode},
 };
 use serde::de::DeserializeOwned;
 
@@ -126,6 +126,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
             },
             Err(_) => Err(ApiError::invalid("malformed path")),
         }
+    }
+}
+
+/// The `If-None-Match` request header, if any: read from the request
+/// without copying its other headers (the event page's crowd sends it).
+pub struct IfNoneMatch(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(header::IF_NONE_MATCH).cloned()))
     }
 }
 

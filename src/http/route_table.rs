@@ -8,8 +8,8 @@ use crate::state::AppState;
 
 pub struct RouteTable {
     prefix: &'static str,
-    router: Router<AppState>,
-    paths: Vec<String>,
+    /// Full path and its handlers, in the order given.
+    routes: Vec<(String, MethodRouter<AppState>)>,
 }
 
 impl RouteTable {
@@ -17,36 +17,40 @@ impl RouteTable {
     pub fn new(prefix: &'static str) -> Self {
         Self {
             prefix,
-            router: Router::new(),
-            paths: Vec::new(),
+            routes: Vec::new(),
         }
     }
 
     pub fn route(mut self, path: &str, method_router: MethodRouter<AppState>) -> Self {
-        self.paths.push(format!("{}{path}", self.prefix));
-        self.router = self.router.route(path, method_router);
+        self.routes
+            .push((format!("{}{path}", self.prefix), method_router));
         self
     }
 
-    /// Serves `table` under its own prefix.
+    /// Serves `table` under its own prefix. The router gets every route at
+    /// its full path (one flat table, not nested routers): a request is
+    /// matched once, with no prefix stripped and no path rebuilt per request.
     pub fn nest(mut self, table: RouteTable) -> Self {
-        self.paths.extend(
+        self.routes.extend(
             table
-                .paths
-                .iter()
-                .map(|path| format!("{}{path}", self.prefix)),
+                .routes
+                .into_iter()
+                .map(|(path, method_router)| (format!("{}{path}", self.prefix), method_router)),
         );
-        self.router = self.router.nest(table.prefix, table.router);
         self
     }
 
     /// Every full path registered, in the order given (templates as axum
     /// spells them: `/api/events/{id}`).
-    pub fn paths(&self) -> &[String] {
-        &self.paths
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|(path, _)| path.as_str())
     }
 
     pub fn into_router(self) -> Router<AppState> {
-        self.router
+        self.routes
+            .into_iter()
+            .fold(Router::new(), |router, (path, method_router)| {
+                router.route(&path, method_router)
+            })
     }
 }

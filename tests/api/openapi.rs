@@ -35,7 +35,7 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn every_registered_path_is_documented_and_nothing_else() {
-    let registered: BTreeSet<String> = seckill::http::routes().paths().iter().cloned().collect();
+    let registered: BTreeSet<String> = seckill::http::routes().paths().map(str::to_owned).collect();
     let documented: BTreeSet<String> = documented().into_keys().collect();
     let undocumented: Vec<_> = registered.difference(&documented).collect();
     let phantom: Vec<_> = documented.difference(&registered).collect();

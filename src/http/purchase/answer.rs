@@ -8,6 +8,7 @@ use std::{
 };
 
 use axum::{
+    body::Bytes,
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -153,11 +154,25 @@ impl IntoResponse for Answer {
                 stored.body,
             )
                 .into_response(),
+            // The flood after sell-out gets bytes written once, not a body serialized per request.
+            Self::Refused(Refusal::SoldOut) => (
+                StatusCode::CONFLICT,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                Bytes::from_static(SOLD_OUT_BODY),
+            )
+                .into_response(),
             Self::Refused(refusal) => refusal.to_error().into_response(),
             Self::Failed(err) => err.into_response(),
         }
     }
 }
+
+/// `Refusal::SoldOut`'s error body, as `ApiError` would render it (a test
+/// holds the two together).
+const SOLD_OUT_BODY: &[u8] = br#"{"error":"sold_out","message":"sold out"}"#;
 
 /// Metric handles registered once per label: the hot path then only adds to
 /// atomics instead of looking the series up in the registry per request.
@@ -204,5 +219,22 @@ pub(super) fn receipt_of(intent: &Intent) -> Receipt {
         amount: intent.amount,
         status: OrderStatus::Pending,
         failure_reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pre_rendered_sold_out_body_is_the_error_body() {
+        let response = Answer::Refused(Refusal::SoldOut).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(sent, Refusal::SoldOut.to_error().body());
     }
 }
