@@ -145,7 +145,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let met = rt.block_on(async {
         let db = fresh_db().await;
         let prefix = format!("drain{}", &Uuid::new_v4().simple().to_string()[..8]);
         let redis_url = std::env::var("SECKILL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -155,22 +155,42 @@ fn main() {
 
         let baseline_intents = accepted_intents(&db, &redis, BASELINE_ORDERS, 1).await;
         let baseline = drain(&db, &redis, baseline_intents, 1, 1).await;
-        let batched_intents = accepted_intents(&db, &redis, ORDERS, 10_000_000).await;
         let (batch, writers) = (knob("DRAIN_BATCH", 512), knob("DRAIN_WRITERS", 4));
-        let batched = drain(&db, &redis, batched_intents, writers, batch).await;
+        // Several batched drains, each of fresh intents on a fresh event: the
+        // target is judged on their median (this machine's noise moves one run).
+        let runs = knob("DRAIN_RUNS", 3).max(1);
+        let mut rates = Vec::with_capacity(runs);
+        for run in 0..runs {
+            let first_user = 10_000_000 * (run as i64 + 1);
+            let intents = accepted_intents(&db, &redis, ORDERS, first_user).await;
+            rates.push(drain(&db, &redis, intents, writers, batch).await);
+        }
+        let mut sorted = rates.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[runs / 2];
+        let batched = median;
 
-        let (persisted,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders o JOIN payments p USING (order_no) JOIN wallet_debits d USING (order_no) WHERE o.status = 'confirmed'").fetch_one(&db).await.unwrap();
-        assert_eq!(persisted, ORDERS + BASELINE_ORDERS, "every order persisted with its payment and debit");
+        let (persisted,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders o JOIN payments p USING (order_no) JOIN wallet_debits d USING (order_no) JOIN wallet_ledger l ON l.order_no = o.order_no AND l.kind = 'purchase' WHERE o.status = 'confirmed'").fetch_one(&db).await.unwrap();
+        let expected = ORDERS * runs as i64 + BASELINE_ORDERS;
+        assert_eq!(persisted, expected, "every order persisted with its payment, debit and ledger row");
+        let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE kind = 'order.confirmed'").fetch_one(&db).await.unwrap();
+        assert_eq!(outbox, expected, "every order with its outbox row");
 
-        println!("writer drain (fsync={fsync}, synchronous_commit={sync_commit}; each order with versioned wallet debit, payment, sold bump; admission + ack in Redis)");
+        println!("writer drain (fsync={fsync}, synchronous_commit={sync_commit}; each order with versioned wallet debit, payment, wallet-ledger row, outbox row, sold bump; admission + ack in Redis)");
         println!("  one transaction per order (1 writer, batch 1)   {baseline:>9.0} orders/s  ({BASELINE_ORDERS} orders)");
-        println!("  batched ({writers} writers, batch {batch})                {batched:>9.0} orders/s  ({ORDERS} orders)");
-        println!("  speed-up                                         {:>9.1}x", batched / baseline);
-        println!("  SPEC §7 drain ≥ 30000 orders/s: {}", if batched >= 30_000.0 { "MET" } else { "NOT MET" });
-        println!("DRAIN_JSON {{\"baseline_orders_per_s\": {baseline:.0}, \"batched_orders_per_s\": {batched:.0}, \"batch\": {batch}, \"writers\": {writers}, \"fsync\": \"{fsync}\", \"synchronous_commit\": \"{sync_commit}\"}}");
+        let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        println!("  batched ({writers} writers, batch {batch}), {runs} runs   min {:.0} / median {median:.0} / max {:.0} orders/s  ({ORDERS} orders each: {})", sorted[0], sorted[runs - 1], each.join(", "));
+        println!("  speed-up (median)                                {:>9.1}x", batched / baseline);
+        println!("  SPEC §7 drain ≥ 30000 orders/s (median of {runs}): {}", if batched >= 30_000.0 { "MET" } else { "NOT MET" });
+        println!("DRAIN_JSON {{\"baseline_orders_per_s\": {baseline:.0}, \"batched_orders_per_s\": {batched:.0}, \"batched_runs\": [{}], \"batch\": {batch}, \"writers\": {writers}, \"fsync\": \"{fsync}\", \"synchronous_commit\": \"{sync_commit}\"}}", each.join(", "));
 
         common::forget_redis_keys(&redis_url, &prefix).await;
         db.close().await;
         common::drop_db("drain").await;
+        batched >= 30_000.0
     });
+    // 3: it ran and the target was not met (scripts/bench.sh names it).
+    if !met {
+        std::process::exit(3);
+    }
 }

@@ -24,6 +24,7 @@
 # BENCH_PARTS selects parts (comma-separated: http,durable,ablation,instructions,bigsale,
 # buckets,drain,limiter,redis,criterion;
 # default all; "none" only checks the services and the database lifecycle).
+# BENCH_RUNS: how many times the HTTP part runs (default 3); its targets are judged on the median.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,6 +50,7 @@ LOG=.local/bench-engine.log
 OUT_DIR="${SECKILL_LOADTEST_OUT_DIR:-loadtest/out}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 PHASE_SECS="${BENCH_PHASE_SECS:-5}"
+BENCH_RUNS="${BENCH_RUNS:-3}"
 READY_SECS=30
 REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
@@ -109,31 +111,52 @@ if ((${#bench_targets[@]})); then
 fi
 
 # --- 1. HTTP macro benchmark --------------------------------------------------
+# BENCH_RUNS runs (3 by default), each on a fresh engine: every run writes
+# $OUT_DIR/runs/run-K/bench.json, the last one is also $OUT_DIR/bench.json
+# (the per-run summary and cost table below), and the SPEC §7 targets are
+# judged on the median of the runs (scripts/bench-spread.jq prints the spread).
 http_rc=skipped
 if part http; then
-    section "HTTP macro benchmark (seckill-loadtest bench)"
     target/release/seckill migrate
     if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
         say "something already answers on $BASE_URL; stop it first" >&2
         exit 1
     fi
     mkdir -p .local "$OUT_DIR"
-    say "starting the engine on $BIND (log: $LOG)"
-    engine_start bench "$LOG" "$BASE_URL" \
-        SECKILL_BIND="$BIND" \
-        SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
-        SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$" \
-        SECKILL_LOG_FORMAT=json RUST_LOG=warn
-
-    rm -f "$OUT_DIR/bench.json"
-    set +e
-    target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
-        --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR"
-    http_rc=$?
-    set -e
-    stop_engine
-    if [[ "$http_rc" -ne 0 ]]; then
-        say "seckill-loadtest bench exited with $http_rc (see above; engine log: $LOG)" >&2
+    rm -rf "$OUT_DIR/runs" "$OUT_DIR/bench.json"
+    http_rc=0
+    for run in $(seq 1 "$BENCH_RUNS"); do
+        section "HTTP macro benchmark (seckill-loadtest bench), run $run of $BENCH_RUNS"
+        say "starting the engine on $BIND (log: $LOG)"
+        engine_start bench "$LOG" "$BASE_URL" \
+            SECKILL_BIND="$BIND" \
+            SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
+            SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$-$run" \
+            SECKILL_LOG_FORMAT=json RUST_LOG=warn
+        mkdir -p "$OUT_DIR/runs/run-$run"
+        set +e
+        target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
+            --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR/runs/run-$run"
+        run_rc=$?
+        set -e
+        stop_engine
+        # 3: it ran and a target was not met in this run (judged on the median below).
+        if [[ "$run_rc" -ne 0 && "$run_rc" -ne 3 ]]; then
+            say "seckill-loadtest bench exited with $run_rc in run $run (engine log: $LOG)" >&2
+            http_rc=$run_rc
+        fi
+        if [[ -f "$OUT_DIR/runs/run-$run/bench.json" ]]; then
+            cp "$OUT_DIR/runs/run-$run/bench.json" "$OUT_DIR/bench.json"
+        fi
+    done
+    runs=("$OUT_DIR"/runs/run-*/bench.json)
+    if [[ "$http_rc" -eq 0 && -f "${runs[0]}" ]]; then
+        jq -s '{runs: length, commit: $commit, phases: [.[0].phases[].name], rows: .}' \
+            --arg commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "${runs[@]}" \
+            | jq -f scripts/bench-spread.jq >"$OUT_DIR/bench-spread.json"
+        if [[ "$(jq -r .all_met "$OUT_DIR/bench-spread.json")" != true ]]; then
+            http_rc=3
+        fi
     fi
 fi
 
@@ -305,6 +328,18 @@ if [[ -f "$json" ]]; then
 else
     say "no $json: the HTTP benchmark failed (exit code $http_rc)"
 fi
+spread_json="$OUT_DIR/bench-spread.json"
+if [[ -f "$spread_json" && "$http_rc" != skipped ]]; then
+    echo
+    jq -r '
+      def n(x; d): if x == null then "-" else (x * d | round / d | tostring) end;
+      def mmm(v; d): "\(n(v.min; d)) / \(n(v.median; d)) / \(n(v.max; d))";
+      "spread over \(.runs) runs (min / median / max; commit \(.commit)); targets judged on the median:",
+      "  phase               req/s                     ratio to /healthz     p99 ms",
+      (.phases[] | "  \(.name + (" " * (18 - (.name | length))))  \(mmm(.rps; 1) | . + (" " * (24 - length)))  \(mmm(.ratio; 1000) | . + (" " * (20 - length)))  \(mmm(.p99_ms; 100))"),
+      (.targets[] | "  target \(.name) \(.target): median \(n(.median; 1000)) (runs: \([.values[] | n(.; 1000)] | join(", "))) \(if .met then "MET" else "NOT MET" end)")
+    ' "$spread_json"
+fi
 durable_json="$OUT_DIR/durable/bench.json"
 if [[ -f "$durable_json" ]]; then
     jq -r '
@@ -385,8 +420,10 @@ for part in "http $http_rc" "durable $durable_rc" "ablation $ablation_rc" \
     read -r name c <<<"$part"
     if [[ "$c" == skipped || "$c" == 0 || ("$name" == durable && "$c" == 3) ]]; then
         continue
-    elif [[ "$name" == http && "$c" == 3 && -f "$json" ]]; then
-        failures+=("SPEC §7 targets not met: $(jq -r '[.targets[] | select(.met | not) | .name] | join(", ")' "$json")")
+    elif [[ "$name" == http && "$c" == 3 && -f "$spread_json" ]]; then
+        failures+=("SPEC §7 targets not met (median of $BENCH_RUNS runs): $(jq -r '[.targets[] | select(.met | not) | .name] | join(", ")' "$spread_json")")
+    elif [[ "$name" == drain && "$c" == 3 ]]; then
+        failures+=("writer drain below 30000 orders/s (median of the runs above)")
     elif [[ "$name" == bigsale && "$c" == 3 ]]; then
         failures+=("bigsale bounds not met: $(jq -r '[(if .redis.slowest_us > .redis.bound_us then "slowest Redis command \(.redis.slowest_us) µs > \(.redis.bound_us)" else empty end), (if .engine_rss_mb.idle_after_sale > .engine_rss_mb.bound then "idle RSS \(.engine_rss_mb.idle_after_sale) MiB > \(.engine_rss_mb.bound)" else empty end)] | join(", ")' "$OUT_DIR/bigsale.json")")
     else

@@ -61,6 +61,7 @@ pub struct Persisted {
 pub struct BenchReport {
     #[serde(flatten)]
     pub head: Head,
+    /// The ceiling: the faster of the `healthz` and `healthz_after` phases.
     pub healthz_rps: f64,
     pub healthz_p50_ms: f64,
     pub healthz_p99_ms: f64,
@@ -99,14 +100,24 @@ impl BenchReport {
     /// phases: their headline figures, ratios to the ceiling, and the targets.
     pub fn new(
         head: Head,
-        [health, page, sell, gone]: [PhaseReport; 4],
+        [health, page, sell, gone, health_after]: [PhaseReport; 5],
         setup: Setup,
         persisted: Persisted,
         warnings: Vec<String>,
     ) -> Self {
-        let ratio_event_page = ratio(page.rps, health.rps);
-        let ratio_selling = ratio(sell.rps, health.rps);
-        let ratio_sold_out = ratio(gone.rps, health.rps);
+        // The ceiling is the faster of the two `/healthz` phases: a first
+        // one slowed by work left over from an earlier run (autovacuum of
+        // its orders) would otherwise inflate every ratio.
+        let ceiling = if health_after.rps > health.rps {
+            &health_after
+        } else {
+            &health
+        };
+        let (healthz_rps, healthz_p50_ms, healthz_p99_ms) =
+            (ceiling.rps, ceiling.p50_ms, ceiling.p99_ms);
+        let ratio_event_page = ratio(page.rps, healthz_rps);
+        let ratio_selling = ratio(sell.rps, healthz_rps);
+        let ratio_sold_out = ratio(gone.rps, healthz_rps);
         let targets = targets(
             [ratio_event_page, ratio_selling, ratio_sold_out],
             [sell.p99_ms, gone.p99_ms],
@@ -114,9 +125,9 @@ impl BenchReport {
         );
         Self {
             head,
-            healthz_rps: health.rps,
-            healthz_p50_ms: health.p50_ms,
-            healthz_p99_ms: health.p99_ms,
+            healthz_rps,
+            healthz_p50_ms,
+            healthz_p99_ms,
             event_page_rps: page.rps,
             event_page_p99_ms: page.p99_ms,
             selling_rps: sell.rps,
@@ -132,7 +143,7 @@ impl BenchReport {
             targets,
             setup,
             persisted,
-            phases: vec![health, page, sell, gone],
+            phases: vec![health, page, sell, gone, health_after],
             warnings,
         }
     }
