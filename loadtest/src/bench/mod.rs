@@ -166,7 +166,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     let disturbed = report::disturbance_warnings(&[&health, &page, &sell, &gone, &health_after]);
     let n_disturbed = disturbed.len();
     warnings.extend(disturbed);
-    warnings.extend(report::uncounted_warnings(&[&health, &page, &sell, &gone, &health_after]));
+    warnings.extend(report::uncounted_warnings(&[
+        &health,
+        &page,
+        &sell,
+        &gone,
+        &health_after,
+    ]));
 
     let setup = report::Setup {
         users: prepared.users,
