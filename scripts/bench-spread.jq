@@ -1,8 +1,7 @@
-# The ratios use each run's ceiling (`healthz_rps`: the faster of its two
-# `/healthz` phases).
 # The spread of several `seckill-loadtest bench` runs (input: {runs, commit,
 # phases, rows: [bench.json, ...]}), and the SPEC §7 targets judged on the
-# median of the runs. Used by scripts/bench.sh.
+# median of the runs. Ratios use each run's ceiling (`healthz_rps`: the
+# faster of its two `/healthz` phases). Used by scripts/bench.sh.
 def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
 def spread: {min: min, median: median, max: max, values: .};
 # ">= 0.85" / "<= 5 at 64 connections": the comparison and its bound.

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{OnceLock, RwLock},
+    sync::{LazyLock, OnceLock, RwLock},
 };
 
 use axum::{
@@ -161,7 +161,7 @@ impl IntoResponse for Answer {
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                Bytes::from_static(SOLD_OUT_BODY),
+                SOLD_OUT_BODY.clone(),
             )
                 .into_response(),
             Self::Refused(refusal) => refusal.to_error().into_response(),
@@ -170,9 +170,9 @@ impl IntoResponse for Answer {
     }
 }
 
-/// `Refusal::SoldOut`'s error body, as `ApiError` would render it (a test
-/// holds the two together).
-const SOLD_OUT_BODY: &[u8] = br#"{"error":"sold_out","message":"sold out"}"#;
+/// `Refusal::SoldOut`'s error body, rendered once from its `ApiError`.
+static SOLD_OUT_BODY: LazyLock<Bytes> =
+    LazyLock::new(|| Refusal::SoldOut.to_error().body().to_string().into());
 
 /// Metric handles registered once per label: the hot path then only adds to
 /// atomics instead of looking the series up in the registry per request.
