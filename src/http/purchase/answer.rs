@@ -2,10 +2,7 @@
 //! business refusal (409), an idempotent replay, or an error. Each answer
 //! names its metric label and renders itself (`IntoResponse`).
 
-use std::{
-    collections::HashMap,
-    sync::{LazyLock, OnceLock, RwLock},
-};
+use std::sync::{LazyLock, OnceLock};
 
 use axum::{
     body::Bytes,
@@ -174,10 +171,32 @@ impl IntoResponse for Answer {
 static SOLD_OUT_BODY: LazyLock<Bytes> =
     LazyLock::new(|| Refusal::SoldOut.to_error().body().to_string().into());
 
+/// Every outcome label [`Answer::label`] gives, most frequent first: the hot
+/// path finds its counter by a short scan (the flood after sell-out pays no
+/// lock and no hash per request). A series is registered on its first use.
+const OUTCOMES: [&str; 15] = [
+    "sold_out",
+    "accepted",
+    "rate_limited",
+    "limit_exceeded",
+    "not_active",
+    "paused",
+    "in_progress",
+    "accepted_replay",
+    "replayed",
+    "not_found",
+    "invalid",
+    "unauthorized",
+    "idempotency_key_reused",
+    "unavailable",
+    "error",
+];
+
 /// Metric handles registered once per label: the hot path then only adds to
 /// atomics instead of looking the series up in the registry per request.
 pub(super) struct PurchaseMetrics {
-    outcomes: RwLock<HashMap<&'static str, metrics::Counter>>,
+    /// The counter of `OUTCOMES[i]`, once registered.
+    outcomes: [OnceLock<metrics::Counter>; OUTCOMES.len()],
     latency: metrics::Histogram,
 }
 
@@ -185,27 +204,20 @@ impl PurchaseMetrics {
     pub(super) fn get() -> &'static Self {
         static METRICS: OnceLock<PurchaseMetrics> = OnceLock::new();
         METRICS.get_or_init(|| Self {
-            outcomes: RwLock::default(),
+            outcomes: Default::default(),
             latency: metrics::histogram!("seckill_purchase_seconds"),
         })
     }
 
     pub(super) fn record(&self, outcome: &'static str, took: std::time::Duration) {
-        let known = self
-            .outcomes
-            .read()
-            .expect("metrics lock")
-            .get(outcome)
-            .cloned();
-        let counter = known.unwrap_or_else(|| {
-            let counter = metrics::counter!("seckill_purchases_total", "outcome" => outcome);
-            self.outcomes
-                .write()
-                .expect("metrics lock")
-                .insert(outcome, counter.clone());
-            counter
-        });
-        counter.increment(1);
+        let counter = |outcome| metrics::counter!("seckill_purchases_total", "outcome" => outcome);
+        match OUTCOMES.iter().position(|&known| known == outcome) {
+            Some(i) => self.outcomes[i]
+                .get_or_init(|| counter(outcome))
+                .increment(1),
+            // A label missing from OUTCOMES still counts (a registry lookup).
+            None => counter(outcome).increment(1),
+        }
         self.latency.record(took.as_secs_f64());
     }
 }
@@ -236,5 +248,60 @@ mod tests {
             .unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(sent, Refusal::SoldOut.to_error().body());
+    }
+
+    #[test]
+    fn every_label_is_registered_up_front() {
+        let receipt = Receipt {
+            order_no: Uuid::nil(),
+            event_id: 1,
+            quantity: 1,
+            amount: 1,
+            status: OrderStatus::Pending,
+            failure_reason: None,
+        };
+        let stored = StoredResponse {
+            status: 202,
+            body: String::new(),
+        };
+        let answers = [
+            Answer::Accepted {
+                receipt: receipt.clone(),
+                replay: false,
+            },
+            Answer::Accepted {
+                receipt,
+                replay: true,
+            },
+            Answer::Replayed(stored),
+            Answer::Refused(Refusal::SoldOut),
+            Answer::Refused(Refusal::LimitExceeded {
+                limit: 1,
+                held: vec![],
+            }),
+            Answer::Refused(Refusal::NotActive("ended")),
+            Answer::Refused(Refusal::Paused),
+            Answer::Refused(Refusal::InProgress),
+            Answer::Failed(ApiError::RateLimited {
+                retry_after: std::time::Duration::ZERO,
+            }),
+            Answer::Failed(ApiError::NotFound("event")),
+            Answer::Failed(ApiError::invalid("x")),
+            Answer::Failed(ApiError::PayloadTooLarge),
+            Answer::Failed(ApiError::UnsupportedMediaType),
+            Answer::Failed(ApiError::Unauthorized),
+            Answer::Failed(ApiError::Forbidden),
+            Answer::Failed(ApiError::IdempotencyKeyReused),
+            Answer::Failed(ApiError::Unavailable("down".into())),
+            Answer::Failed(ApiError::RequestTimeout),
+            Answer::Failed(ApiError::Internal("x".into())),
+        ];
+        for answer in &answers {
+            assert!(
+                OUTCOMES.contains(&answer.label()),
+                "{} missing",
+                answer.label()
+            );
+        }
     }
 }
