@@ -88,6 +88,40 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# An empty bench database, migrated: every HTTP run starts on one, so the
+# autovacuum of an earlier run's orders cannot fall into its phases.
+fresh_bench_database() {
+    psql "$SECKILL_TEST_DATABASE_URL" -q -v ON_ERROR_STOP=1 \
+        -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" -c "CREATE DATABASE \"$BENCH_DB\""
+    target/release/seckill migrate >/dev/null
+}
+
+# One engine, one `seckill-loadtest bench` against it, the engine stopped: the
+# run shared by the macro benchmark, the durable run and the ablation layers.
+#   bench_engine_run REDIS_PREFIX OUT_DIR PHASE_SECS [ENV=value ...] [-- LOADTEST_ARGS ...]
+# Rate limits are off unless ENV sets them. The load generator's exit code
+# is left in $bench_engine_rc (3: it ran and a target was not met).
+bench_engine_run() {
+    local prefix="$1" out="$2" secs="$3"
+    shift 3
+    local env=()
+    while (($#)) && [[ "$1" != -- ]]; do
+        env+=("$1")
+        shift
+    done
+    if (($#)); then shift; fi
+    engine_start bench "$LOG" "$BASE_URL" SECKILL_BIND="$BIND" \
+        SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
+        SECKILL_REDIS_PREFIX="$prefix-$(date +%s)-$$" SECKILL_LOG_FORMAT=json RUST_LOG=warn "${env[@]}"
+    mkdir -p "$out"
+    set +e
+    target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
+        --phase-secs "$secs" --engine-pid "$engine_pid" --out-dir "$out" "$@"
+    bench_engine_rc=$?
+    set -e
+    stop_engine
+}
+
 started=$(date +%s)
 
 section "services, database and build"
@@ -127,19 +161,10 @@ if part http; then
     http_rc=0
     for run in $(seq 1 "$BENCH_RUNS"); do
         section "HTTP macro benchmark (seckill-loadtest bench), run $run of $BENCH_RUNS"
+        fresh_bench_database
         say "starting the engine on $BIND (log: $LOG)"
-        engine_start bench "$LOG" "$BASE_URL" \
-            SECKILL_BIND="$BIND" \
-            SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
-            SECKILL_REDIS_PREFIX="bench-$(date +%s)-$$-$run" \
-            SECKILL_LOG_FORMAT=json RUST_LOG=warn
-        mkdir -p "$OUT_DIR/runs/run-$run"
-        set +e
-        target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
-            --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR/runs/run-$run"
-        run_rc=$?
-        set -e
-        stop_engine
+        bench_engine_run "bench-$run" "$OUT_DIR/runs/run-$run" "$PHASE_SECS"
+        run_rc=$bench_engine_rc
         # 3: it ran and a target was not met in this run (judged on the median below).
         if [[ "$run_rc" -ne 0 && "$run_rc" -ne 3 ]]; then
             say "seckill-loadtest bench exited with $run_rc in run $run (engine log: $LOG)" >&2
@@ -164,21 +189,11 @@ fi
 durable_rc=skipped
 if part durable; then
     section "HTTP macro benchmark, SECKILL_ACK=durable (a 202 after the commit)"
-    target/release/seckill migrate
+    fresh_bench_database
     say "starting the engine on $BIND with SECKILL_ACK=durable (log: $LOG)"
-    engine_start bench "$LOG" "$BASE_URL" \
-        SECKILL_BIND="$BIND" SECKILL_ACK=durable \
-        SECKILL_RATE_GLOBAL_RPS=0 SECKILL_RATE_USER_RPS=0 SECKILL_RATE_IP_RPS=0 \
-        SECKILL_REDIS_PREFIX="bench-durable-$(date +%s)-$$" \
-        SECKILL_LOG_FORMAT=json RUST_LOG=warn
-    mkdir -p "$OUT_DIR/durable"
     rm -f "$OUT_DIR/durable/bench.json"
-    set +e
-    target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
-        --phase-secs "$PHASE_SECS" --engine-pid "$engine_pid" --out-dir "$OUT_DIR/durable"
-    durable_rc=$?
-    set -e
-    stop_engine
+    bench_engine_run bench-durable "$OUT_DIR/durable" "$PHASE_SECS" SECKILL_ACK=durable
+    durable_rc=$bench_engine_rc
 fi
 
 # --- 1c. Cost ablation: the purchase path layer by layer ---------------------
@@ -189,30 +204,20 @@ ablation_rc=skipped
 ABLATION_LAYERS=(script token limits idempotency full)
 if part ablation; then
     section "cost ablation: script, + token, + limits, + idempotency, + persistence"
-    target/release/seckill migrate
+    fresh_bench_database
     ablation_rc=0
-    mkdir -p "$OUT_DIR/ablation"
     for layer in "${ABLATION_LAYERS[@]}"; do
         rm -f "$OUT_DIR/ablation/ablation-$layer.json"
         engine_serve_args=(--ablation "$layer")
         # The limits are on from the `limits` layer up, set high enough that
         # they are checked but never refuse (their cost, not their effect).
-        engine_start bench "$LOG" "$BASE_URL" \
-            SECKILL_BIND="$BIND" \
+        bench_engine_run "bench-ablation-$layer" "$OUT_DIR/ablation" "$ABLATION_PHASE_SECS" \
             SECKILL_RATE_GLOBAL_RPS=10000000 SECKILL_RATE_USER_RPS=1000 SECKILL_RATE_IP_RPS=10000000 \
-            SECKILL_REDIS_PREFIX="bench-ablation-$layer-$(date +%s)-$$" \
-            SECKILL_LOG_FORMAT=json RUST_LOG=warn
+            -- --ablation-layer "$layer"
         engine_serve_args=()
-        set +e
-        target/release/seckill-loadtest bench --base-url "$BASE_URL" --connections "$CONNECTIONS" \
-            --phase-secs "$ABLATION_PHASE_SECS" --engine-pid "$engine_pid" \
-            --out-dir "$OUT_DIR/ablation" --ablation-layer "$layer"
-        rc_layer=$?
-        set -e
-        stop_engine
-        if [[ "$rc_layer" -ne 0 ]]; then
-            say "ablation layer $layer exited with $rc_layer" >&2
-            ablation_rc=$rc_layer
+        if [[ "$bench_engine_rc" -ne 0 ]]; then
+            say "ablation layer $layer exited with $bench_engine_rc" >&2
+            ablation_rc=$bench_engine_rc
         fi
     done
 fi
