@@ -11,11 +11,13 @@
 # something else on its vCPU: a probe pinned to that CPU at a higher
 # real-time priority wakes late by as much, at the same instant), the time
 # is charged to whatever command was running. Each command over the bound is
-# set beside the largest probe stall that can have fallen inside it (the
-# probe woke between the command's earliest start and its latest end, widened
-# by 1 ms: a stall inside a command ends before the command does); its "own" time is its time minus that stall (at most its time).
-# Nothing is dropped: every command over the bound is listed, with or without
-# a stall, and the raw maximum is kept beside the "own" one.
+# set beside the machine stall that can have fallen inside it: the largest
+# total of one CPU's probe stalls (each from its start, late_us + 500 µs
+# before the probe woke, to 1 ms after) that fits in a span of the command's
+# length ending within the window it was logged in. Its "own" time is its
+# time minus that total (at most its time). Nothing is dropped: every
+# command over the bound is listed, with or without a stall, and the raw
+# maximum is kept beside the "own" one.
 def kind: if .cmd == "EVALSHA" then "EVALSHA(\($names[.args[0] // ""] // (.args[0] // "")[0:8]))" else .cmd end;
 def key: if .cmd == "EVALSHA" then (.args[2] // "") else (.args[0] // "") end;
 def phase: .seen_us as $at
@@ -31,9 +33,20 @@ def tooling: .cmd == "COMMAND" and ((.args[0] // "") | ascii_upcase) == "DOCS";
 def nested: (.client // "") | startswith("?");
 # Earliest and latest instant the command can have ended (µs).
 def ended: [([.after_us, .t * 1000000] | max), ([.seen_us, (.t + 1) * 1000000] | min)];
+# {cpu, late_us (the total), at_us (the last one's wakeup), count} or null.
 def stall: . as $e | ($e | ended) as [$lo, $hi]
-  | [$stalls[] | select(.at_us >= $lo - $e.us - 1000 and .at_us <= $hi + 1000)]
-  | if length == 0 then null else max_by([.late_us, $e.us] | min) end;
+  | [$stalls[] | select(.at_us >= $lo - $e.us - 1000 and .at_us <= $hi + 1000)
+     | . + {from: (.at_us - .late_us - 500)}]
+  | group_by(.cpu)
+  | map(. as $cpu_stalls
+        # each stall's start as the span's start, kept inside the window
+        | [$cpu_stalls[] | ([([.from, $lo - $e.us] | max), $hi - $e.us] | min)] | unique
+        | map(. as $x | [$cpu_stalls[] | select(.from >= $x and .at_us <= $x + $e.us + 1000)]
+              | select(length > 0)
+              | {cpu: .[0].cpu, late_us: (map(.late_us) | add), at_us: (map(.at_us) | max), count: length})
+        | max_by(.late_us))
+  | map(select(. != null))
+  | if length == 0 then null else max_by(.late_us) end;
 def stats: {count: length, over_1ms: map(select(.late_us > 1000)) | length,
             over_5ms: map(select(.late_us > 5000)) | length,
             max_us: (map(.late_us) | max // 0)};
@@ -43,7 +56,7 @@ def stats: {count: length, over_1ms: map(select(.late_us > 1000)) | length,
 | [$top[] | select(.us > $bound)
    | . + {stall: stall}
    | {phase: phase, t, us, command: kind, key: key, client,
-      stall: (if .stall then {cpu: .stall.cpu, late_us: .stall.late_us, at_us: .stall.at_us} else null end),
+      stall: .stall,
       own_us: (.us - ([(.stall.late_us // 0), .us] | min))}] as $over
 | {
     window_ms: (if ($all | length) > 0 then ($all | map(.seen_us - .after_us) | add / length / 1000 | floor) else null end),
