@@ -330,9 +330,12 @@ fi
 # figure and every command over the bound stay in bigsale.json.
 if ((slowest_us > SLOWEST_BOUND_US)); then
     say "slowest Redis command by the slow log: $slowest_cmd ${slowest_us} µs (bound ${SLOWEST_BOUND_US} µs); the commands over the bound and the machine stall inside each:"
-    jq -r '.over_bound[] | "  \(.phase) t=\(.t) \(.command) \(.key) \(.us) µs: " +
-        (if .stall then "probe \(.stall.cpu) stalled \(.stall.late_us) µs at \(.stall.at_us) -> own \(.own_us) µs" else "no machine stall seen -> own \(.own_us) µs" end)' \
-        <<<"$slowlog_json" | head -n 40
+    # (at most 40 lines, cut in jq: `| head` would end jq with SIGPIPE under pipefail)
+    jq -r '(.over_bound[0:40][] | "  \(.phase) t=\(.t) \(.command) \(.key) \(.us) µs: " +
+        (if .stall then "\(.stall.count) probe stall(s) on \(.stall.cpu), \(.stall.late_us) µs in all, the last at \(.stall.at_us) -> own \(.own_us) µs"
+         else "no machine stall seen -> own \(.own_us) µs" end)),
+        (if (.over_bound | length) > 40 then "  ... and \((.over_bound | length) - 40) more in bigsale.json" else empty end)' \
+        <<<"$slowlog_json"
 fi
 if ((own_us > SLOWEST_BOUND_US)); then
     say "NOT MET: slowest Redis command by its own time $own_cmd ${own_us} µs (${own_raw_us} µs in the slow log; bound ${SLOWEST_BOUND_US} µs)"

@@ -12,9 +12,10 @@
 # real-time priority wakes late by as much, at the same instant), the time
 # is charged to whatever command was running. Each command over the bound is
 # set beside the machine stall that can have fallen inside it: the largest
-# total of one CPU's probe stalls (each from its start, late_us + 500 µs
-# before the probe woke, to 1 ms after) that fits in a span of the command's
-# length ending within the window it was logged in. Its "own" time is its
+# total of one CPU's probe stalls (each taken to start late_us + 500 µs
+# before its probe woke) that fit in a span of the command's length ending
+# within the window it was logged in (a wakeup up to 1 ms after the span's
+# end still counts: the probe runs after Redis resumes). Its "own" time is its
 # time minus that total (at most its time). Nothing is dropped: every
 # command over the bound is listed, with or without a stall, and the raw
 # maximum is kept beside the "own" one.
