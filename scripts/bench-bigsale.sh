@@ -14,9 +14,24 @@
 #     time), with the reconciler passing every second over both events and an
 #     operator polling the first event's invariant checker, its admin view
 #     and the dashboard's data.
-#  4. The slowest command Redis ran during 2-3 (SLOWLOG, threshold 0: every
-#     command), purchase p99 in 3 and the reconciler passes it overlapped,
-#     the engine's peak RSS and its RSS once idle after the sale.
+#  4. Redis's slow log (threshold 100 µs) during 2-3, each entry with the
+#     window it ended in, and one stall probe per CPU (`seckill-loadtest
+#     stalls`: pinned, SCHED_FIFO above Redis); judged by
+#     scripts/bigsale-slowlog.jq: the slowest command of each kind, every
+#     command over the bound beside the machine stall measured inside it;
+#     purchase p99 in 3 and the reconciler passes it overlapped, the
+#     engine's peak RSS and its RSS once idle after the sale.
+#
+# Why the probes: the slow log times a command by the wall clock, so when
+# the hypervisor runs something else on Redis's vCPU (steal time; on the
+# 2-vCPU VM this was measured on, stalls of 5-7.8 ms every 5-20 s,
+# phase-locked to the wall clock's 100 ms grid, also with no Redis running)
+# the stall is charged to whatever command was running: an O(1) purchase
+# script shows as 7.8 ms. The bound (no command over 1 000 µs) is judged on a
+# command's own time, its slow-log time less the probe stall inside it. The
+# raw maximum and every command over the bound, with its stall, stay in
+# bigsale.json (redis.slowest, redis.over_bound) and are printed. Where Redis
+# cannot run at real-time priority no probe runs and the raw time is judged.
 #
 # Writes $OUT_DIR/bigsale.json. Exit 0 when the figures meet the bounds
 # below, 3 when one is missed, other codes when the run failed.
@@ -45,6 +60,15 @@ PG_SERVER="${TEST_DB_URL%%\?*}"
 PG_SERVER="${PG_SERVER%/*}"
 export SECKILL_DATABASE_URL="$PG_SERVER/$DB"
 export SECKILL_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+# This run's order events go to a stream of its own, deleted after it (event
+# ids restart at 1 in every fresh database: in the shared stream the fill's
+# stream check would count an earlier run's events of event 1 as foreign).
+NATS_URL="${SECKILL_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+NATS_HOSTPORT="${NATS_URL#nats://}"
+NATS_HOSTPORT="${NATS_HOSTPORT%%/*}"
+export SECKILL_NATS_URL="$NATS_URL"
+stream="SECKILL_BIGSALE_$$"
+export SECKILL_NATS_STREAM="$stream" SECKILL_NATS_SUBJECT_PREFIX="bench.bigsale.$$"
 
 say() { echo "bigsale: $*"; }
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
@@ -55,11 +79,37 @@ rss_kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$engine_pid/status"; }
 source scripts/engine.sh
 db_created=""
 poller=""
+stats_poller=""
+stall_probes=()
 # Called by the EXIT trap.
 # shellcheck disable=SC2317
+# Deletes this run's JetStream stream ($JS.API.STREAM.DELETE over the NATS
+# protocol on a plain TCP connection, as scripts/bench-buckets.sh does).
+delete_stream() {
+    [[ -n "$stream" ]] || return 0
+    local reply
+    if exec 3<>"/dev/tcp/${NATS_HOSTPORT%:*}/${NATS_HOSTPORT##*:}" 2>/dev/null; then
+        # shellcheck disable=SC2016  # $JS is a NATS subject, not a variable
+        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bs 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bs 0\r\n\r\n' \
+            "$stream" >&3
+        reply="$(timeout 5 grep -m1 -a -o '"success":true' <&3 || true)"
+        exec 3<&- 3>&-
+        [[ -n "$reply" ]] || say "could not delete NATS stream $stream" >&2
+    fi
+    stream=""
+}
+stop_probes() {
+    local p
+    for p in "${stall_probes[@]}"; do kill "$p" 2>/dev/null || true; done
+    stall_probes=()
+}
 cleanup() {
+    if [[ -n "${slow_stop:-}" ]]; then touch "$slow_stop" 2>/dev/null || true; fi
     if [[ -n "$poller" ]]; then kill "$poller" 2>/dev/null || true; fi
+    if [[ -n "$stats_poller" ]]; then kill "$stats_poller" 2>/dev/null || true; fi
+    stop_probes
     engine_stop bigsale
+    delete_stream
     rcli shutdown nosave >/dev/null 2>&1 || true
     if [[ -n "$db_created" ]]; then
         psql "$TEST_DB_URL" -q -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
@@ -100,28 +150,92 @@ rss_start_kb="$(rss_kb VmRSS)"
 say "engine pid $engine_pid, RSS at start $((rss_start_kb / 1024)) MiB; Redis on port $REDIS_PORT"
 
 # Every command slower than 100 µs is logged (a purchase script takes
-# 10-20); the log is drained every second into a file (its own SLOWLOG and
-# CONFIG calls left out), the maximum taken over all of it. Script SHAs are named from the engine's own script text.
+# 10-20). One redis-cli connection reads it ten times a second, by entry id
+# (the log is never reset: nothing is lost between a read and a reset),
+# each read between two TIME calls: an entry first seen in a read ended after
+# the previous read's first TIME ("after_us") and before this read's second
+# ("seen_us"), on Redis's clock, which is this machine's. Kept per entry: id,
+# second ([1]), µs, command and its first arguments (the key; the sha and the
+# first key for EVALSHA), client. A read that did not reach back to the last
+# entry seen leaves a {"lost": n} line. Redis also logs the commands a script
+# runs, under the client "?:0" (the HMGET inside an EVALSHA): those are
+# nested in their EVALSHA's time, listed apart and not counted twice. Its own
+# SLOWLOG/CONFIG/INFO/LATENCY/TIME calls are left out. Beside it, once a
+# second: the CPUs' steal time (/proc/stat) and INFO memory/stats/cpu
+# figures; and the phase boundaries.
 slow_file=.local/bigsale-slowlog.ndjson
+slow_stop=.local/bigsale-slowlog.stop
+stall_file=.local/bigsale-stalls.txt
+steal_file=.local/bigsale-steal.txt
+info_file=.local/bigsale-info.ndjson
+phase_file=.local/bigsale-phases.txt
+rm -f "$slow_stop"
 : >"$slow_file"
-declare -A script_name=()
-while read -r sha name; do script_name[$sha]="$name"; done < <(target/release/seckill lua)
+: >"$stall_file"
+: >"$steal_file"
+: >"$info_file"
+: >"$phase_file"
+now_us() { date +%s%6N; }
+mark() { echo "$1 $(now_us)" >>"$phase_file"; }
 rcli config set slowlog-log-slower-than 100 >/dev/null
 rcli config set slowlog-max-len 10000 >/dev/null
+rcli config set latency-monitor-threshold 1 >/dev/null
 rcli slowlog reset >/dev/null
+rcli latency reset >/dev/null
 watch_slowlog() {
-    while true; do
-        # [id, time, µs, [command, args...], client, name]: keep µs and command(+sha).
-        rcli --json slowlog get 10000 2>/dev/null |
-            jq -c '.[] | {us: .[2], cmd: (.[3][0] | ascii_upcase), sha: (.[3][1] // "")}
-                   | select(.cmd != "SLOWLOG" and .cmd != "CONFIG")' >>"$slow_file" || true
-        rcli slowlog reset >/dev/null 2>&1 || true
+    while [[ ! -e "$slow_stop" ]]; do
+        printf 'TIME\nSLOWLOG GET 512\nTIME\n'
+        sleep 0.1
+    done | rcli --json 2>/dev/null | jq -cn --unbuffered '
+        def us: (.[0] | tonumber) * 1000000 + (.[1] | tonumber);
+        foreach inputs as $x ({i: 0, pre: 0, after: null, last: -1, got: [], emit: []};
+            (.i % 3) as $k | .i += 1
+            | if $k == 0 then .pre = ($x | us) | .emit = []
+              elif $k == 1 then .got = $x | .emit = []
+              else ($x | us) as $seen | .last as $last | (.after // .pre) as $after
+                | ([.got[][0]] | min) as $oldest
+                | .emit = [.got[] | select(.[0] > $last)
+                    | {id: .[0], t: .[1], us: .[2], cmd: (.[3][0] | ascii_upcase), args: .[3][1:4],
+                       client: .[4], after_us: $after, seen_us: $seen}
+                    | select(.cmd | IN("SLOWLOG", "CONFIG", "INFO", "LATENCY", "TIME") | not)]
+                  + (if $last >= 0 and $oldest != null and $oldest > $last + 1
+                     then [{lost: ($oldest - $last - 1), after_us: $after, seen_us: $seen}] else [] end)
+                | .last = ([.got[][0], $last] | max) | .after = .pre
+              end;
+            .emit[])' >>"$slow_file"
+}
+watch_stats() {
+    while [[ ! -e "$slow_stop" ]]; do
+        local now
+        now="$(now_us)"
+        echo "$now $(awk '/^cpu[0-9]/ {printf "%s ", $9}' /proc/stat)" >>"$steal_file"
+        rcli info everything 2>/dev/null | tr -d '\r' | jq -Rnc --argjson at "$now" '
+            [inputs | select(test("^[a-z_0-9]+:")) | capture("^(?<key>[^:]+):(?<value>.*)$")] | from_entries
+            | {at_us: $at} + {used_memory, used_memory_rss, mem_fragmentation_ratio,
+               allocator_frag_ratio, lazyfree_pending_objects, instantaneous_ops_per_sec,
+               total_commands_processed, used_cpu_sys_main_thread, used_cpu_user_main_thread,
+               db0}' >>"$info_file" 2>/dev/null || true
         sleep 1
     done
 }
+watch_stats &
+stats_poller=$!
 watch_slowlog &
 poller=$!
+# The machine's own stalls: one probe per CPU, pinned, at a real-time
+# priority above Redis's, printing every wakeup more than 500 µs late
+# (`seckill-loadtest stalls`). Only meaningful when Redis itself runs at
+# real-time priority (then nothing in user space can delay either).
+stall_probes=()
+if ((${#rt[@]})) && command -v taskset >/dev/null; then
+    for cpu in $(seq 0 $(($(nproc) - 1))); do
+        taskset -c "$cpu" chrt -f 20 target/release/seckill-loadtest stalls \
+            --label "cpu$cpu" --threshold-us 500 >>"$stall_file" 2>/dev/null &
+        stall_probes+=($!)
+    done
+fi
 
+mark fill_start
 fill_started=$(date +%s.%N)
 say "fill: $BUYERS distinct shoppers buy one unit each"
 target/release/seckill-loadtest --base-url "$BASE_URL" --scenario burst \
@@ -129,6 +243,7 @@ target/release/seckill-loadtest --base-url "$BASE_URL" --scenario burst \
     --concurrency 64 --start-delay-ms 2000 --duration-secs 3600 --drain-timeout-secs 900 \
     --out-dir "$OUT_DIR/bigsale-fill"
 fill_secs="$(echo "$(date +%s.%N) - $fill_started" | bc)"
+mark fill_end
 big_event="$(jq -r .event_id "$OUT_DIR/bigsale-fill/report-burst.json")"
 buyers_in_redis="$(rcli --raw eval "return redis.call('HLEN', KEYS[1])" 1 \
     "$(target/release/seckill redis-keys --event "$big_event" --prefix sk | sed -n 3p)")"
@@ -147,6 +262,7 @@ runs_before="$(runs)"
     done
 ) &
 checker=$!
+mark measure_start
 say "measure: a second sale at $RATE purchases/s for ${MEASURE_SECS}s beside the big event"
 set +e
 target/release/seckill-loadtest --base-url "$BASE_URL" --scenario burst \
@@ -156,10 +272,15 @@ target/release/seckill-loadtest --base-url "$BASE_URL" --scenario burst \
     --out-dir "$OUT_DIR/bigsale-measure"
 measure_rc=$?
 set -e
+mark measure_end
 kill "$checker" 2>/dev/null || true
-kill "$poller" 2>/dev/null || true
-wait "$poller" 2>/dev/null || true
+sleep 0.5
+touch "$slow_stop"
+wait "$poller" "$stats_poller" 2>/dev/null || true
 poller=""
+stats_poller=""
+stop_probes
+latency_latest="$(rcli --json latency latest 2>/dev/null || echo '[]')"
 runs_after="$(runs)"
 measure_json="$OUT_DIR/bigsale-measure/report-burst.json"
 
@@ -167,34 +288,34 @@ measure_json="$OUT_DIR/bigsale-measure/report-burst.json"
 sleep 15
 rss_idle_kb="$(rss_kb VmRSS)"
 
-# The slowest commands by kind (script name for EVALSHA), worst first.
-by_kind="$(jq -s --argjson names "$(target/release/seckill lua | jq -R 'split(" ") | {(.[0]): .[1]}' | jq -s add)" '
-    map(. + {kind: (if .cmd == "EVALSHA" then "EVALSHA(\($names[.sha] // .sha[0:8]))" else .cmd end)})
-    | group_by(.kind)
-    | map({kind: .[0].kind, over_100us: length, max_us: (map(.us) | max),
-           p99_of_those_us: (map(.us) | sort | .[(length * 0.99 | floor)])})
-    | sort_by(-.max_us) | .[0:8]' "$slow_file" 2>/dev/null || echo '[]')"
-slowest_us=0
-slowest_cmd=none
-if [[ -s "$slow_file" ]]; then
-    read -r slowest_us slowest_cmd slowest_sha < <(jq -rs 'max_by(.us) | "\(.us) \(.cmd) \(.sha)"' "$slow_file")
-    if [[ "$slowest_cmd" == EVALSHA && -n "${script_name[$slowest_sha]:-}" ]]; then
-        slowest_cmd="EVALSHA(${script_name[$slowest_sha]}.lua)"
-    fi
-fi
+# The slow log judged (scripts/bigsale-slowlog.jq): by kind, every command
+# over the bound beside the machine stall the probes saw at that instant.
+names_json="$(target/release/seckill lua | jq -R 'split(" ") | {(.[0]): .[1]}' | jq -s 'add // {}')"
+stalls_json="$(jq -Rn '[inputs | split(" ") | select(length == 3)
+    | {at_us: (.[0] | tonumber), cpu: .[1], late_us: (.[2] | tonumber)}]' "$stall_file")"
+phases_json="$(jq -Rn '[inputs | split(" ") | {(.[0]): (.[1] | tonumber)}] | add // {}' "$phase_file")"
+slowlog_json="$(jq -n --slurpfile slow "$slow_file" --argjson stalls "$stalls_json" \
+    --argjson phases "$phases_json" --argjson names "$names_json" --argjson bound "$SLOWEST_BOUND_US" \
+    -f scripts/bigsale-slowlog.jq)"
+probes_ran=false
+((${#rt[@]})) && command -v taskset >/dev/null && probes_ran=true
+read -r slowest_us slowest_cmd < <(jq -r '.slowest | "\(.us) \(.command)"' <<<"$slowlog_json")
+read -r own_us own_cmd own_raw_us < <(jq -r '.slowest_own | "\(.own_us) \(.command) \(.us)"' <<<"$slowlog_json")
+if [[ "$probes_ran" != true ]]; then own_us="$slowest_us"; own_cmd="$slowest_cmd"; own_raw_us="$slowest_us"; fi
 p99="$(jq -r '.stats.selling.latency.p99_ms // .stats.latency_all.p99_ms' "$measure_json" 2>/dev/null || echo null)"
 jq -n --argjson buyers "$BUYERS" --argjson buyers_in_redis "${buyers_in_redis:-0}" \
     --argjson fill_secs "$fill_secs" --argjson rate "$RATE" --argjson secs "$MEASURE_SECS" \
     --argjson p99 "${p99:-null}" --argjson passes "$((runs_after - runs_before))" \
-    --argjson slowest_us "$slowest_us" --arg slowest_cmd "${slowest_cmd:-}" \
-    --argjson over_100us "$(wc -l <"$slow_file")" \
+    --argjson slowlog "$slowlog_json" --argjson probes_ran "$probes_ran" \
+    --argjson latency_latest "${latency_latest:-[]}" \
     --argjson rss_start_mb "$((rss_start_kb / 1024))" --argjson rss_peak_mb "$((rss_peak_kb / 1024))" \
     --argjson rss_idle_mb "$((rss_idle_kb / 1024))" \
     --argjson slowest_bound_us "$SLOWEST_BOUND_US" --argjson rss_bound_mb "$RSS_BOUND_MB" \
-    --argjson measure_rc "$measure_rc" --argjson by_kind "$by_kind" --arg priority "${rt[*]:-none}" \
+    --argjson measure_rc "$measure_rc" --arg priority "${rt[*]:-none}" \
     '{buyers: $buyers, buyers_in_redis: $buyers_in_redis, fill_secs: $fill_secs,
       measure: {rate: $rate, secs: $secs, p99_ms: $p99, reconciler_passes: $passes, exit_code: $measure_rc},
-      redis: {priority: $priority, commands_over_100us: $over_100us, slowest_by_kind: $by_kind, slowest_us: $slowest_us, slowest_command: $slowest_cmd, bound_us: $slowest_bound_us},
+      redis: ({priority: $priority, bound_us: $slowest_bound_us, stall_probes: $probes_ran,
+               latency_latest: $latency_latest} + $slowlog),
       engine_rss_mb: {start: $rss_start_mb, peak: $rss_peak_mb, idle_after_sale: $rss_idle_mb, bound: $rss_bound_mb}}' \
     >"$OUT_DIR/bigsale.json"
 cat "$OUT_DIR/bigsale.json"
@@ -204,13 +325,25 @@ if ((measure_rc != 0 && measure_rc != 3)); then
     say "FAIL: the measured sale exited with $measure_rc"
     rc=1
 fi
+# The bound is on a command's own time: its slow-log time less a machine
+# stall measured inside it by the probes (none without them). Both the raw
+# figure and every command over the bound stay in bigsale.json.
 if ((slowest_us > SLOWEST_BOUND_US)); then
-    say "NOT MET: slowest Redis command $slowest_cmd took ${slowest_us} µs (bound ${SLOWEST_BOUND_US} µs)"
+    say "slowest Redis command by the slow log: $slowest_cmd ${slowest_us} µs (bound ${SLOWEST_BOUND_US} µs); the commands over the bound and the machine stall inside each:"
+    # (at most 40 lines, cut in jq: `| head` would end jq with SIGPIPE under pipefail)
+    jq -r '(.over_bound[0:40][] | "  \(.phase) t=\(.t) \(.command) \(.key) \(.us) µs: " +
+        (if .stall then "\(.stall.count) probe stall(s) on \(.stall.cpu), \(.stall.late_us) µs in all, the last at \(.stall.at_us) -> own \(.own_us) µs"
+         else "no machine stall seen -> own \(.own_us) µs" end)),
+        (if (.over_bound | length) > 40 then "  ... and \((.over_bound | length) - 40) more in bigsale.json" else empty end)' \
+        <<<"$slowlog_json"
+fi
+if ((own_us > SLOWEST_BOUND_US)); then
+    say "NOT MET: slowest Redis command by its own time $own_cmd ${own_us} µs (${own_raw_us} µs in the slow log; bound ${SLOWEST_BOUND_US} µs)"
     ((rc)) || rc=3
 fi
 if ((rss_idle_kb / 1024 > RSS_BOUND_MB)); then
     say "NOT MET: engine RSS idle after the sale $((rss_idle_kb / 1024)) MiB (bound ${RSS_BOUND_MB} MiB)"
     ((rc)) || rc=3
 fi
-say "buyers $buyers_in_redis in one event; purchase p99 ${p99} ms at $RATE/s over $((runs_after - runs_before)) reconciler passes; slowest Redis command ${slowest_us} µs ($slowest_cmd); engine RSS idle $((rss_idle_kb / 1024)) MiB (peak $((rss_peak_kb / 1024)))"
+say "buyers $buyers_in_redis in one event; purchase p99 ${p99} ms at $RATE/s over $((runs_after - runs_before)) reconciler passes; slowest Redis command ${slowest_us} µs ($slowest_cmd), by its own time ${own_us} µs ($own_cmd); engine RSS idle $((rss_idle_kb / 1024)) MiB (peak $((rss_peak_kb / 1024)))"
 exit "$rc"

@@ -47,6 +47,8 @@ pub enum Mode {
     Run(Box<RunArgs>),
     /// The macro benchmark.
     Bench(Box<BenchArgs>),
+    /// The machine stall probe.
+    Stalls(StallArgs),
 }
 
 impl Mode {
@@ -65,7 +67,10 @@ impl Mode {
         let mut cmd = Cli::command();
         let mut matches = cmd.try_get_matches_from_mut(args)?;
         let mode = if matches.subcommand_name().is_some() {
-            Command::from_arg_matches_mut(&mut matches).map(|Command::Bench(b)| Mode::Bench(b))
+            Command::from_arg_matches_mut(&mut matches).map(|c| match c {
+                Command::Bench(b) => Mode::Bench(b),
+                Command::Stalls(s) => Mode::Stalls(s),
+            })
         } else {
             RunArgs::from_arg_matches_mut(&mut matches).map(|r| Mode::Run(Box::new(r)))
         };
@@ -98,6 +103,27 @@ enum Command {
     /// Macro benchmark: `/healthz` ceiling, purchases while stock lasts and
     /// after sell-out, as ratios with p99 latencies; writes bench.json.
     Bench(Box<BenchArgs>),
+    /// Machine stall probe: sleeps `--period-us` in a loop and prints every
+    /// wakeup later than `--threshold-us` ("<unix µs> <label> <late µs>"),
+    /// until killed. Run it pinned to one CPU at a real-time priority above
+    /// the process under test (`taskset -c 0 chrt -f 20 ...`): it is then
+    /// late only when that CPU ran nothing else (the vCPU was not running,
+    /// or the kernel would not let go), never because of a user-space task.
+    Stalls(StallArgs),
+}
+
+/// Flags of `stalls`.
+#[derive(Debug, Clone, Args)]
+pub struct StallArgs {
+    /// Sleep between two wakeups (µs).
+    #[arg(long, default_value_t = 250)]
+    pub period_us: u64,
+    /// Print wakeups later than this (µs).
+    #[arg(long, default_value_t = 500)]
+    pub threshold_us: u64,
+    /// Label printed on every line (the CPU it is pinned to).
+    #[arg(long, default_value = "cpu")]
+    pub label: String,
 }
 
 /// How to reach the engine and act on it: the same flags in every mode.
@@ -406,6 +432,18 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn stalls_takes_no_secrets_and_has_its_defaults() {
+        let mode = Mode::try_parse_from(["seckill-loadtest", "stalls", "--label", "cpu1"]).unwrap();
+        let Mode::Stalls(args) = mode else {
+            panic!("`stalls` parsed as another mode");
+        };
+        assert_eq!(
+            (args.period_us, args.threshold_us, args.label.as_str()),
+            (250, 500, "cpu1")
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod plan;
 mod report;
 mod sale;
 mod schedule;
+mod stalls;
 mod stats;
 mod stock;
 mod threshold;
@@ -41,6 +42,7 @@ use cli::{Exit, Mode};
 async fn main() -> ExitCode {
     let result = match Mode::parse() {
         Mode::Bench(args) => bench::run(*args).await,
+        Mode::Stalls(args) => stalls::run(&args),
         Mode::Run(args) => match plan::Plan::from_args(*args) {
             Ok(plan) => sale::run(plan).await,
             Err(err) => {
