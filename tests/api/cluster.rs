@@ -3,7 +3,6 @@
 //! whose hash tags live on different nodes.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -21,19 +20,7 @@ struct Cluster {
     dir: PathBuf,
 }
 
-/// A port whose cluster bus port (+10000) is free too.
-fn spare_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
+use crate::ports::free_cluster_port as spare_port;
 
 fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")

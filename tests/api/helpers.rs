@@ -507,11 +507,7 @@ pub struct LocalRedis {
 
 impl LocalRedis {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::free_port();
         let dir = std::env::temp_dir().join(format!("seckill-redis-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = std::process::Command::new("redis-server")

@@ -21,6 +21,8 @@ mod openapi;
 mod operator_orders;
 mod ops;
 mod outbox;
+#[path = "../common/ports.rs"]
+mod ports;
 mod proxies;
 mod purchase;
 mod ratelimit;

@@ -6,7 +6,6 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom},
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -22,13 +21,7 @@ use uuid::Uuid;
 pub const ADMIN_TOKEN: &str = "fault-suite-admin-token-0123456789";
 pub const JWT_SECRET: &str = "fault-suite-jwt-secret-0123456789abcdef";
 
-/// A loopback port nobody listened on a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// The last `lines` lines of a log file, for failure reports.
 pub fn tail(path: &Path, lines: usize) -> String {

@@ -17,6 +17,8 @@ mod lifecycle;
 mod load;
 mod nats;
 mod outbox;
+#[path = "../common/ports.rs"]
+mod ports;
 mod refunds;
 mod scenario;
 mod verdict;

@@ -8,6 +8,8 @@
 mod balancer;
 mod metrics;
 mod multi_master;
+#[path = "../common/ports.rs"]
+mod ports;
 mod redis_cluster;
 mod rig;
 mod rules;

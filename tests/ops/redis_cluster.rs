@@ -12,7 +12,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -21,19 +20,7 @@ use std::{
 /// All the hash slots of a cluster.
 pub const SLOTS: u16 = 16_384;
 
-/// A loopback port whose cluster bus port (+10000) is free too.
-pub fn spare_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use crate::ports::free_cluster_port as spare_port;
 
 /// `redis-cli -p <port> <args>`: its stdout ("" when the node is down).
 pub fn cli(port: u16, args: &[&str]) -> String {

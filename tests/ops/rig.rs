@@ -7,7 +7,6 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::Read,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -21,13 +20,7 @@ use uuid::Uuid;
 pub const ADMIN_TOKEN: &str = "ops-suite-admin-token-0123456789";
 pub const JWT_SECRET: &str = "ops-suite-jwt-secret-0123456789abcdef012";
 
-/// A loopback port nobody listened on a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
+pub use crate::ports::free_port;
 
 fn admin_db_url() -> String {
     std::env::var("SECKILL_TEST_DATABASE_URL")
