@@ -45,7 +45,9 @@ export SECKILL_JWT_SECRET="browser-check-jwt-secret-0123456789abcdef"
 admin_url="${SECKILL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db="seckill_browser_$$"
 export SECKILL_DATABASE_URL="${admin_url%/*}/$db"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# shellcheck source=scripts/engine.sh
+source scripts/engine.sh
+port="$(free_port)"
 base="http://127.0.0.1:$port"
 log="$WORK/engine.log"
 

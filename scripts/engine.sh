@@ -4,6 +4,7 @@
 #                                                   # (ENGINE_BIN: another build than target/release/seckill)
 #                                                   # (with "${engine_serve_args[@]}" if set)
 #   engine_stop TAG                                 # SIGTERM, wait for the drain, SIGKILL after 30 s
+#   free_port                                       # prints a loopback port for an engine
 # The engine's pid is in $engine_pid while it runs.
 
 READY_SECS="${READY_SECS:-30}"
@@ -52,4 +53,22 @@ engine_stop() {
         wait "$engine_pid" 2>/dev/null || true
     fi
     engine_pid=""
+}
+
+# A loopback port free a moment ago, drawn below the kernel's ephemeral range
+# (32768-60999 by default) as tests/common/ports.rs does: one from bind(:0)
+# lies inside it and may be taken by an outgoing connection before the
+# engine binds it.
+free_port() {
+    python3 -c '
+import random, socket
+while True:
+    port = random.randrange(12000, 22000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break'
 }

@@ -62,7 +62,7 @@ else
     cargo build -q --bin seckill
 fi
 ENGINE_BIN="target/$PROFILE/seckill"
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
 ADMIN_TOKEN="fuzz-admin-$(openssl rand -hex 16 2>/dev/null || echo "$RUN_ID-0123456789")"
 JWT_SECRET="fuzz-jwt-secret-$(openssl rand -hex 24 2>/dev/null || echo "$RUN_ID-0123456789abcdef0123456789")"
