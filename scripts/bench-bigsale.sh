@@ -64,8 +64,6 @@ export SECKILL_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 # ids restart at 1 in every fresh database: in the shared stream the fill's
 # stream check would count an earlier run's events of event 1 as foreign).
 NATS_URL="${SECKILL_TEST_NATS_URL:-nats://127.0.0.1:4222}"
-NATS_HOSTPORT="${NATS_URL#nats://}"
-NATS_HOSTPORT="${NATS_HOSTPORT%%/*}"
 export SECKILL_NATS_URL="$NATS_URL"
 stream="SECKILL_BIGSALE_$$"
 export SECKILL_NATS_STREAM="$stream" SECKILL_NATS_SUBJECT_PREFIX="bench.bigsale.$$"
@@ -81,21 +79,9 @@ db_created=""
 poller=""
 stats_poller=""
 stall_probes=()
-# Called by the EXIT trap.
-# shellcheck disable=SC2317
-# Deletes this run's JetStream stream ($JS.API.STREAM.DELETE over the NATS
-# protocol on a plain TCP connection, as scripts/bench-buckets.sh does).
+# This run's stream, deleted once (nats_delete_stream, scripts/engine.sh).
 delete_stream() {
-    [[ -n "$stream" ]] || return 0
-    local reply
-    if exec 3<>"/dev/tcp/${NATS_HOSTPORT%:*}/${NATS_HOSTPORT##*:}" 2>/dev/null; then
-        # shellcheck disable=SC2016  # $JS is a NATS subject, not a variable
-        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bs 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bs 0\r\n\r\n' \
-            "$stream" >&3
-        reply="$(timeout 5 grep -m1 -a -o '"success":true' <&3 || true)"
-        exec 3<&- 3>&-
-        [[ -n "$reply" ]] || say "could not delete NATS stream $stream" >&2
-    fi
+    if [[ -n "$stream" ]]; then nats_delete_stream "$NATS_URL" "$stream"; fi
     stream=""
 }
 stop_probes() {
@@ -103,6 +89,8 @@ stop_probes() {
     for p in "${stall_probes[@]}"; do kill "$p" 2>/dev/null || true; done
     stall_probes=()
 }
+# Called by the EXIT trap.
+# shellcheck disable=SC2317
 cleanup() {
     if [[ -n "${slow_stop:-}" ]]; then touch "$slow_stop" 2>/dev/null || true; fi
     if [[ -n "$poller" ]]; then kill "$poller" 2>/dev/null || true; fi

@@ -52,8 +52,6 @@ CLK_TCK="$(getconf CLK_TCK)"
 # Each run's order events go to a stream of its own (event ids restart at 1 in
 # every fresh database, so a shared stream would mix runs); deleted after it.
 NATS_URL="${SECKILL_TEST_NATS_URL:-nats://127.0.0.1:4222}"
-NATS_HOSTPORT="${NATS_URL#nats://}"
-NATS_HOSTPORT="${NATS_HOSTPORT%%/*}"
 export SECKILL_NATS_URL="$NATS_URL"
 
 say() { echo "buckets: $*"; }
@@ -70,19 +68,9 @@ source scripts/engine.sh
 ports=()
 db=""
 stream=""
-# Deletes this run's JetStream stream ($JS.API.STREAM.DELETE over the NATS
-# protocol on a plain TCP connection: no NATS client is needed).
+# This run's stream, deleted once (nats_delete_stream, scripts/engine.sh).
 delete_stream() {
-    [[ -n "$stream" ]] || return 0
-    local reply
-    if exec 3<>"/dev/tcp/${NATS_HOSTPORT%:*}/${NATS_HOSTPORT##*:}" 2>/dev/null; then
-        # shellcheck disable=SC2016  # $JS is a NATS subject, not a variable
-        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.bb 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.bb 0\r\n\r\n' \
-            "$stream" >&3
-        reply="$(timeout 5 grep -m1 -a -o '"success":true' <&3 || true)"
-        exec 3<&- 3>&-
-        [[ -n "$reply" ]] || say "could not delete NATS stream $stream" >&2
-    fi
+    if [[ -n "$stream" ]]; then nats_delete_stream "$NATS_URL" "$stream"; fi
     stream=""
 }
 # Between runs and at exit.

@@ -5,6 +5,7 @@
 #                                                   # (with "${engine_serve_args[@]}" if set)
 #   engine_stop TAG                                 # SIGTERM, wait for the drain, SIGKILL after 30 s
 #   free_port                                       # prints a loopback port for an engine
+#   nats_delete_stream NATS_URL STREAM              # deletes a JetStream stream a run made
 # The engine's pid is in $engine_pid while it runs.
 
 READY_SECS="${READY_SECS:-30}"
@@ -71,4 +72,22 @@ while True:
             continue
     print(port)
     break'
+}
+
+# Deletes a JetStream stream ($JS.API.STREAM.DELETE over the NATS protocol on
+# a plain TCP connection: no NATS client is needed). Says so when NATS
+# answered but did not delete it.
+nats_delete_stream() {
+    local hostport="${1#nats://}" stream="$2" reply=""
+    hostport="${hostport%%/*}"
+    # The braces keep 2>/dev/null to the connect: on a bare `exec`, it would
+    # silence the calling script's stderr from here on.
+    if { exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}"; } 2>/dev/null; then
+        # shellcheck disable=SC2016  # $JS is a NATS subject, not a variable
+        printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.del 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.del 0\r\n\r\n' \
+            "$stream" >&3
+        reply="$(timeout 5 grep -m1 -a -o '"success":true' <&3 || true)"
+        exec 3<&- 3>&-
+        [[ -n "$reply" ]] || echo "could not delete NATS stream $stream" >&2
+    fi
 }
