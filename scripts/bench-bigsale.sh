@@ -215,7 +215,9 @@ poller=$!
 # (`seckill-loadtest stalls`). Only meaningful when Redis itself runs at
 # real-time priority (then nothing in user space can delay either).
 stall_probes=()
+probes_ran=false
 if ((${#rt[@]})) && command -v taskset >/dev/null; then
+    probes_ran=true
     for cpu in $(seq 0 $(($(nproc) - 1))); do
         taskset -c "$cpu" chrt -f 20 target/release/seckill-loadtest stalls \
             --label "cpu$cpu" --threshold-us 500 >>"$stall_file" 2>/dev/null &
@@ -285,8 +287,6 @@ phases_json="$(jq -Rn '[inputs | split(" ") | {(.[0]): (.[1] | tonumber)}] | add
 slowlog_json="$(jq -n --slurpfile slow "$slow_file" --argjson stalls "$stalls_json" \
     --argjson phases "$phases_json" --argjson names "$names_json" --argjson bound "$SLOWEST_BOUND_US" \
     -f scripts/bigsale-slowlog.jq)"
-probes_ran=false
-((${#rt[@]})) && command -v taskset >/dev/null && probes_ran=true
 read -r slowest_us slowest_cmd < <(jq -r '.slowest | "\(.us) \(.command)"' <<<"$slowlog_json")
 read -r own_us own_cmd own_raw_us < <(jq -r '.slowest_own | "\(.own_us) \(.command) \(.us)"' <<<"$slowlog_json")
 if [[ "$probes_ran" != true ]]; then own_us="$slowest_us"; own_cmd="$slowest_cmd"; own_raw_us="$slowest_us"; fi

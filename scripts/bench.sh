@@ -151,7 +151,6 @@ fi
 # judged on the median of the runs (scripts/bench-spread.jq prints the spread).
 http_rc=skipped
 if part http; then
-    target/release/seckill migrate
     if curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null; then
         say "something already answers on $BASE_URL; stop it first" >&2
         exit 1
