@@ -75,7 +75,7 @@ pub use transfer::PendingTransfer;
 pub const MOST_PER_CALL: usize = 32;
 
 /// A Redis failure; every variant answers 503 at the HTTP edge.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("redis unavailable: {0}")]
     Unavailable(#[from] fred::error::Error),
@@ -90,6 +90,8 @@ pub struct Redis {
     config: Config,
     keys: Keys,
     scripts: Arc<Scripts>,
+    /// Purchases waiting for their bucket's next `purchase.lua` call.
+    lanes: Arc<purchase::Lanes>,
 }
 
 impl Redis {
@@ -136,6 +138,7 @@ impl Redis {
             config,
             keys: Keys::new(prefix),
             scripts: Arc::new(Scripts::default()),
+            lanes: Arc::default(),
         };
         loop {
             match redis.load_scripts().await {
