@@ -174,7 +174,7 @@ fn main() {
         let (persisted,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders o JOIN payments p USING (order_no) JOIN wallet_debits d USING (order_no) JOIN wallet_ledger l ON l.order_no = o.order_no AND l.kind = 'purchase' WHERE o.status = 'confirmed'").fetch_one(&db).await.unwrap();
         let expected = ORDERS * runs as i64 + BASELINE_ORDERS;
         assert_eq!(persisted, expected, "every order persisted with its payment, debit and ledger row");
-        let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE kind = 'order.confirmed'").fetch_one(&db).await.unwrap();
+        let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox_events WHERE kind = 'order.confirmed'").fetch_one(&db).await.unwrap();
         assert_eq!(outbox, expected, "every order with its outbox row");
 
         println!("writer drain (fsync={fsync}, synchronous_commit={sync_commit}; each order with versioned wallet debit, payment, wallet-ledger row, outbox row, sold bump; admission + ack in Redis)");

@@ -5,6 +5,7 @@
 //! got, so what the broker carries is exactly what was committed.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -30,52 +31,27 @@ const PAYLOAD_SQL: &str = "jsonb_build_object(
     'failure_reason', failure_reason, 'accepted_at', created_at,
     'committed_at', clock_timestamp())";
 
-/// An order's new state, as the writer committed it.
-#[derive(Clone, Copy, Debug)]
-pub struct OrderEvent<'a> {
-    pub order_no: Uuid,
-    pub event_id: i64,
-    pub user_id: i64,
-    pub quantity: i32,
-    pub amount: i64,
-    /// When Redis accepted the purchase (`orders.created_at`).
-    pub accepted_at: DateTime<Utc>,
-    /// `None`: confirmed.
-    pub failure_reason: Option<&'a str>,
-}
-
-impl OrderEvent<'_> {
-    pub fn kind(&self) -> &'static str {
-        match self.failure_reason {
-            None => kind::CONFIRMED,
-            Some(_) => kind::FAILED,
-        }
-    }
-}
-
-/// Records the events of a batch: one statement, whatever its size.
-pub async fn record(db: impl PgExecutor<'_>, events: &[OrderEvent<'_>]) -> Result<(), DbError> {
-    if events.is_empty() {
+/// Records the events of a writer batch: one `order.batch` row per event
+/// with the order_nos the batch inserted, in one statement. Each order's
+/// state and payload are read back from its row by the relay (see the
+/// migration `outbox_batch_rows`).
+pub async fn record_batch(
+    db: impl PgExecutor<'_>,
+    inserted: &[(i64, Uuid)],
+) -> Result<(), DbError> {
+    if inserted.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO outbox (order_no, event_id, kind, payload)
-         SELECT order_no, event_id, kind, {PAYLOAD_SQL}
-         FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[])
-              AS t(order_no, event_id, user_id, quantity, amount, kind, failure_reason, created_at),
-              LATERAL (SELECT CASE WHEN failure_reason IS NULL THEN 'confirmed' ELSE 'failed' END AS status) s"
-    );
-    sqlx::query(&sql)
-        .bind(events.iter().map(|e| e.order_no).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.user_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.quantity).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.amount).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.kind()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.failure_reason).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.accepted_at).collect::<Vec<_>>())
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, kind, order_nos)
+         SELECT e, 'order.batch', array_agg(o ORDER BY n)
+         FROM UNNEST($1::int8[], $2::uuid[]) WITH ORDINALITY AS t(e, o, n)
+         GROUP BY e ORDER BY e",
+    )
+    .bind(inserted.iter().map(|(e, _)| *e).collect::<Vec<_>>())
+    .bind(inserted.iter().map(|(_, o)| *o).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -113,9 +89,11 @@ pub(super) fn with_event_of_inserted(insert_returning_order: &str, kind: &str) -
     )
 }
 
-/// An event the relay still owes the broker.
-#[derive(Clone, Debug, FromRow)]
+/// One order event the relay owes the broker (a row, or one order of a
+/// writer batch's row).
+#[derive(Clone, Debug)]
 pub struct Unpublished {
+    /// The outbox row it comes from.
     pub id: i64,
     pub order_no: Uuid,
     pub event_id: i64,
@@ -124,13 +102,101 @@ pub struct Unpublished {
     pub payload: String,
 }
 
+/// A row the relay still owes the broker: one order event, or a writer
+/// batch's (`order_nos`), which [`batch_events`] expands.
+#[derive(Clone, Debug, FromRow)]
+pub struct UnpublishedRow {
+    pub id: i64,
+    pub event_id: i64,
+    pub kind: String,
+    pub order_no: Option<Uuid>,
+    /// The JSON payload, as text (published as is).
+    pub payload: Option<String>,
+    pub order_nos: Option<Vec<Uuid>>,
+}
+
 /// The oldest unpublished rows, in id order.
-pub async fn unpublished(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Unpublished>, DbError> {
+pub async fn unpublished(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<UnpublishedRow>, DbError> {
     Ok(sqlx::query_as(
-        "SELECT id, order_no, event_id, kind, payload::text AS payload FROM outbox
+        "SELECT id, event_id, kind, order_no, payload::text AS payload, order_nos FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// What a writer batch committed for one order: its event's payload fields.
+#[derive(Clone, Debug, FromRow)]
+pub struct PersistedOrder {
+    pub order_no: Uuid,
+    pub event_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub amount: i64,
+    pub failure_reason: Option<String>,
+    /// When Redis accepted it.
+    pub created_at: DateTime<Utc>,
+    /// When the writer's statement inserted it (the batch's commit follows).
+    pub persisted_at: DateTime<Utc>,
+}
+
+impl PersistedOrder {
+    /// `order.confirmed` or `order.failed`: how the writer persisted it (a
+    /// later cancellation or refund is an event of its own).
+    pub fn kind(&self) -> &'static str {
+        match self.failure_reason {
+            None => kind::CONFIRMED,
+            Some(_) => kind::FAILED,
+        }
+    }
+
+    /// The event's JSON payload, with the fields and values of
+    /// `outbox_events` (timestamps in RFC 3339).
+    pub fn payload(&self) -> String {
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            kind: &'a str,
+            order_no: Uuid,
+            event_id: i64,
+            user_id: i64,
+            quantity: i32,
+            amount: i64,
+            status: &'a str,
+            failure_reason: Option<&'a str>,
+            accepted_at: DateTime<Utc>,
+            committed_at: DateTime<Utc>,
+        }
+        let kind = self.kind();
+        serde_json::to_string(&Payload {
+            kind,
+            order_no: self.order_no,
+            event_id: self.event_id,
+            user_id: self.user_id,
+            quantity: self.quantity,
+            amount: self.amount,
+            status: kind.strip_prefix("order.").unwrap_or(kind),
+            failure_reason: self.failure_reason.as_deref(),
+            accepted_at: self.created_at,
+            committed_at: self.persisted_at,
+        })
+        .expect("a payload of plain fields serializes")
+    }
+}
+
+/// The orders of writer batches' rows, in one statement.
+pub async fn batch_events(
+    db: impl PgExecutor<'_>,
+    order_nos: &[Uuid],
+) -> Result<Vec<PersistedOrder>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT order_no, event_id, user_id, quantity, amount, failure_reason, created_at, persisted_at
+         FROM orders WHERE order_no = ANY($1)",
+    )
+    .bind(order_nos)
     .fetch_all(db)
     .await?)
 }
@@ -153,12 +219,13 @@ pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), 
 /// and the cost of a measure stays bounded (a relay switched off for days).
 pub const BACKLOG_COUNT_CAP: i64 = 100_000;
 
-/// What the relay owes: unpublished rows (at most [`BACKLOG_COUNT_CAP`]) and
-/// the age of the oldest, in seconds. Both walk the partial index of
-/// unpublished rows only.
+/// What the relay owes: unpublished order events (counted over at most
+/// [`BACKLOG_COUNT_CAP`] rows) and the age of the oldest, in seconds. Both
+/// walk the partial index of unpublished rows only.
 pub async fn backlog(db: impl PgExecutor<'_>) -> Result<(i64, f64), DbError> {
     Ok(sqlx::query_as(
-        "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT $1) t),
+        "SELECT (SELECT coalesce(sum(coalesce(cardinality(order_nos), 1)), 0)::int8
+                 FROM (SELECT order_nos FROM outbox WHERE published_at IS NULL LIMIT $1) t),
                 coalesce((SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox
                           WHERE published_at IS NULL ORDER BY id LIMIT 1), 0)",
     )
@@ -192,9 +259,46 @@ pub async fn of_event(
     event_id: i64,
 ) -> Result<Vec<(i64, Uuid, String, Option<DateTime<Utc>>)>, DbError> {
     Ok(sqlx::query_as(
-        "SELECT id, order_no, kind, published_at FROM outbox WHERE event_id = $1 ORDER BY id",
+        "SELECT id, order_no, kind, published_at FROM outbox_events WHERE event_id = $1 ORDER BY id, order_no",
     )
     .bind(event_id)
     .fetch_all(db)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_order_event_carries_the_fields_of_outbox_events() {
+        let at = DateTime::parse_from_rfc3339("2026-12-07T22:40:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut order = PersistedOrder {
+            order_no: Uuid::nil(),
+            event_id: 7,
+            user_id: 42,
+            quantity: 2,
+            amount: 300,
+            failure_reason: None,
+            created_at: at,
+            persisted_at: at,
+        };
+        let confirmed: serde_json::Value = serde_json::from_str(&order.payload()).unwrap();
+        assert_eq!(
+            confirmed,
+            serde_json::json!({
+                "kind": "order.confirmed", "order_no": Uuid::nil(), "event_id": 7, "user_id": 42,
+                "quantity": 2, "amount": 300, "status": "confirmed", "failure_reason": null,
+                "accepted_at": "2026-12-07T22:40:00.123456Z", "committed_at": "2026-12-07T22:40:00.123456Z",
+            })
+        );
+        order.failure_reason = Some("insufficient_funds".into());
+        let failed: serde_json::Value = serde_json::from_str(&order.payload()).unwrap();
+        assert_eq!(
+            (order.kind(), &failed["status"], &failed["failure_reason"]),
+            (kind::FAILED, &"failed".into(), &"insufficient_funds".into())
+        );
+    }
 }

@@ -10,12 +10,16 @@
 //! one message for the broker (same `Nats-Msg-Id` within the duplicate
 //! window). The lock only spares the duplicate work.
 //!
-//! A step: the oldest unpublished rows (id order), at most one per order
-//! (a later state of an order waits for the next step), published pipelined,
-//! every acknowledgement awaited, then the acknowledged rows stamped
+//! A step: the oldest unpublished rows (id order), each expanded into its
+//! order events (a writer batch's row names the orders it inserted, one
+//! message each, read back from `orders`; a cancellation's or refund's row is
+//! one event), at most one message per order (a later state of an order
+//! waits for the next step), published pipelined, every acknowledgement
+//! awaited, then the rows whose every message was acknowledged stamped
 //! `published_at`. A failure (NATS down, restarting, no stream) stops the
-//! step; the rows not stamped are published again after a backoff. The
-//! purchase path never waits for any of this: it only writes rows.
+//! step; the rows not stamped are published again after a backoff (the
+//! broker drops what it already has). The purchase path never waits for any
+//! of this: it only writes rows.
 //!
 //! Published rows older than `SECKILL_OUTBOX_KEEP_MINUTES` are deleted by
 //! the leader in bounded chunks. Every process reports the backlog and the
@@ -25,7 +29,7 @@ pub mod broker;
 pub mod reader;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::atomic::{AtomicI64, AtomicU64, Ordering},
     sync::Arc,
     time::Duration,
@@ -33,6 +37,7 @@ use std::{
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     config::OutboxSettings,
@@ -41,8 +46,11 @@ use crate::{
 };
 use broker::{Broker, BrokerError};
 
-/// Most rows published in one step.
-const BATCH: i64 = 512;
+/// Most outbox rows read in one step (a writer batch's row holds up to
+/// `SECKILL_BATCH_MAX` order events).
+const ROWS: i64 = 512;
+/// A step stops taking rows once they hold this many order events.
+const MESSAGES: usize = 2_048;
 /// Pause when nothing is owed.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Pause when another process relays.
@@ -161,7 +169,7 @@ impl Relay {
                         last_cleanup = tokio::time::Instant::now();
                         self.clean_up().await;
                     }
-                    if n as i64 >= BATCH / 2 {
+                    if n >= MESSAGES / 4 {
                         Duration::ZERO
                     } else {
                         IDLE_POLL
@@ -194,17 +202,89 @@ impl Relay {
         if !self.lock.hold().await? {
             return Ok(Step::Follower);
         }
-        let rows = first_per_order(db::outbox::unpublished(&self.db, BATCH).await?);
+        let rows = db::outbox::unpublished(&self.db, ROWS).await?;
         if rows.is_empty() {
             return Ok(Step::Idle);
         }
-        let (stored, error) = broker.publish(&rows).await;
-        db::outbox::mark_published(&self.db, &stored).await?;
+        let (messages, owed) = self.expand(rows).await?;
+        let (stored, error) = broker.publish(&first_per_order(messages)).await;
+        let published = fully_stored(&owed, &stored);
+        db::outbox::mark_published(&self.db, &published).await?;
         metrics::counter!("seckill_outbox_published_total").increment(stored.len() as u64);
         match error {
             Some(err) => Err(err.into()),
             None => Ok(Step::Published(stored.len())),
         }
+    }
+
+    /// The messages of `rows` in row order, cut after the row that reaches
+    /// [`MESSAGES`], and how many each row owes. A writer batch's row gives
+    /// one message per order, its state and payload read from the order row.
+    async fn expand(
+        &self,
+        rows: Vec<db::outbox::UnpublishedRow>,
+    ) -> Result<(Vec<Unpublished>, Vec<(i64, usize)>), RelayError> {
+        let mut take = 0;
+        let mut counted = 0;
+        for row in &rows {
+            take += 1;
+            counted += row.order_nos.as_ref().map_or(1, Vec::len);
+            if counted >= MESSAGES {
+                break;
+            }
+        }
+        let rows = &rows[..take];
+        let in_batches: Vec<Uuid> = rows
+            .iter()
+            .filter_map(|r| r.order_nos.as_ref())
+            .flatten()
+            .copied()
+            .collect();
+        let mut persisted: HashMap<Uuid, db::outbox::PersistedOrder> = if in_batches.is_empty() {
+            HashMap::new()
+        } else {
+            db::outbox::batch_events(&self.db, &in_batches)
+                .await?
+                .into_iter()
+                .map(|o| (o.order_no, o))
+                .collect()
+        };
+        let mut messages = Vec::with_capacity(counted);
+        let mut owed = Vec::with_capacity(rows.len());
+        for row in rows {
+            match (&row.order_nos, row.order_no, &row.payload) {
+                (Some(order_nos), _, _) => {
+                    let before = messages.len();
+                    for order_no in order_nos {
+                        // Written in the same transaction as the row: always there.
+                        let Some(order) = persisted.remove(order_no) else {
+                            tracing::error!(%order_no, row = row.id, "outbox batch names an order that is not in orders");
+                            continue;
+                        };
+                        messages.push(Unpublished {
+                            id: row.id,
+                            order_no: order.order_no,
+                            event_id: order.event_id,
+                            kind: order.kind().to_owned(),
+                            payload: order.payload(),
+                        });
+                    }
+                    owed.push((row.id, messages.len() - before));
+                }
+                (None, Some(order_no), Some(payload)) => {
+                    messages.push(Unpublished {
+                        id: row.id,
+                        order_no,
+                        event_id: row.event_id,
+                        kind: row.kind.clone(),
+                        payload: payload.clone(),
+                    });
+                    owed.push((row.id, 1));
+                }
+                _ => tracing::error!(row = row.id, "outbox row of neither form"),
+            }
+        }
+        Ok((messages, owed))
     }
 
     /// Deletes published rows past the retention, a chunk at a time.
@@ -230,8 +310,21 @@ impl Relay {
     }
 }
 
-/// Keeps the first (oldest) row of each order: a later state of an order is
-/// published only after the earlier one was acknowledged and stamped.
+/// The rows every message of which the broker stored (a row held back in
+/// part by [`first_per_order`] is published again, whole, next time).
+fn fully_stored(owed: &[(i64, usize)], stored: &[i64]) -> Vec<i64> {
+    let mut per_row: HashMap<i64, usize> = HashMap::with_capacity(owed.len());
+    for id in stored {
+        *per_row.entry(*id).or_default() += 1;
+    }
+    owed.iter()
+        .filter(|(id, n)| per_row.get(id).copied().unwrap_or(0) == *n)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Keeps the first (oldest) message of each order: a later state of an order
+/// is published only after the earlier one was acknowledged and stamped.
 fn first_per_order(rows: Vec<Unpublished>) -> Vec<Unpublished> {
     let mut seen = HashSet::with_capacity(rows.len());
     rows.into_iter()

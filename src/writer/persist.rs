@@ -7,9 +7,10 @@
 //! is a conflict, counted and retried with a fresh read. Everything goes in as
 //! arrays (`UNNEST`), a statement per step, not per row (see `db/`).
 //!
-//! The same transaction writes one outbox row per order it inserted
-//! (`order.confirmed` or `order.failed`, see [`crate::outbox`]); a replayed
-//! order inserts nothing, so it owes no second event.
+//! The same transaction writes the outbox row of the orders it inserted
+//! (one per event, naming them; the relay publishes `order.confirmed` or
+//! `order.failed` for each, see [`crate::outbox`]); a replayed order inserts
+//! nothing, so it owes no second event.
 //!
 //! After commit the batch is settled in Redis ([`super::settle`]). A crash
 //! between commit and settle leaves the intents pending; the reconciler finds
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use super::{admission, settle::Settlement};
 use crate::{
-    db::{self, money::Debit, outbox::OrderEvent, wallets::PlannedDebit, DbError},
+    db::{self, money::Debit, wallets::PlannedDebit, DbError},
     intent::{Intent, Settled, INSUFFICIENT_FUNDS, NO_WALLET, STOCK_LOST},
     redis::{Redis, RedisError},
 };
@@ -122,6 +123,11 @@ pub async fn persist_batch(
     event_ids.sort_unstable();
     event_ids.dedup();
     let unsold = db::events::share_for_batch(&mut *tx, &event_ids).await?;
+    // The orders' events exist, and stay while this transaction holds their
+    // rows (checked here once, not by a foreign key per order).
+    if let Some(&missing) = event_ids.iter().find(|e| !unsold.contains_key(e)) {
+        return Err(DbError::UnknownEvent(missing).into());
+    }
     let refused = match admission {
         Some(redis) => admission::refused(redis, &batch).await?,
         None => HashSet::new(),
@@ -165,21 +171,11 @@ pub async fn persist_batch(
     result.version_conflicts = conflicts;
     db::money::insert(&mut tx, &debits).await?;
     db::orders::mark_failed(&mut *tx, &failed).await?;
-    // The orders' events for the broker, committed with them (one statement),
-    // before the `sold` UPDATE so the event row's lock is held no longer.
-    let events: Vec<OrderEvent> = fresh
-        .iter()
-        .map(|i| OrderEvent {
-            order_no: i.order_no,
-            event_id: i.event_id,
-            user_id: i.user_id,
-            quantity: i.quantity,
-            amount: i.amount,
-            accepted_at: i.accepted_at,
-            failure_reason: failed.get(&i.order_no).copied(),
-        })
-        .collect();
-    db::outbox::record(&mut *tx, &events).await?;
+    // The orders' events for the broker, committed with them (one row per
+    // event; the relay reads each order's state back from its row), before
+    // the `sold` UPDATE so the event row's lock is held no longer.
+    let inserted: Vec<(i64, Uuid)> = fresh.iter().map(|i| (i.event_id, i.order_no)).collect();
+    db::outbox::record_batch(&mut *tx, &inserted).await?;
     let mut sold: BTreeMap<i64, i64> = BTreeMap::new();
     for intent in fresh.iter().filter(|i| !failed.contains_key(&i.order_no)) {
         *sold.entry(intent.event_id).or_default() += intent.quantity as i64;

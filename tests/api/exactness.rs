@@ -416,12 +416,13 @@ async fn a_resumed_attempt_redis_refuses_is_void_so_no_late_copy_confirms_it() {
     assert_eq!(result.already[0].1.as_deref(), Some("not_accepted"));
     assert_eq!(wallet(&app, 1).await, (1_000, 0), "never charged");
     // The void was an order state: its one event, written with it.
-    let events: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT kind, payload->>'failure_reason' FROM outbox WHERE order_no = $1")
-            .bind(first)
-            .fetch_all(&app.db)
-            .await
-            .unwrap();
+    let events: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT kind, payload->>'failure_reason' FROM outbox_events WHERE order_no = $1",
+    )
+    .bind(first)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
     assert_eq!(
         events,
         vec![("order.failed".to_owned(), Some("not_accepted".to_owned()))]

@@ -22,7 +22,7 @@ fn nats_url() -> String {
 async fn mismatched_events(db: &sqlx::PgPool, event_id: i64) -> Vec<(Uuid, i64)> {
     sqlx::query_as(
         "SELECT o.order_no, count(x.id) FROM orders o
-         LEFT JOIN outbox x ON x.order_no = o.order_no
+         LEFT JOIN outbox_events x ON x.order_no = o.order_no
               AND x.kind = 'order.' || o.status
               AND x.payload->>'status' = o.status
               AND (x.payload->>'amount')::int8 = o.amount
@@ -61,8 +61,8 @@ async fn every_persisted_order_state_has_exactly_one_event() {
 
     let (orders, events, failed_events): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM orders WHERE event_id = $1),
-                (SELECT count(*) FROM outbox WHERE event_id = $1),
-                (SELECT count(*) FROM outbox WHERE event_id = $1 AND kind = 'order.failed')",
+                (SELECT count(*) FROM outbox_events WHERE event_id = $1),
+                (SELECT count(*) FROM outbox_events WHERE event_id = $1 AND kind = 'order.failed')",
     )
     .bind(sale.id)
     .fetch_one(&app.db)
@@ -96,8 +96,11 @@ async fn every_persisted_order_state_has_exactly_one_event() {
     persist_batch(&app.db, &[replayed], None).await.unwrap();
     assert_eq!(mismatched_events(&app.db, sale.id).await, vec![]);
     assert_eq!(
-        app.scalar("SELECT count(*) FROM outbox WHERE event_id = $1", sale.id)
-            .await,
+        app.scalar(
+            "SELECT count(*) FROM outbox_events WHERE event_id = $1",
+            sale.id
+        )
+        .await,
         accepted_total
     );
     app.cleanup().await;
@@ -128,12 +131,13 @@ async fn a_rolled_back_batch_leaves_no_event() {
     // (stock_lost), with its order.failed event, uncharged.
     let result = persist_batch(&app.db, &[intent], None).await.unwrap();
     assert_eq!(result.failed.len(), 1);
-    let (kind, reason): (String, Option<String>) =
-        sqlx::query_as("SELECT kind, payload->>'failure_reason' FROM outbox WHERE order_no = $1")
-            .bind(intent.order_no)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let (kind, reason): (String, Option<String>) = sqlx::query_as(
+        "SELECT kind, payload->>'failure_reason' FROM outbox_events WHERE order_no = $1",
+    )
+    .bind(intent.order_no)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!(
         (kind.as_str(), reason.as_deref()),
         ("order.failed", Some("stock_lost"))
@@ -165,8 +169,11 @@ async fn a_rolled_back_batch_leaves_no_event() {
     };
     assert!(persist_batch(&app.db, &[doomed], None).await.is_err());
     assert_eq!(
-        app.scalar("SELECT count(*) FROM outbox WHERE event_id = $1", sale.id)
-            .await,
+        app.scalar(
+            "SELECT count(*) FROM outbox_events WHERE event_id = $1",
+            sale.id
+        )
+        .await,
         1,
         "the rolled-back order left no event"
     );
@@ -178,11 +185,12 @@ async fn old_published_rows_are_deleted_and_unpublished_ones_kept() {
     let app = spawn_app().await;
     let sale = app.open_sale(10, 100, 5).await;
     app.fund(1, 3, 1_000).await;
+    // One purchase drained at a time: three writer batches, three rows.
     for user in 1..=3 {
         let (status, _) = app.purchase(sale.id, user, json!(1)).await;
         assert_eq!(status, StatusCode::ACCEPTED);
+        app.drain(sale.id).await;
     }
-    app.drain(sale.id).await;
     let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM outbox ORDER BY id")
         .fetch_all(&app.db)
         .await
@@ -240,7 +248,7 @@ async fn the_relay_publishes_each_order_event_once_to_jetstream() {
     for _ in 0..100 {
         unpublished = app
             .scalar(
-                "SELECT count(*) FROM outbox WHERE event_id = $1 AND published_at IS NULL",
+                "SELECT count(*) FROM outbox_events WHERE event_id = $1 AND published_at IS NULL",
                 sale.id,
             )
             .await;
@@ -292,7 +300,7 @@ async fn the_relay_publishes_each_order_event_once_to_jetstream() {
     for _ in 0..100 {
         unpublished = app
             .scalar(
-                "SELECT count(*) FROM outbox WHERE event_id = $1 AND published_at IS NULL",
+                "SELECT count(*) FROM outbox_events WHERE event_id = $1 AND published_at IS NULL",
                 sale.id,
             )
             .await;

@@ -304,7 +304,7 @@ async fn a_double_click_makes_one_refund_and_returns_the_unit_once() {
     // Downstream systems hear of it once, after its confirmation, through
     // the outbox written in the refund's transaction.
     let kinds: Vec<String> =
-        sqlx::query_scalar("SELECT kind FROM outbox WHERE order_no = $1::uuid ORDER BY id")
+        sqlx::query_scalar("SELECT kind FROM outbox_events WHERE order_no = $1::uuid ORDER BY id")
             .bind(&order_no)
             .fetch_all(&app.db)
             .await

@@ -25,7 +25,7 @@ const SUBJECTS: &str = "seckill.orders";
 async fn outbox_rows(rig: &Rig, event_id: i64) -> (i64, i64) {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FILTER (WHERE published_at IS NULL)
-         FROM outbox WHERE event_id = $1",
+         FROM outbox_events WHERE event_id = $1",
     )
     .bind(event_id)
     .fetch_one(&rig.db.pool)
@@ -161,7 +161,7 @@ async fn outbox_relay_killed_and_nats_restarted_mid_stream() {
     let failed = orders.iter().filter(|(_, s)| s == "failed").count();
     // Per order: its events' stream positions follow its outbox ids.
     let ids: HashMap<(Uuid, String), i64> = sqlx::query_as::<_, (Uuid, String, i64)>(
-        "SELECT order_no, kind, id FROM outbox WHERE event_id = $1",
+        "SELECT order_no, kind, id FROM outbox_events WHERE event_id = $1",
     )
     .bind(event_id)
     .fetch_all(&s.rig.db.pool)
