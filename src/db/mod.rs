@@ -36,6 +36,10 @@ pub enum DbError {
     /// A statement shared by several requests failed (each gets this copy).
     #[error("postgres (shared batch): {0}")]
     Batch(String),
+    /// A writer batch names an event Postgres does not have (what the
+    /// foreign key on orders.event_id used to refuse).
+    #[error("no event {0}")]
+    UnknownEvent(i64),
 }
 
 impl DbError {
@@ -44,6 +48,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::TooManyConflicts(_) | DbError::Batch(_) => true,
+            DbError::UnknownEvent(_) => false,
             DbError::Sqlx(err) => match err {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

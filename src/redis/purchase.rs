@@ -11,11 +11,7 @@
 //! batch instead of per purchase. The script decides the attempts in order,
 //! each exactly as if alone, so batching changes no answer.
 
-use std::{
-    collections::HashMap,
-    mem,
-    sync::Mutex,
-};
+use std::{collections::HashMap, mem, sync::Mutex};
 
 use fred::types::Value;
 use tokio::sync::oneshot;

@@ -207,3 +207,37 @@ async fn intents_whose_redis_writes_were_lost_never_oversell() {
     assert_eq!(app.stock_left(sale.id).await, Some(0));
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_naming_an_event_postgres_does_not_have_is_refused_whole() {
+    let app = spawn_app().await;
+    let sale = app.open_sale(10, 100, 5).await;
+    app.fund(1, 2, 1_000).await;
+    let intent = |user_id, event_id| Intent {
+        buckets: 1,
+        order_no: Uuid::now_v7(),
+        event_id,
+        user_id,
+        quantity: 1,
+        amount: 100,
+        accepted_at: Utc::now(),
+    };
+    let batch = [intent(1, sale.id), intent(2, sale.id + 1_000_000)];
+    let err = persist_batch(&app.db, &batch, None)
+        .await
+        .expect_err("no event behind the second intent");
+    assert!(!err.is_transient(), "retrying cannot help: {err}");
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM orders WHERE user_id IN (1, 2) AND event_id <> $1",
+            0
+        )
+        .await
+            + app
+                .scalar("SELECT count(*) FROM orders WHERE event_id = $1", sale.id)
+                .await,
+        0,
+        "nothing of the batch was written"
+    );
+    app.cleanup().await;
+}
