@@ -5,7 +5,6 @@
 //! got, so what the broker carries is exactly what was committed.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -155,36 +154,51 @@ impl PersistedOrder {
     }
 
     /// The event's JSON payload, with the fields and values of
-    /// `outbox_events` (timestamps in RFC 3339).
+    /// `outbox_events` (timestamps in RFC 3339, UTC, microseconds). Written
+    /// out directly: the relay builds one per order it publishes.
     pub fn payload(&self) -> String {
-        #[derive(Serialize)]
-        struct Payload<'a> {
-            kind: &'a str,
-            order_no: Uuid,
-            event_id: i64,
-            user_id: i64,
-            quantity: i32,
-            amount: i64,
-            status: &'a str,
-            failure_reason: Option<&'a str>,
-            accepted_at: DateTime<Utc>,
-            committed_at: DateTime<Utc>,
-        }
+        use std::fmt::Write;
         let kind = self.kind();
-        serde_json::to_string(&Payload {
-            kind,
-            order_no: self.order_no,
-            event_id: self.event_id,
-            user_id: self.user_id,
-            quantity: self.quantity,
-            amount: self.amount,
-            status: kind.strip_prefix("order.").unwrap_or(kind),
-            failure_reason: self.failure_reason.as_deref(),
-            accepted_at: self.created_at,
-            committed_at: self.persisted_at,
-        })
-        .expect("a payload of plain fields serializes")
+        let status = kind.strip_prefix("order.").unwrap_or(kind);
+        let mut out = String::with_capacity(320);
+        let mut uuid = Uuid::encode_buffer();
+        let reason = match &self.failure_reason {
+            None => "null".to_owned(),
+            Some(r) => serde_json::to_string(r).expect("a string serializes"),
+        };
+        // Writing into a String cannot fail.
+        let _ = write!(
+            out,
+            r#"{{"kind":"{kind}","order_no":"{}","event_id":{},"user_id":{},"quantity":{},"amount":{},"status":"{status}","failure_reason":{reason},"accepted_at":""#,
+            self.order_no.hyphenated().encode_lower(&mut uuid),
+            self.event_id,
+            self.user_id,
+            self.quantity,
+            self.amount,
+        );
+        push_rfc3339_micros(&mut out, &self.created_at);
+        out.push_str(r#"","committed_at":""#);
+        push_rfc3339_micros(&mut out, &self.persisted_at);
+        out.push_str(r#""}"#);
+        out
     }
+}
+
+/// `2026-12-07T22:40:00.123456Z`.
+fn push_rfc3339_micros(out: &mut String, at: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.timestamp_subsec_micros().min(999_999),
+    );
 }
 
 /// The orders of writer batches' rows, in one statement.

@@ -49,6 +49,30 @@ pub struct PurchaseBody {
     quantity: i64,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::plain_event_id;
+
+    #[test]
+    fn plain_event_ids_and_what_is_left_to_the_extractor() {
+        assert_eq!(plain_event_id("/api/events/42/purchase"), Some(42));
+        assert_eq!(
+            plain_event_id("/api/events/9223372036854775807/purchase"),
+            Some(i64::MAX)
+        );
+        for other in [
+            "/api/events/0/purchase",
+            "/api/events/9223372036854775808/purchase",
+            "/api/events/%34%32/purchase",
+            "/api/events/+42/purchase",
+            "/api/events//purchase",
+            "/api/events/4 2/purchase",
+        ] {
+            assert_eq!(plain_event_id(other), None, "{other}");
+        }
+    }
+}
+
 #[utoipa::path(
     post, path = "/api/events/{id}/purchase", operation_id = "purchase", tag = "shopper",
     security(("shopper_jwt" = [])),
@@ -99,7 +123,10 @@ async fn gate_and_buy(app: &AppState, ip: IpAddr, request: Request) -> Result<An
         app.limits.check_ip(ip).map_err(limited)?;
     }
     let (mut parts, body) = request.into_parts();
-    let Id(event_id) = Id::from_request_parts(&mut parts, app).await?;
+    let event_id = match plain_event_id(parts.uri.path()) {
+        Some(id) => id,
+        None => Id::from_request_parts(&mut parts, app).await?.0,
+    };
     tracing::Span::current().record("event_id", event_id);
     // The slower steps (a Postgres lookup, the purchase itself) are boxed:
     // this future stays small, so the crowd answered from the cache below
@@ -160,6 +187,20 @@ async fn buy(
         },
         Some(key) => keyed::buy(app, &slot, user_id, quantity, &key).await,
     }
+}
+
+/// The event id of `/api/events/{id}/purchase` when it is written as plain
+/// digits (every client's case), read without the path extractor's
+/// percent-decoding and allocation; `None` sends the request to [`Id`],
+/// which decides anything else exactly as for every other route.
+fn plain_event_id(path: &str) -> Option<i64> {
+    let digits = path
+        .strip_prefix("/api/events/")?
+        .strip_suffix("/purchase")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
