@@ -63,6 +63,12 @@ pub struct OutboxSettings {
     pub subject_prefix: String,
     /// Published rows older than this are deleted.
     pub keep: Duration,
+    /// The relay publishes nothing while this process answers more purchase
+    /// requests per second than this (`SECKILL_OUTBOX_YIELD_RPS`; `None`,
+    /// from 0: never yields)...
+    pub yield_rps: Option<u64>,
+    /// ...unless the oldest owed event is this old (`SECKILL_OUTBOX_MAX_LAG_SECS`).
+    pub max_lag: Duration,
 }
 
 /// The purchase path's layers, cumulative, for the cost ablation in
@@ -334,6 +340,8 @@ impl Settings {
             subject_prefix: var("SECKILL_NATS_SUBJECT_PREFIX")
                 .unwrap_or_else(|| "seckill.orders".into()),
             keep: Duration::from_secs(60 * parsed("SECKILL_OUTBOX_KEEP_MINUTES", 60)?),
+            yield_rps: Some(parsed("SECKILL_OUTBOX_YIELD_RPS", 1_000)?).filter(|r| *r > 0),
+            max_lag: Duration::from_secs(parsed("SECKILL_OUTBOX_MAX_LAG_SECS", 10)?),
         };
         let token_ok = |s: &str| {
             !s.is_empty()

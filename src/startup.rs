@@ -82,6 +82,7 @@ impl Application {
                 instance.clone(),
             )),
             outbox: Arc::default(),
+            crowd: Arc::default(),
             dashboard: Arc::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -109,6 +110,7 @@ impl Application {
             &state.redis,
             state.settings.outbox.clone(),
             state.outbox.clone(),
+            state.crowd.clone(),
         );
         background.spawn(relay.run(stop_background.clone()));
         let sampler = Sampler {

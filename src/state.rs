@@ -24,6 +24,8 @@ pub struct App {
     pub reconciler: Arc<Reconciler>,
     /// The outbox relay's last measure of what it owes NATS.
     pub outbox: Arc<crate::outbox::Backlog>,
+    /// Purchase requests answered, for the relay to yield to a crowd.
+    pub crowd: Arc<crate::outbox::Crowd>,
     /// The live dashboard's samples, shared by every open tab.
     pub dashboard: Arc<crate::dashboard::Samples>,
     /// A unique name for this process (reconciler lock holder, logs).

@@ -132,6 +132,10 @@ fn describe() {
         "seckill_outbox_lag_seconds",
         "Age of the oldest unpublished order event"
     );
+    metrics::describe_gauge!(
+        "seckill_outbox_yielding",
+        "1 while the outbox relay holds back for a crowd of purchases (bounded by SECKILL_OUTBOX_MAX_LAG_SECS)"
+    );
     metrics::describe_counter!(
         "seckill_outbox_published_total",
         "Order events acknowledged by NATS JetStream"

@@ -21,6 +21,15 @@
 //! broker drops what it already has). The purchase path never waits for any
 //! of this: it only writes rows.
 //!
+//! The relay yields to the crowd: while this process answers purchases
+//! faster than `SECKILL_OUTBOX_YIELD_RPS`, it publishes nothing, so the
+//! CPU its publishing (and the broker's storing) would take goes to the
+//! shoppers; it publishes anyway once the oldest owed event is
+//! `SECKILL_OUTBOX_MAX_LAG_SECS` old, and catches up when the crowd thins.
+//! Order events are notifications for other systems: seconds of delay in a
+//! sale's peak cost them nothing, the shoppers' answers are the product.
+//! Nothing owed is at risk meanwhile: it is committed in the outbox.
+//!
 //! Published rows older than `SECKILL_OUTBOX_KEEP_MINUTES` are deleted by
 //! the leader in bounded chunks. Every process reports the backlog and the
 //! age of the oldest unpublished row in `/metrics`.
@@ -77,6 +86,57 @@ pub enum RelayError {
     Broker(#[from] BrokerError),
 }
 
+/// Purchase requests this process answered, counted by the purchase path;
+/// the relay measures their rate to yield to a crowd.
+#[derive(Debug, Default)]
+pub struct Crowd {
+    answered: AtomicU64,
+}
+
+impl Crowd {
+    /// One purchase request answered (any outcome).
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The crowd's rate, measured between two looks at least
+/// [`CROWD_WINDOW`] apart.
+struct CrowdRate {
+    last: (u64, tokio::time::Instant),
+    per_sec: f64,
+}
+
+/// Shortest window the crowd's rate is measured over.
+const CROWD_WINDOW: Duration = Duration::from_millis(100);
+/// Pause between two looks at the crowd while yielding.
+const YIELD_POLL: Duration = Duration::from_millis(100);
+
+impl CrowdRate {
+    fn new(crowd: &Crowd) -> Self {
+        Self {
+            last: (
+                crowd.answered.load(Ordering::Relaxed),
+                tokio::time::Instant::now(),
+            ),
+            per_sec: 0.0,
+        }
+    }
+
+    /// Purchases per second over the last window (the previous figure until
+    /// a window has passed).
+    fn measure(&mut self, crowd: &Crowd) -> f64 {
+        let now = tokio::time::Instant::now();
+        let elapsed = now - self.last.1;
+        if elapsed >= CROWD_WINDOW {
+            let count = crowd.answered.load(Ordering::Relaxed);
+            self.per_sec = count.saturating_sub(self.last.0) as f64 / elapsed.as_secs_f64();
+            self.last = (count, now);
+        }
+        self.per_sec
+    }
+}
+
 /// What the relay owes, as last measured (for the dashboard and `/metrics`).
 #[derive(Debug, Default)]
 pub struct Backlog {
@@ -108,6 +168,7 @@ pub struct Relay {
     lock: LeaderLock,
     settings: OutboxSettings,
     backlog: Arc<Backlog>,
+    crowd: Arc<Crowd>,
 }
 
 enum Step {
@@ -117,14 +178,35 @@ enum Step {
 }
 
 impl Relay {
-    pub fn new(db: PgPool, redis: &Redis, settings: OutboxSettings, backlog: Arc<Backlog>) -> Self {
+    pub fn new(
+        db: PgPool,
+        redis: &Redis,
+        settings: OutboxSettings,
+        backlog: Arc<Backlog>,
+        crowd: Arc<Crowd>,
+    ) -> Self {
         let lock = LeaderLock::new(redis.clone(), redis.keys().outbox_lock(), LOCK_TTL);
         Self {
             db,
             lock,
             settings,
             backlog,
+            crowd,
         }
+    }
+
+    /// Whether to hold back this step: the crowd comes faster than the
+    /// yield rate and the oldest owed event is younger than the longest lag.
+    fn yields(&self, rate: &mut CrowdRate) -> bool {
+        let Some(yield_rps) = self.settings.yield_rps else {
+            return false;
+        };
+        let (owed, oldest_secs) = self.backlog.get();
+        let yielding = owed > 0
+            && rate.measure(&self.crowd) >= yield_rps as f64
+            && oldest_secs < self.settings.max_lag.as_secs_f64();
+        metrics::gauge!("seckill_outbox_yielding").set(if yielding { 1.0 } else { 0.0 });
+        yielding
     }
 
     /// Measures the backlog every second until `stop`; publishes too when a
@@ -158,9 +240,16 @@ impl Relay {
         tracing::info!(url, stream = %self.settings.stream, "outbox relay started");
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
+        let mut rate = CrowdRate::new(&self.crowd);
         loop {
             if stop.is_cancelled() {
                 break;
+            }
+            if self.yields(&mut rate) {
+                if sleep_or_stop(YIELD_POLL, stop).await {
+                    break;
+                }
+                continue;
             }
             let pause = match self.step(&mut broker).await {
                 Ok(Step::Published(n)) => {

@@ -330,3 +330,93 @@ async fn the_relay_publishes_each_order_event_once_to_jetstream() {
         .await;
     app.cleanup().await;
 }
+
+/// Published and unpublished order events of a sale.
+async fn published_and_owed(app: &crate::helpers::TestApp, event_id: i64) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FILTER (WHERE published_at IS NULL)
+         FROM outbox_events WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_yields_to_a_crowd_within_its_longest_lag_then_catches_up() {
+    let tag = Uuid::new_v4().simple().to_string()[..10].to_string();
+    let stream = format!("TEST_{tag}");
+    let app = spawn_app_env(vec![
+        ("SECKILL_NATS_URL".into(), nats_url()),
+        ("SECKILL_NATS_STREAM".into(), stream.clone()),
+        (
+            "SECKILL_NATS_SUBJECT_PREFIX".into(),
+            format!("t{tag}.orders"),
+        ),
+        ("SECKILL_OUTBOX_YIELD_RPS".into(), "20".into()),
+        ("SECKILL_OUTBOX_MAX_LAG_SECS".into(), "4".into()),
+    ])
+    .await;
+    let sale = app.open_sale(1_000_000, 1, 1).await;
+    app.fund(1, 100_000, 100).await;
+
+    // A crowd well above 20 purchases/s for 9 s: eight shoppers' loops.
+    let started = std::time::Instant::now();
+    let crowd_for = Duration::from_secs(9);
+    let next_user = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let mut loops = Vec::new();
+    for _ in 0..8 {
+        let (buyer, next_user) = (app.buyer(), next_user.clone());
+        loops.push(tokio::spawn(async move {
+            while started.elapsed() < crowd_for {
+                let user = next_user.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (status, _) = buyer.purchase(sale.id, user, json!(1)).await;
+                assert_eq!(status, StatusCode::ACCEPTED);
+            }
+        }));
+    }
+    // Held back: from 1.5 s in (the backlog gauge has seen the owed events)
+    // to 3 s, nothing more is published while the owed events pile up.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (held_from, owed_early) = published_and_owed(&app, sale.id).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (held_to, owed_later) = published_and_owed(&app, sale.id).await;
+    assert_eq!(
+        held_from, held_to,
+        "the relay published during the crowd before its longest lag"
+    );
+    assert!(
+        owed_later > owed_early && owed_early > 0,
+        "{owed_early} then {owed_later} owed"
+    );
+    // The bound: past 4 s of lag it publishes though the crowd goes on.
+    let mut published_in_crowd = held_to;
+    while started.elapsed() < crowd_for - Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        published_in_crowd = published_and_owed(&app, sale.id).await.0;
+    }
+    assert!(
+        published_in_crowd > held_to,
+        "events older than the longest lag were published during the crowd"
+    );
+    for l in loops {
+        l.await.unwrap();
+    }
+    // The crowd gone, it catches up.
+    app.drain(sale.id).await;
+    let mut owed = i64::MAX;
+    for _ in 0..100 {
+        owed = published_and_owed(&app, sale.id).await.1;
+        if owed == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(owed, 0, "every event published within 10 s of the crowd");
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let _ = async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await;
+    app.cleanup().await;
+}

@@ -110,6 +110,7 @@ pub async fn purchase(
         Err(err) => Answer::Failed(err),
     };
     PurchaseMetrics::get().record(answer.label(), started.elapsed());
+    app.crowd.answered();
     answer.into_response()
 }
 
