@@ -361,7 +361,9 @@ if [[ -f "$json" ]]; then
       def u(x): if x == null then "     -" else (x * 10 | round / 10 | tostring | .[0:6] | (" " * (6 - length)) + .) end;
       "  phase                 client engine  redis postgr  other    total",
       (.phases[] | .cpu as $c |
-        "  \(.name + (" " * (20 - (.name | length))))  \(u($c.client_us_per_request)) \(u($c.engine_us_per_request)) \(u($c.redis_us_per_request)) \(u($c.postgres_us_per_request)) \(u($c.other_us_per_request))   \(u(($c.client_us_per_request // 0) + ($c.engine_us_per_request // 0) + ($c.redis_us_per_request // 0) + ($c.postgres_us_per_request // 0)))")
+        "  \(.name + (" " * (20 - (.name | length))))  \(u($c.client_us_per_request)) \(u($c.engine_us_per_request)) \(u($c.redis_us_per_request)) \(u($c.postgres_us_per_request)) \(u($c.other_us_per_request))   \(u(($c.client_us_per_request // 0) + ($c.engine_us_per_request // 0) + ($c.redis_us_per_request // 0) + ($c.postgres_us_per_request // 0)))"),
+      (.relay // empty | .cpu as $c |
+        "  relay, per event      \(u($c.client_us_per_request)) \(u($c.engine_us_per_request)) \(u($c.redis_us_per_request)) \(u($c.postgres_us_per_request)) \(u($c.other_us_per_request))   \(u(($c.engine_us_per_request // 0) + ($c.redis_us_per_request // 0) + ($c.postgres_us_per_request // 0) + ($c.other_us_per_request // 0)))  (published after the crowd: \(.events) events in \(.secs * 100 | round / 100)s)")
     ' "$json"
 fi
 ablation_rows=()

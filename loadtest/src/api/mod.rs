@@ -111,6 +111,19 @@ impl Api {
         Ok(())
     }
 
+    /// `GET /metrics`: the engine's Prometheus text.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .get(self.url("/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .context("GET /metrics")?;
+        ensure!(resp.status() == StatusCode::OK, "GET /metrics: HTTP {}", resp.status());
+        Ok(resp.text().await.context("GET /metrics: reading the body")?)
+    }
+
     /// A GET whose answer does not matter (connection warm-up).
     pub async fn get_ok(&self, url: &str) {
         let _ = self

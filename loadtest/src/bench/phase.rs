@@ -181,6 +181,16 @@ impl Phases {
         }
     }
 
+    /// CPU of every process now, for a measure outside the phases.
+    pub fn cpu_sample(&self) -> CpuSample {
+        CpuSample::take(self.engine_pid, &self.watch)
+    }
+
+    /// CPU use between two samples, per `requests`.
+    pub fn cpu_between(&self, a: &CpuSample, b: &CpuSample, requests: u64) -> CpuUse {
+        CpuUse::between(a, b, requests, &self.watch)
+    }
+
     /// Sends `call` for `secs` and keeps no figures.
     pub async fn warm_up(&mut self, call: &Call, secs: u64) -> anyhow::Result<()> {
         let expect = Expect::Status(StatusCode::OK);

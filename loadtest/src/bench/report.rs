@@ -56,6 +56,20 @@ pub struct Persisted {
     pub orders: i64,
 }
 
+/// The outbox relay's catch-up after the purchase phases (it yields to a
+/// crowd): the order events it published and what that cost, per event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayCatchUp {
+    pub caught_up: bool,
+    /// Order events owed, and the age of the oldest, as the purchase phases ended.
+    pub owed_at_start: u64,
+    pub lag_at_start_secs: f64,
+    pub events: u64,
+    pub secs: f64,
+    /// Per published event; `other` holds the broker (nats-server).
+    pub cpu: super::cpu::CpuUse,
+}
+
 /// `bench.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -80,6 +94,8 @@ pub struct BenchReport {
     pub all_met: bool,
     pub setup: Setup,
     pub persisted: Persisted,
+    /// `None`: the engine ran no outbox relay.
+    pub relay: Option<RelayCatchUp>,
     pub phases: Vec<PhaseReport>,
     pub warnings: Vec<String>,
 }
@@ -103,6 +119,7 @@ impl BenchReport {
         [health, page, sell, gone, health_after]: [PhaseReport; 5],
         setup: Setup,
         persisted: Persisted,
+        relay: Option<RelayCatchUp>,
         warnings: Vec<String>,
     ) -> Self {
         // The ceiling is the faster of the two `/healthz` phases: a first
@@ -143,6 +160,7 @@ impl BenchReport {
             targets,
             setup,
             persisted,
+            relay,
             phases: vec![health, page, sell, gone, health_after],
             warnings,
         }
@@ -288,6 +306,21 @@ pub fn render(r: &BenchReport) -> String {
         r.persisted.selling_drain_secs,
         r.persisted.sold_out_event_sold
     );
+    if let Some(relay) = &r.relay {
+        let u = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        let _ = writeln!(
+            s,
+            "outbox relay (yields to the crowd): {} events owed as the purchase phases ended (oldest {:.1}s), {} published in {:.2}s after them{}; per event: engine {} µs, postgres {} µs, broker and the rest {} µs",
+            relay.owed_at_start,
+            relay.lag_at_start_secs,
+            relay.events,
+            relay.secs,
+            if relay.caught_up { "" } else { " (NOT caught up)" },
+            u(relay.cpu.engine_us_per_request),
+            u(relay.cpu.postgres_us_per_request),
+            u(relay.cpu.other_us_per_request),
+        );
+    }
     let _ = writeln!(s, "SPEC §7 targets:");
     for t in &r.targets {
         let _ = writeln!(
