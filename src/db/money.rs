@@ -1,5 +1,6 @@
-//! `wallet_debits` and `payments`: the immutable money rows of confirmed
-//! orders (append-only by trigger; a correction is a new row).
+//! `payments` and the wallet ledger's `purchase` rows (`wallet_debits` is a
+//! view of them): the immutable money rows of confirmed orders (append-only
+//! by trigger; a correction is a new row).
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -16,8 +17,9 @@ pub struct Debit {
     pub version_after: i64,
 }
 
-/// One debit row, one payment row and one `purchase` wallet ledger row per
-/// confirmed order: three statements for the whole batch.
+/// One payment row and one `purchase` wallet ledger row (the debit, with
+/// the balance and version it left) per confirmed order: two statements for
+/// the whole batch.
 pub async fn insert(conn: &mut PgConnection, debits: &[Debit]) -> Result<(), DbError> {
     if debits.is_empty() {
         return Ok(());
@@ -25,17 +27,6 @@ pub async fn insert(conn: &mut PgConnection, debits: &[Debit]) -> Result<(), DbE
     let order_nos: Vec<Uuid> = debits.iter().map(|d| d.order_no).collect();
     let users: Vec<i64> = debits.iter().map(|d| d.user_id).collect();
     let amounts: Vec<i64> = debits.iter().map(|d| d.amount).collect();
-    sqlx::query(
-        "INSERT INTO wallet_debits (order_no, user_id, amount, balance_after, version_after)
-         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])",
-    )
-    .bind(&order_nos)
-    .bind(&users)
-    .bind(&amounts)
-    .bind(debits.iter().map(|d| d.balance_after).collect::<Vec<_>>())
-    .bind(debits.iter().map(|d| d.version_after).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
     sqlx::query(
         "INSERT INTO payments (order_no, event_id, user_id, amount)
          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[])",
@@ -46,14 +37,16 @@ pub async fn insert(conn: &mut PgConnection, debits: &[Debit]) -> Result<(), DbE
     .bind(&amounts)
     .execute(&mut *conn)
     .await?;
-    // The wallet ledger's rows of the batch, in one statement too.
     sqlx::query(
-        "INSERT INTO wallet_ledger (user_id, delta, kind, reason, order_no)
-         SELECT u, -a, 'purchase', 'purchase', o FROM UNNEST($1::int8[], $2::int8[], $3::uuid[]) AS t(u, a, o)",
+        "INSERT INTO wallet_ledger (user_id, delta, kind, reason, order_no, balance_after, version_after)
+         SELECT u, -a, 'purchase', 'purchase', o, b, v
+         FROM UNNEST($1::int8[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[]) AS t(u, a, o, b, v)",
     )
     .bind(&users)
     .bind(&amounts)
     .bind(&order_nos)
+    .bind(debits.iter().map(|d| d.balance_after).collect::<Vec<_>>())
+    .bind(debits.iter().map(|d| d.version_after).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

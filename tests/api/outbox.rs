@@ -157,7 +157,7 @@ async fn a_rolled_back_batch_leaves_no_event() {
         .await
         .unwrap();
     sqlx::query(
-        "CREATE TRIGGER refuse BEFORE INSERT ON wallet_debits FOR EACH ROW EXECUTE FUNCTION refuse_debits()",
+        "CREATE TRIGGER refuse BEFORE INSERT ON wallet_ledger FOR EACH ROW EXECUTE FUNCTION refuse_debits()",
     )
     .execute(&app.db)
     .await
