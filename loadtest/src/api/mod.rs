@@ -120,8 +120,15 @@ impl Api {
             .send()
             .await
             .context("GET /metrics")?;
-        ensure!(resp.status() == StatusCode::OK, "GET /metrics: HTTP {}", resp.status());
-        Ok(resp.text().await.context("GET /metrics: reading the body")?)
+        ensure!(
+            resp.status() == StatusCode::OK,
+            "GET /metrics: HTTP {}",
+            resp.status()
+        );
+        Ok(resp
+            .text()
+            .await
+            .context("GET /metrics: reading the body")?)
     }
 
     /// A GET whose answer does not matter (connection warm-up).
