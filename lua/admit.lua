@@ -14,7 +14,7 @@
 
   ARGV  repeated groups of 5: order_no, user_id, quantity, amount, accepted_ms
 
-  Uses prelude.lua (listed, held_by, ledger_entry, take).
+  Uses prelude.lua (listed, held_by, ledger_entry, take, pin_ledger).
 
   Returns:
     -1                        the event is not loaded (lost, not rebuilt yet): wait
@@ -39,6 +39,7 @@ for i = 1, #ARGV, 5 do
     if not listed(mine, order_no) then
       local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
       if stock >= quantity and held_by(KEYS[3], user) + quantity <= limit then
+        pin_ledger(KEYS[5])
         take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], user, quantity, order_no, mine,
           ledger_entry(user, quantity, tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])))
         state = 2

@@ -12,6 +12,19 @@
   non-failed orders) and `pending` (the sum of the ledger's quantities).
 ]]
 
+-- The ledger's pin: a field no order_no can be, with a value longer than
+-- hash-max-listpack-value (64 by default), written before a ledger's first
+-- intent. The ledger is then a hashtable from the start and stays one: a
+-- listpack (what Redis makes of a hash under 512 short fields, as a sale's
+-- pending intents usually are) is searched and rewritten linearly, so every
+-- HSET, HGET and HDEL on a ledger of a few hundred intents cost O(n). Every
+-- reader of the ledger skips it (state.lua, and the engine, which reads
+-- only fields that parse as order_nos).
+local LEDGER_PIN = '~pin'
+local function pin_ledger(ledger_key)
+  redis.call('HSETNX', ledger_key, LEDGER_PIN, string.rep('~', 256))
+end
+
 -- Redis server time, in milliseconds.
 local function now_ms()
   local now = redis.call('TIME')

@@ -11,7 +11,7 @@
             held (-1 when the counters are missing), pending units,
             pending intents, in_flight, moved_in, moved_out, transfer_seq}
 
-  Uses prelude.lua (now_ms).
+  Uses prelude.lua (now_ms, LEDGER_PIN: not an intent).
 ]]
 local meta = redis.call('HMGET', KEYS[1], 'total', 'held', 'pending',
   'in_flight', 'moved_in', 'moved_out', 'transfer_seq')
@@ -19,7 +19,7 @@ local loaded = meta[1] and 1 or 0
 return {
   now_ms(), loaded, redis.call('GET', KEYS[2]) or '',
   tonumber(meta[1] or '0'), tonumber(meta[2] or '-1'), tonumber(meta[3] or '0'),
-  redis.call('HLEN', KEYS[3]),
+  redis.call('HLEN', KEYS[3]) - redis.call('HEXISTS', KEYS[3], LEDGER_PIN),
   tonumber(meta[4] or '0'), tonumber(meta[5] or '0'), tonumber(meta[6] or '0'),
   tonumber(meta[7] or '0'),
 }

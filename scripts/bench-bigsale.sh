@@ -7,13 +7,13 @@
 #  1. Its own redis-server (loopback, no persistence) so that the slow log
 #     holds this part's commands only, and a fresh database.
 #  2. Fill: one event bought by BIGSALE_BUYERS distinct shoppers, one unit
-#     each, through the engine (closed loop, 64 connections), invariants
-#     checked by seckill-loadtest at the end.
+#     each, through the engine's purchase path (closed loop, 64 connections),
+#     drained, invariants checked (BIGSALE_FILL: fast or scenario).
 #  3. Measure: while that event stays live in Redis with all its buyers, a
 #     second sale at a fixed arrival rate (latency from each request's due
-#     time), with the reconciler passing every second over both events and an
-#     operator polling the first event's invariant checker, its admin view
-#     and the dashboard's data.
+#     time), with the reconciler passing every second over both events, an
+#     operator polling the first event's admin view and the dashboard's data
+#     every second, and its invariant checker run once.
 #  4. Redis's slow log (threshold 100 µs) during 2-3, each entry with the
 #     window it ended in, and one stall probe per CPU (`seckill-loadtest
 #     stalls`: pinned, SCHED_FIFO above Redis); judged by
@@ -43,6 +43,10 @@ export SECKILL_ADMIN_TOKEN="${SECKILL_ADMIN_TOKEN:-dev-only-admin-token-change-m
 export SECKILL_JWT_SECRET="${SECKILL_JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789abcdef}"
 TEST_DB_URL="${SECKILL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BUYERS="${BIGSALE_BUYERS:-1000000}"
+# fast: `seckill-loadtest fill` (the benchmark's lean client, checked by the
+# engine's invariant checker); scenario: a `burst` scenario run that also
+# verifies every answer client-side (about 5x slower).
+FILL="${BIGSALE_FILL:-fast}"
 RATE="${BIGSALE_RATE:-3000}"
 MEASURE_SECS="${BIGSALE_SECS:-20}"
 OUT_DIR="${SECKILL_LOADTEST_OUT_DIR:-loadtest/out}"
@@ -227,14 +231,22 @@ fi
 
 mark fill_start
 fill_started=$(date +%s.%N)
-say "fill: $BUYERS distinct shoppers buy one unit each"
-target/release/seckill-loadtest --base-url "$BASE_URL" --scenario burst \
-    --users "$BUYERS" --stock "$BUYERS" --requests "$BUYERS" --per-user-limit 1 --quantity 1 \
-    --concurrency 64 --start-delay-ms 2000 --duration-secs 3600 --drain-timeout-secs 900 \
-    --out-dir "$OUT_DIR/bigsale-fill"
+mkdir -p "$OUT_DIR/bigsale-fill"
+if [[ "$FILL" == scenario ]]; then
+    say "fill: $BUYERS distinct shoppers buy one unit each (a scenario run, every answer verified)"
+    target/release/seckill-loadtest --base-url "$BASE_URL" --scenario burst \
+        --users "$BUYERS" --stock "$BUYERS" --requests "$BUYERS" --per-user-limit 1 --quantity 1 \
+        --concurrency 64 --start-delay-ms 2000 --duration-secs 3600 --drain-timeout-secs 900 \
+        --out-dir "$OUT_DIR/bigsale-fill"
+    big_event="$(jq -r .event_id "$OUT_DIR/bigsale-fill/report-burst.json")"
+else
+    say "fill: $BUYERS distinct shoppers buy one unit each (seckill-loadtest fill: every answer a 202, drained, invariants checked)"
+    target/release/seckill-loadtest fill --base-url "$BASE_URL" --buyers "$BUYERS" --connections 64 \
+        >"$OUT_DIR/bigsale-fill/fill.json"
+    big_event="$(jq -r .event_id "$OUT_DIR/bigsale-fill/fill.json")"
+fi
 fill_secs="$(echo "$(date +%s.%N) - $fill_started" | bc)"
 mark fill_end
-big_event="$(jq -r .event_id "$OUT_DIR/bigsale-fill/report-burst.json")"
 buyers_in_redis="$(rcli --raw eval "return redis.call('HLEN', KEYS[1])" 1 \
     "$(target/release/seckill redis-keys --event "$big_event" --prefix sk | sed -n 3p)")"
 rss_peak_kb="$(rss_kb VmHWM)"
@@ -242,10 +254,17 @@ say "fill done in ${fill_secs}s; event $big_event holds $buyers_in_redis buyers 
 
 runs() { curl -fsS "$BASE_URL/metrics" | awk '$1 == "seckill_reconcile_runs_total" {print $2+0}'; }
 runs_before="$(runs)"
-# An operator's tabs: the big event's invariant checker and view, the dashboard.
+# An operator's tabs: the big event's view and the dashboard every second,
+# and its invariant checker once (over a million orders its Postgres side
+# takes tens of seconds: polled every second it would run back to back and
+# hold a core of this 2-core box for the whole measure; its Redis reads are
+# the bounded ones this part judges, whatever the polling).
+(
+    admin "/admin/events/$big_event/invariants" >/dev/null 2>&1 || true
+) &
+checker_once=$!
 (
     while true; do
-        admin "/admin/events/$big_event/invariants" >/dev/null 2>&1 || true
         admin "/admin/events/$big_event" >/dev/null 2>&1 || true
         admin "/admin/dashboard/data" >/dev/null 2>&1 || true
         sleep 1
@@ -264,6 +283,7 @@ measure_rc=$?
 set -e
 mark measure_end
 kill "$checker" 2>/dev/null || true
+wait "$checker_once" 2>/dev/null || true
 sleep 0.5
 touch "$slow_stop"
 wait "$poller" "$stats_poller" 2>/dev/null || true
@@ -281,26 +301,30 @@ rss_idle_kb="$(rss_kb VmRSS)"
 # The slow log judged (scripts/bigsale-slowlog.jq): by kind, every command
 # over the bound beside the machine stall the probes saw at that instant.
 names_json="$(target/release/seckill lua | jq -R 'split(" ") | {(.[0]): .[1]}' | jq -s 'add // {}')"
-stalls_json="$(jq -Rn '[inputs | split(" ") | select(length == 3)
-    | {at_us: (.[0] | tonumber), cpu: .[1], late_us: (.[2] | tonumber)}]' "$stall_file")"
+# Through files, not arguments: a sale of a million buyers logs tens of
+# thousands of commands over 100 µs, more than an argument list holds.
+stalls_file=.local/bigsale-stalls.json
+judged_file=.local/bigsale-slowlog-judged.json
+jq -Rn '[inputs | split(" ") | select(length == 3)
+    | {at_us: (.[0] | tonumber), cpu: .[1], late_us: (.[2] | tonumber)}]' "$stall_file" >"$stalls_file"
 phases_json="$(jq -Rn '[inputs | split(" ") | {(.[0]): (.[1] | tonumber)}] | add // {}' "$phase_file")"
-slowlog_json="$(jq -n --slurpfile slow "$slow_file" --argjson stalls "$stalls_json" \
+jq -n --slurpfile slow "$slow_file" --slurpfile stalls_in "$stalls_file" \
     --argjson phases "$phases_json" --argjson names "$names_json" --argjson bound "$SLOWEST_BOUND_US" \
-    -f scripts/bigsale-slowlog.jq)"
-read -r slowest_us slowest_cmd < <(jq -r '.slowest | "\(.us) \(.command)"' <<<"$slowlog_json")
-read -r own_us own_cmd own_raw_us < <(jq -r '.slowest_own | "\(.own_us) \(.command) \(.us)"' <<<"$slowlog_json")
+    -f scripts/bigsale-slowlog.jq >"$judged_file"
+read -r slowest_us slowest_cmd < <(jq -r '.slowest | "\(.us) \(.command)"' "$judged_file")
+read -r own_us own_cmd own_raw_us < <(jq -r '.slowest_own | "\(.own_us) \(.command) \(.us)"' "$judged_file")
 if [[ "$probes_ran" != true ]]; then own_us="$slowest_us"; own_cmd="$slowest_cmd"; own_raw_us="$slowest_us"; fi
 p99="$(jq -r '.stats.selling.latency.p99_ms // .stats.latency_all.p99_ms' "$measure_json" 2>/dev/null || echo null)"
 jq -n --argjson buyers "$BUYERS" --argjson buyers_in_redis "${buyers_in_redis:-0}" \
     --argjson fill_secs "$fill_secs" --argjson rate "$RATE" --argjson secs "$MEASURE_SECS" \
     --argjson p99 "${p99:-null}" --argjson passes "$((runs_after - runs_before))" \
-    --argjson slowlog "$slowlog_json" --argjson probes_ran "$probes_ran" \
+    --slurpfile slowlog_in "$judged_file" --argjson probes_ran "$probes_ran" \
     --argjson latency_latest "${latency_latest:-[]}" \
     --argjson rss_start_mb "$((rss_start_kb / 1024))" --argjson rss_peak_mb "$((rss_peak_kb / 1024))" \
     --argjson rss_idle_mb "$((rss_idle_kb / 1024))" \
     --argjson slowest_bound_us "$SLOWEST_BOUND_US" --argjson rss_bound_mb "$RSS_BOUND_MB" \
     --argjson measure_rc "$measure_rc" --arg priority "${rt[*]:-none}" \
-    '{buyers: $buyers, buyers_in_redis: $buyers_in_redis, fill_secs: $fill_secs,
+    '$slowlog_in[0] as $slowlog | {buyers: $buyers, buyers_in_redis: $buyers_in_redis, fill_secs: $fill_secs,
       measure: {rate: $rate, secs: $secs, p99_ms: $p99, reconciler_passes: $passes, exit_code: $measure_rc},
       redis: ({priority: $priority, bound_us: $slowest_bound_us, stall_probes: $probes_ran,
                latency_latest: $latency_latest} + $slowlog),
@@ -323,7 +347,7 @@ if ((slowest_us > SLOWEST_BOUND_US)); then
         (if .stall then "\(.stall.count) probe stall(s) on \(.stall.cpu), \(.stall.late_us) µs in all, the last at \(.stall.at_us) -> own \(.own_us) µs"
          else "no machine stall seen -> own \(.own_us) µs" end)),
         (if (.over_bound | length) > 40 then "  ... and \((.over_bound | length) - 40) more in bigsale.json" else empty end)' \
-        <<<"$slowlog_json"
+        "$judged_file"
 fi
 if ((own_us > SLOWEST_BOUND_US)); then
     say "NOT MET: slowest Redis command by its own time $own_cmd ${own_us} µs (${own_raw_us} µs in the slow log; bound ${SLOWEST_BOUND_US} µs)"

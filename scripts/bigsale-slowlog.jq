@@ -1,7 +1,7 @@
 # The slow log of scripts/bench-bigsale.sh, judged. jq -n with
 #   --slurpfile slow   the watcher's entries ({id, t, us, cmd, args, client, after_us, seen_us};
 #                      {lost: n, ...} where a read did not reach back to the last entry seen)
-#   --argjson stalls   [{at_us, cpu, late_us}]: the stall probes' late wakeups
+#   --slurpfile stalls_in  a file holding [{at_us, cpu, late_us}]: the stall probes' late wakeups
 #   --argjson phases   {fill_start, fill_end, measure_start, measure_end} (µs)
 #   --argjson names    {sha: script name}
 #   --argjson bound    µs
@@ -19,6 +19,7 @@
 # time minus that total (at most its time). Nothing is dropped: every
 # command over the bound is listed, with or without a stall, and the raw
 # maximum is kept beside the "own" one.
+$stalls_in[0] as $stalls |
 def kind: if .cmd == "EVALSHA" then "EVALSHA(\($names[.args[0] // ""] // (.args[0] // "")[0:8]))" else .cmd end;
 def key: if .cmd == "EVALSHA" then (.args[2] // "") else (.args[0] // "") end;
 def phase: .seen_us as $at

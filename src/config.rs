@@ -27,6 +27,10 @@ pub struct Settings {
     pub database_pool: u32,
     /// Redis pool size (connections, each pipelined).
     pub redis_pool: usize,
+    /// Threads of the runtime the writers, the outbox relay, the reconciler
+    /// and the dashboard sampler run on, apart from the HTTP workers
+    /// (`SECKILL_BACKGROUND_THREADS`).
+    pub background_threads: usize,
     /// How long one Redis command may take before the request answers 503.
     pub redis_timeout: Duration,
     /// When a 202 may be sent: after Redis recorded the intent (`ledger`), or
@@ -370,6 +374,7 @@ impl Settings {
             database_pool: parsed("SECKILL_DATABASE_POOL", (writer.workers as u64 + 8).max(10))?
                 as u32,
             redis_pool: parsed("SECKILL_REDIS_POOL", 4)?.max(1) as usize,
+            background_threads: parsed("SECKILL_BACKGROUND_THREADS", 1)?.max(1) as usize,
             redis_timeout: Duration::from_millis(
                 parsed("SECKILL_REDIS_TIMEOUT_MS", 2_000)?.max(50),
             ),

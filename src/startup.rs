@@ -32,6 +32,8 @@ pub struct Application {
     state: AppState,
     writers: JoinSet<()>,
     background: JoinSet<()>,
+    /// Where the writers and the background tasks run (see [`BackgroundRuntime`]).
+    background_runtime: BackgroundRuntime,
     /// Cancel to begin a graceful shutdown.
     shutdown: CancellationToken,
     /// Cancelled by the shutdown sequence once the writers have drained.
@@ -60,7 +62,9 @@ impl Application {
             .and_then(|r| r.map_err(anyhow::Error::from))
             .context("cannot reach Redis (SECKILL_REDIS_URL)")?;
 
-        let (queue, writers) = writer::spawn(settings.writer, pool.clone(), redis.clone());
+        let background_runtime = BackgroundRuntime::start(settings.background_threads)?;
+        let bg = background_runtime.handle();
+        let (queue, writers) = writer::spawn(settings.writer, pool.clone(), redis.clone(), &bg);
         let instance = format!(
             "{}-{}",
             std::process::id(),
@@ -98,7 +102,10 @@ impl Application {
         let stop_background = CancellationToken::new();
         let mut background = JoinSet::new();
         if state.settings.purchase_layers == PurchaseLayers::Full {
-            background.spawn(state.reconciler.clone().run_loop(stop_background.clone()));
+            background.spawn_on(
+                state.reconciler.clone().run_loop(stop_background.clone()),
+                &bg,
+            );
         } else {
             tracing::warn!(
                 layers = ?state.settings.purchase_layers,
@@ -112,7 +119,7 @@ impl Application {
             state.outbox.clone(),
             state.crowd.clone(),
         );
-        background.spawn(relay.run(stop_background.clone()));
+        background.spawn_on(relay.run(stop_background.clone()), &bg);
         let sampler = Sampler {
             db: state.db.clone(),
             redis: state.redis.clone(),
@@ -122,7 +129,7 @@ impl Application {
             instance: state.instance.clone(),
             samples: state.dashboard.clone(),
         };
-        background.spawn(sampler.run(stop_background.clone()));
+        background.spawn_on(sampler.run(stop_background.clone()), &bg);
         background.spawn(watch_stock_back(state.clone(), stop_background.clone()));
         background.spawn(housekeeping(state.clone(), stop_background.clone()));
         background.spawn(refresh_catalog(state.clone(), stop_background.clone()));
@@ -135,6 +142,7 @@ impl Application {
             state,
             writers,
             background,
+            background_runtime,
             shutdown: CancellationToken::new(),
             stop_background,
         })
@@ -166,6 +174,7 @@ impl Application {
             state,
             mut writers,
             mut background,
+            background_runtime,
             shutdown,
             stop_background,
         } = self;
@@ -224,8 +233,48 @@ impl Application {
         background.abort_all();
         let _ = tokio::time::timeout(Duration::from_secs(1), state.redis.quit()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), state.db.close()).await;
+        drop(background_runtime);
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// The runtime of the work no shopper waits for: the writers, the outbox
+/// relay, the reconciler and the dashboard sampler, on threads of their own
+/// (`SECKILL_BACKGROUND_THREADS`). A step of theirs can be a few ms of CPU
+/// with no await inside (a writer encoding a batch of 512, the relay
+/// building 2 048 messages); on the HTTP runtime it would hold one of its
+/// workers that long, and every request queued behind it would wait. On
+/// threads of its own the OS time-slices it with the HTTP workers.
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn start(threads: usize) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("seckill-bg")
+            .enable_all()
+            .build()
+            .context("starting the background runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the background runtime runs until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        // Without blocking: this may run inside the HTTP runtime. Its tasks
+        // have been joined or aborted by then.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

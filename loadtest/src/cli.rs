@@ -49,6 +49,8 @@ pub enum Mode {
     Bench(Box<BenchArgs>),
     /// The machine stall probe.
     Stalls(StallArgs),
+    /// A sale bought by many distinct shoppers, fast.
+    Fill(Box<FillArgs>),
 }
 
 impl Mode {
@@ -70,6 +72,7 @@ impl Mode {
             Command::from_arg_matches_mut(&mut matches).map(|c| match c {
                 Command::Bench(b) => Mode::Bench(b),
                 Command::Stalls(s) => Mode::Stalls(s),
+                Command::Fill(f) => Mode::Fill(f),
             })
         } else {
             RunArgs::from_arg_matches_mut(&mut matches).map(|r| Mode::Run(Box::new(r)))
@@ -110,6 +113,32 @@ enum Command {
     /// late only when that CPU ran nothing else (the vCPU was not running,
     /// or the kernel would not let go), never because of a user-space task.
     Stalls(StallArgs),
+    /// A sale bought by `--buyers` distinct shoppers, one unit each, as fast
+    /// as `--connections` keep-alive connections go (the benchmark's lean
+    /// client, tokens signed on the fly, no per-answer bookkeeping), then
+    /// drained and checked by the engine's invariant checker: the set-up of
+    /// a sale of millions of buyers for `scripts/bench-bigsale.sh`. Prints
+    /// one JSON line: {event_id, buyers, accepted, secs, rps, drain_secs}.
+    Fill(Box<FillArgs>),
+}
+
+/// Flags of `fill`.
+#[derive(Debug, Clone, Args)]
+pub struct FillArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Distinct shoppers, each buying one unit (the stock).
+    #[arg(long)]
+    pub buyers: u64,
+    /// Keep-alive connections, each driven by one task in a closed loop.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// First shopper id; default derives a fresh range from the clock.
+    #[arg(long)]
+    pub first_user_id: Option<i64>,
+    /// Longest wait for the writers to drain after the last purchase.
+    #[arg(long, default_value_t = 1_800)]
+    pub drain_timeout_secs: u64,
 }
 
 /// Flags of `stalls`.

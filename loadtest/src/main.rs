@@ -9,8 +9,9 @@
 //! ([`cli::Exit`]).
 //!
 //! Layout, from the top down (a module uses only those below it):
-//! `sale` (one run from start to verdict) and `bench` (the `bench`
-//! subcommand: the macro benchmark of SPEC §7); `verify` (the checks),
+//! `sale` (one run from start to verdict), `bench` (the `bench`
+//! subcommand: the macro benchmark of SPEC §7) and `fill` (a sale of
+//! millions of buyers, fast, for the bigsale benchmark); `verify` (the checks),
 //! `report` and `chart` (output); `stats` (histograms, phases, timeline);
 //! `crowd` (the workers and what they saw), `stock` (the stock poller),
 //! `drain` (waiting for the writers); `plan` (the validated scenario);
@@ -24,6 +25,7 @@ mod chart;
 mod cli;
 mod crowd;
 mod drain;
+mod fill;
 mod plan;
 mod report;
 mod sale;
@@ -43,6 +45,7 @@ async fn main() -> ExitCode {
     let result = match Mode::parse() {
         Mode::Bench(args) => bench::run(*args).await,
         Mode::Stalls(args) => stalls::run(&args),
+        Mode::Fill(args) => fill::run(*args).await,
         Mode::Run(args) => match plan::Plan::from_args(*args) {
             Ok(plan) => sale::run(plan).await,
             Err(err) => {

@@ -291,7 +291,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Mode::try_parse_from(argv).unwrap() {
             Mode::Run(args) => *args,
-            Mode::Bench(_) | Mode::Stalls(_) => unreachable!("no subcommand given"),
+            Mode::Bench(_) | Mode::Stalls(_) | Mode::Fill(_) => unreachable!("no subcommand given"),
         }
     }
 

@@ -70,9 +70,12 @@ pub use transfer::PendingTransfer;
 /// Most items (order_nos, intents, shoppers) one script call takes. Redis
 /// runs one command at a time, so a call over a whole writer batch (up to a
 /// thousand intents) would hold every purchase behind it for milliseconds;
-/// batches go in parts instead ([`Redis::in_parts`]). At 2–5 µs of script
-/// work per item, a part stays well under a millisecond.
-pub const MOST_PER_CALL: usize = 32;
+/// batches go in parts instead ([`Redis::in_parts`]). An item is one to
+/// three lookups in the event's hashes: under a µs each on a small sale,
+/// about 2-3 µs each on a sale of a million buyers on the 2-vCPU reference
+/// VM (the hashes no longer fit the caches), so a part of 16 stays several
+/// times under the 1 ms bound there (measured in `make bench`, part bigsale).
+pub const MOST_PER_CALL: usize = 16;
 
 /// A Redis failure; every variant answers 503 at the HTTP edge.
 #[derive(Clone, Debug, thiserror::Error)]

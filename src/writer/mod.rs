@@ -97,8 +97,13 @@ impl WriterQueue {
     }
 }
 
-/// Starts the workers; they exit once the queue is closed and drained.
-pub fn spawn(settings: WriterSettings, db: PgPool, redis: Redis) -> (WriterQueue, JoinSet<()>) {
+/// Starts the workers on `runtime`; they exit once the queue is closed and drained.
+pub fn spawn(
+    settings: WriterSettings,
+    db: PgPool,
+    redis: Redis,
+    runtime: &tokio::runtime::Handle,
+) -> (WriterQueue, JoinSet<()>) {
     let (sender, receiver) = async_channel::bounded(settings.channel_capacity);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
@@ -109,7 +114,10 @@ pub fn spawn(settings: WriterSettings, db: PgPool, redis: Redis) -> (WriterQueue
             redis.clone(),
             in_flight.clone(),
         );
-        workers.spawn(async move { run_worker(worker, rx, db, redis, settings, held).await });
+        workers.spawn_on(
+            async move { run_worker(worker, rx, db, redis, settings, held).await },
+            runtime,
+        );
     }
     (WriterQueue { sender, in_flight }, workers)
 }

@@ -7,7 +7,7 @@ use chrono::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{all, spawn_app};
+use crate::helpers::{all, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_the_stock_is_sold_to_a_crowd() {
@@ -375,5 +375,99 @@ async fn once_sold_out_here_an_unkeyed_purchase_is_answered_before_its_token_and
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_a_hashtable_from_its_first_intent_and_its_pin_is_no_intent() {
+    use fred::prelude::*;
+    let app = spawn_app_with(&[
+        ("SECKILL_WRITERS", "1"),
+        ("SECKILL_BATCH_LINGER_MS", "60000"),
+        ("SECKILL_BATCH_MAX", "100"),
+    ])
+    .await;
+    let sale = app.open_sale(10, 100, 5).await;
+    app.fund(1, 3, 1_000).await;
+    for user in 1..=3 {
+        assert_eq!(
+            app.purchase(sale.id, user, json!(1)).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let ledger = seckill::redis::Keys::new(app.prefix.clone())
+        .event(sale.id)
+        .ledger;
+    let encoding: String = app
+        .raw
+        .custom(
+            fred::cmd!("OBJECT"),
+            vec!["ENCODING".to_owned(), ledger.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        encoding, "hashtable",
+        "three short intents would be a listpack"
+    );
+    let fields: i64 = app.raw.hlen(&ledger).await.unwrap();
+    let state = app
+        .redis
+        .bucket_state(seckill::redis::Bucket::whole(sale.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        (fields, state.pending),
+        (4, 3),
+        "three intents and the pin; the state counts the intents"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_call_past_its_budget_leaves_the_rest_untouched_for_the_next() {
+    use fred::prelude::*;
+    let app = spawn_app().await;
+    let sale = app.open_sale(100_000, 1, 1).await;
+    let keys = seckill::redis::Keys::new(app.prefix.clone()).event(sale.id);
+    // Far more attempts than one call's budget covers (each takes µs).
+    let attempts = 4_000i64;
+    let order_nos: Vec<String> = (0..attempts)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let mut args: Vec<String> = Vec::new();
+    for (i, order_no) in order_nos.iter().enumerate() {
+        args.extend([(1_000 + i).to_string(), "1".to_owned(), order_no.clone()]);
+    }
+    let scripts = seckill::redis::Scripts::default();
+    let replies: Vec<Vec<i64>> = app
+        .raw
+        .eval(scripts.purchase.body(), keys.clone().all(), args)
+        .await
+        .unwrap();
+    let reached = replies.iter().take_while(|r| r[0] == 1).count();
+    assert!(
+        reached >= 8 && reached < attempts as usize,
+        "{reached} reached"
+    );
+    assert!(
+        replies[reached..].iter().all(|r| r == &vec![10]),
+        "every attempt after the budget answers 10"
+    );
+    // What was reached is taken and pending; the rest left no trace.
+    let stock: i64 = app.raw.get(&keys.stock).await.unwrap();
+    assert_eq!(stock, 100_000 - reached as i64);
+    let state = app
+        .redis
+        .bucket_state(seckill::redis::Bucket::whole(sale.id))
+        .await
+        .unwrap();
+    assert_eq!(state.pending, reached as i64);
+    let unreached: Vec<Option<String>> = app
+        .raw
+        .hmget(&keys.ledger, order_nos[reached..].to_vec())
+        .await
+        .unwrap();
+    assert!(unreached.iter().all(Option::is_none));
     app.cleanup().await;
 }

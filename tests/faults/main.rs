@@ -41,10 +41,17 @@ pub(crate) const REACH_WITHIN: Duration = Duration::from_secs(20);
 pub(crate) async fn ledger_len(rig: &Rig, event_id: i64) -> i64 {
     use fred::prelude::*;
     let client = rig.redis.client().await;
-    let n: i64 = client
-        .hlen(rig.keys().event(event_id).ledger)
+    // Intents only: the ledger's pin (lua/prelude.lua) is not one.
+    let n = match client
+        .hkeys::<Vec<String>, _>(rig.keys().event(event_id).ledger)
         .await
-        .unwrap_or(-1);
+    {
+        Ok(fields) => fields
+            .iter()
+            .filter(|f| f.parse::<uuid::Uuid>().is_ok())
+            .count() as i64,
+        Err(_) => -1,
+    };
     let _ = client.quit().await;
     n
 }

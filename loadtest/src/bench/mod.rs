@@ -26,7 +26,7 @@
 //! table); this file runs the phases in order.
 
 mod ablation;
-mod client;
+pub(crate) mod client;
 mod cpu;
 mod phase;
 mod report;

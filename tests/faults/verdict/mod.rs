@@ -282,7 +282,13 @@ impl Verdict {
         let stock: Option<i64> = client.get(keys.stock).await.expect("GET stock");
         let bought: HashMap<String, i64> =
             client.hgetall(keys.bought).await.expect("HGETALL bought");
-        let ledger: i64 = client.hlen(keys.ledger).await.expect("HLEN");
+        // Intents only: the ledger's pin (a field keeping it a hashtable,
+        // lua/prelude.lua) is not one.
+        let ledger_fields: Vec<String> = client.hkeys(keys.ledger).await.expect("HKEYS ledger");
+        let ledger = ledger_fields
+            .iter()
+            .filter(|f| f.parse::<uuid::Uuid>().is_ok())
+            .count() as i64;
         let _ = client.quit().await;
 
         let rows: Vec<(i64, i64)> = sqlx::query_as(
