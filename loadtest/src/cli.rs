@@ -116,7 +116,8 @@ enum Command {
     /// A sale bought by `--buyers` distinct shoppers, one unit each, as fast
     /// as `--connections` keep-alive connections go (the benchmark's lean
     /// client, tokens signed on the fly, no per-answer bookkeeping), then
-    /// drained and checked by the engine's invariant checker: the set-up of
+    /// drained and checked by the engine's invariant checker (unless
+    /// `--no-invariants`): the set-up of
     /// a sale of millions of buyers for `scripts/bench-bigsale.sh`. Prints
     /// one JSON line: {event_id, buyers, accepted, secs, rps, drain_secs}.
     Fill(Box<FillArgs>),
@@ -139,6 +140,10 @@ pub struct FillArgs {
     /// Longest wait for the writers to drain after the last purchase.
     #[arg(long, default_value_t = 1_800)]
     pub drain_timeout_secs: u64,
+    /// Skip the invariant checker at the end (the caller runs it; over
+    /// millions of orders its Postgres side takes minutes).
+    #[arg(long)]
+    pub no_invariants: bool,
 }
 
 /// Flags of `stalls`.

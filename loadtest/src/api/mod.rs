@@ -229,12 +229,23 @@ impl Api {
 
     /// The engine's own checker; `None` when this engine has no such route.
     pub async fn invariants(&self, event_id: i64) -> anyhow::Result<Option<Invariants>> {
+        self.invariants_within(event_id, Duration::from_secs(120))
+            .await
+    }
+
+    /// [`Api::invariants`], waiting up to `within` (the checker's Postgres
+    /// side reads the whole event: minutes over millions of orders).
+    pub async fn invariants_within(
+        &self,
+        event_id: i64,
+        within: Duration,
+    ) -> anyhow::Result<Option<Invariants>> {
         let url = self.url(&format!("/admin/events/{event_id}/invariants"));
         let probe = self
             .http
             .get(&url)
             .header(reqwest::header::AUTHORIZATION, self.admin.clone())
-            .timeout(Duration::from_secs(120))
+            .timeout(within)
             .send()
             .await
             .context("GET /admin/events/{id}/invariants: request failed")?;
