@@ -13,7 +13,10 @@
 //!                    │               bucket's hash tag (an event has 1..=64 stock
 //!                    │               buckets; home = user_id mod N): window, operator's
 //!                    │               pause, per-user limit, stock, decrement, buyer
-//!                    │               record, order intent in the bucket's ledger
+//!                    │               record, order intent in the bucket's ledger;
+//!                    │               the attempts on a bucket that arrive while its
+//!                    │               previous call is in Redis share the next call,
+//!                    │               each decided as if alone
 //!                    │
 //!                    │ home bucket dry, others not: transfer.lua moves stock
 //!                    │ ("out" on a donor, "in" on home, "done" on the donor;
@@ -27,15 +30,20 @@
 //!                                             │ one Postgres transaction per batch:
 //!                                             │ admission against the ledger, orders
 //!                                             │ (ON CONFLICT order_no), versioned wallet
-//!                                             │ debits, payments, events.sold,
-//!                                             │ one outbox row per order;
+//!                                             │ debits (wallet ledger rows), payments,
+//!                                             │ events.sold, the batch's outbox row;
 //!                                             │ cannot pay → order failed
 //!                                             ▼
 //!                                  ack the ledger (confirmed) / release.lua (failed)
 //!
-//! outbox relay (one leader, Redis lock): the batch transaction also wrote one
-//! outbox row per order (order.confirmed / order.failed); the relay publishes
-//! them to NATS JetStream in id order, awaits the acks, stamps them published.
+//! outbox relay (one leader, Redis lock): the batch transaction also wrote an
+//! outbox row naming its orders; the relay publishes one event per order
+//! (order.confirmed / order.failed, read back from `orders`) to NATS
+//! JetStream in id order, awaits the acks, stamps the rows published. It
+//! yields to a crowd of purchases, within a bounded lag.
+//!
+//! The writers, the relay, the reconciler and the dashboard sampler run on a
+//! runtime of their own threads, apart from the HTTP workers.
 //!
 //! reconciler (one leader, Redis lock): replays intents no writer persisted,
 //! acks intents already in Postgres, finishes refunds whose units a crash

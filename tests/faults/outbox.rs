@@ -66,10 +66,15 @@ async fn outbox_relay_killed_and_nats_restarted_mid_stream() {
     rig.start_engine(&[
         ("SECKILL_RECONCILE_INTERVAL_MS", "300"),
         ("SECKILL_NATS_URL", nats_url.as_str()),
+        // The relay publishes while the crowd buys (it would otherwise yield
+        // to it): this scenario is about its steps failing and recovering.
+        ("SECKILL_OUTBOX_YIELD_RPS", "0"),
     ])
     .await;
     let api = rig.api(0);
-    let sale = api.open_sale(1_500, 4_000).await;
+    // Long enough (at most 320 purchases/s) that events are still coming
+    // when NATS dies, after the relay has caught up from the engine kill.
+    let sale = api.open_sale(6_000, 12_000).await;
     let mut plan = LoadPlan::new(vec![rig.engines[0].url()]);
     plan.pace = Duration::from_millis(100);
     let load = Load::start(plan, &sale);
