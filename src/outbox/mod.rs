@@ -55,9 +55,10 @@ use crate::{
 };
 use broker::{Broker, BrokerError};
 
-/// Most outbox rows read in one step (a writer batch's row holds up to
-/// `SECKILL_BATCH_MAX` order events).
-const ROWS: i64 = 512;
+/// Most outbox rows read in one step: a writer batch's row names up to
+/// `SECKILL_BATCH_MAX` orders, so a few of them fill a step, and reading
+/// many more only to leave them for the next step would cost their arrays.
+const ROWS: i64 = 128;
 /// A step stops taking rows once they hold this many order events.
 const MESSAGES: usize = 2_048;
 /// Pause when nothing is owed.
