@@ -62,6 +62,13 @@ struct Attempt {
     answer: oneshot::Sender<Result<PurchaseOutcome, RedisError>>,
 }
 
+/// Where an attempt joins a busy lane's queue.
+#[derive(Clone, Copy)]
+enum Place {
+    Last,
+    First,
+}
+
 /// Attempts queued per bucket. A bucket has an entry exactly while a call
 /// for it is in Redis (its sender owns the queue's next turn).
 #[derive(Default)]
@@ -80,7 +87,32 @@ impl Redis {
         quantity: i32,
         order_no: Uuid,
     ) -> Result<PurchaseOutcome, RedisError> {
-        let bucket: Bucket = bucket.into();
+        self.purchase_in_lane(bucket.into(), user_id, quantity, order_no, Place::Last)
+            .await
+    }
+
+    /// [`Self::purchase`] ahead of the attempts already queued on the
+    /// bucket: for a shopper who has just moved units into it from another
+    /// bucket, so the shoppers queued there do not take them first.
+    pub async fn purchase_first(
+        &self,
+        bucket: Bucket,
+        user_id: i64,
+        quantity: i32,
+        order_no: Uuid,
+    ) -> Result<PurchaseOutcome, RedisError> {
+        self.purchase_in_lane(bucket, user_id, quantity, order_no, Place::First)
+            .await
+    }
+
+    async fn purchase_in_lane(
+        &self,
+        bucket: Bucket,
+        user_id: i64,
+        quantity: i32,
+        order_no: Uuid,
+        place: Place,
+    ) -> Result<PurchaseOutcome, RedisError> {
         let (answer, answered) = oneshot::channel();
         let attempt = Attempt {
             user_id,
@@ -93,7 +125,10 @@ impl Redis {
             match queued.get_mut(&bucket) {
                 Some(queue) => {
                     // A call is in Redis: ride with the next one.
-                    queue.push(attempt);
+                    match place {
+                        Place::Last => queue.push(attempt),
+                        Place::First => queue.insert(0, attempt),
+                    }
                     None
                 }
                 None => {

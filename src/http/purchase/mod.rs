@@ -295,20 +295,24 @@ pub(super) async fn take_stock(
 }
 
 /// Rounds of asking the other buckets before a purchase that keeps
-/// losing the units it moved home to other shoppers is answered sold out.
-const TRANSFER_ROUNDS: usize = 4;
+/// losing the units it moved home to other shoppers is answered 503.
+const TRANSFER_ROUNDS: usize = 8;
 
 /// The home bucket ran dry: stock moves from the other buckets, one at a
 /// time, until the purchase finds enough (each transfer takes half of what
-/// a bucket has left, so a bucket's own shoppers keep some). Other
-/// shoppers move and take units at the same time, so one pass over the
-/// buckets can miss units that landed behind it: after a pass the buckets
-/// are counted, and while they still hold enough, another pass follows (at
-/// most [`TRANSFER_ROUNDS`]). Sold out with `stock_left` 0 (which lets the
-/// caller set the local flag) only when no bucket has a unit and none is in
-/// flight. A bucket that cannot be reached (its primary failing over, or
-/// lost and not rebuilt) is skipped for the others; if none of them could
-/// serve, the answer is 503, not sold out.
+/// a bucket has left, so a bucket's own shoppers keep some). The attempt
+/// after a move goes ahead of the shoppers queued on the home bucket, so
+/// they do not take the units it brought. Other shoppers move and take
+/// units at the same time, so one pass over the buckets can miss units
+/// that landed behind it: after a pass the buckets are counted (a count
+/// that no transfer crossed, see [`units_everywhere`]), and while they
+/// still hold enough, another pass follows. Sold out only when that count
+/// is below the quantity (`stock_left` 0, which lets the caller set the
+/// local flag, when no bucket has a unit and none is in flight); a
+/// purchase that lost [`TRANSFER_ROUNDS`] passes in a row while units were
+/// left is answered 503 (retry), never sold out. A bucket that cannot be
+/// reached (its primary failing over, or lost and not rebuilt) is skipped
+/// for the others; if none of them could serve, the answer is 503 too.
 async fn buy_with_stock_from_other_buckets(
     app: &AppState,
     home: Bucket,
@@ -316,13 +320,12 @@ async fn buy_with_stock_from_other_buckets(
     quantity: i32,
     order_no: Uuid,
 ) -> Result<PurchaseOutcome, ApiError> {
-    let mut left = 0;
     for round in 0..TRANSFER_ROUNDS {
         if round > 0 {
             // Units may have landed at home meanwhile.
             let outcome = app
                 .redis
-                .purchase(home, user_id, quantity, order_no)
+                .purchase_first(home, user_id, quantity, order_no)
                 .await?;
             if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
                 return Ok(outcome);
@@ -346,7 +349,7 @@ async fn buy_with_stock_from_other_buckets(
             }
             let outcome = app
                 .redis
-                .purchase(home, user_id, quantity, order_no)
+                .purchase_first(home, user_id, quantity, order_no)
                 .await?;
             if !matches!(outcome, PurchaseOutcome::SoldOut { .. }) {
                 return Ok(outcome);
@@ -356,16 +359,45 @@ async fn buy_with_stock_from_other_buckets(
             // Some bucket could not be asked: not known to be sold out.
             return Err(err);
         }
-        left = 0;
-        for bucket in Bucket::all(home.event_id, home.of) {
-            let state = app.redis.sale_state(bucket).await?;
-            left += state.stock_left.unwrap_or(0).max(0) + state.in_flight;
-        }
-        if left < quantity as i64 {
-            break;
+        match units_everywhere(app, home).await? {
+            Some(left) if left < quantity as i64 => {
+                return Ok(PurchaseOutcome::SoldOut { stock_left: left })
+            }
+            // Enough left, or units kept moving while counted: again.
+            _ => {}
         }
     }
-    Ok(PurchaseOutcome::SoldOut { stock_left: left })
+    Err(ApiError::Unavailable(
+        "units are moving between the sale's stock buckets; retry".into(),
+    ))
+}
+
+/// Reads of all buckets made before a count is given up as moving.
+const COUNT_READS: usize = 4;
+
+/// The units in all of the event's buckets (stock plus units in flight
+/// between two of them, counted once), as at one instant: the buckets are
+/// read until two reads in a row see the same `transfer_seq` on every
+/// bucket, so no transfer step ran between them (a unit moved from a bucket
+/// not yet read into one already read would be missed by a single read).
+/// Purchases only take units, so a count they cross is an upper bound of
+/// what is left at its end, which is what sold out needs. `None`: transfers
+/// kept crossing the reads.
+async fn units_everywhere(app: &AppState, home: Bucket) -> Result<Option<i64>, ApiError> {
+    let mut seen: Option<Vec<i64>> = None;
+    for _ in 0..COUNT_READS {
+        let (mut left, mut steps) = (0, Vec::with_capacity(home.of as usize));
+        for bucket in Bucket::all(home.event_id, home.of) {
+            let state = app.redis.bucket_state(bucket).await?;
+            left += state.stock_left.unwrap_or(0).max(0) + state.in_flight;
+            steps.push(state.transfer_seq);
+        }
+        if seen.as_ref() == Some(&steps) {
+            return Ok(Some(left));
+        }
+        seen = Some(steps);
+    }
+    Ok(None)
 }
 
 /// What the local sold-out flag answers.
