@@ -257,24 +257,12 @@ async fn rebuild_fenced(
 /// that has not landed. Read until two reads agree on every bucket's
 /// `transfer_seq`, so no transfer moved in between.
 async fn accounted_units(redis: &Redis, buckets: &[Bucket]) -> Result<i64, LoadError> {
-    let read = || async {
-        let mut seqs = Vec::with_capacity(buckets.len());
-        let mut units = 0;
-        for &bucket in buckets {
-            let state = redis.bucket_state(bucket).await?;
-            seqs.push(state.transfer_seq);
-            units += state.total + state.in_flight;
-        }
-        Ok::<_, RedisError>((seqs, units))
-    };
-    let (mut seqs, mut units) = read().await?;
-    loop {
-        let (again, now) = read().await?;
-        if again == seqs {
-            return Ok(units);
-        }
-        (seqs, units) = (again, now);
-    }
+    // As many reads as it takes: this runs under the event's fence.
+    let states = redis
+        .bucket_states_between_transfers(buckets, usize::MAX)
+        .await?
+        .expect("reads end only when two agree");
+    Ok(states.iter().map(|s| s.total + s.in_flight).sum())
 }
 
 /// What [`settle_bucket_totals`] found and did.

@@ -154,6 +154,37 @@ impl Redis {
         Ok(state)
     }
 
+    /// Each bucket's [`Self::bucket_state`] as at one instant: the buckets
+    /// are read until two reads in a row see the same `transfer_seq` on
+    /// every bucket, so no transfer step ran between them (a unit moved from
+    /// a bucket not yet read into one already read would be missed by a
+    /// single read). At most `reads` reads; `None` when transfers kept
+    /// crossing them.
+    pub async fn bucket_states_between_transfers(
+        &self,
+        buckets: &[Bucket],
+        reads: usize,
+    ) -> Result<Option<Vec<super::SaleState>>, RedisError> {
+        let mut seen: Option<Vec<super::SaleState>> = None;
+        for _ in 0..reads {
+            let mut states = Vec::with_capacity(buckets.len());
+            for &bucket in buckets {
+                states.push(self.bucket_state(bucket).await?);
+            }
+            let same_steps = seen.as_ref().is_some_and(|before| {
+                before
+                    .iter()
+                    .map(|s| s.transfer_seq)
+                    .eq(states.iter().map(|s| s.transfer_seq))
+            });
+            if same_steps {
+                return Ok(Some(states));
+            }
+            seen = Some(states);
+        }
+        Ok(None)
+    }
+
     /// Units of the bucket's transfer records whose target has not got them.
     pub async fn unlanded_units(&self, bucket: Bucket) -> Result<i64, RedisError> {
         let mut units = 0;

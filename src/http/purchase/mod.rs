@@ -376,28 +376,23 @@ async fn buy_with_stock_from_other_buckets(
 const COUNT_READS: usize = 4;
 
 /// The units in all of the event's buckets (stock plus units in flight
-/// between two of them, counted once), as at one instant: the buckets are
-/// read until two reads in a row see the same `transfer_seq` on every
-/// bucket, so no transfer step ran between them (a unit moved from a bucket
-/// not yet read into one already read would be missed by a single read).
-/// Purchases only take units, so a count they cross is an upper bound of
-/// what is left at its end, which is what sold out needs. `None`: transfers
-/// kept crossing the reads.
+/// between two of them, counted once), as at one instant (see
+/// [`crate::redis::Redis::bucket_states_between_transfers`]). Purchases
+/// only take units, so a count they cross is an upper bound of what is left
+/// at its end, which is what sold out needs. `None`: transfers kept
+/// crossing the reads.
 async fn units_everywhere(app: &AppState, home: Bucket) -> Result<Option<i64>, ApiError> {
-    let mut seen: Option<Vec<i64>> = None;
-    for _ in 0..COUNT_READS {
-        let (mut left, mut steps) = (0, Vec::with_capacity(home.of as usize));
-        for bucket in Bucket::all(home.event_id, home.of) {
-            let state = app.redis.bucket_state(bucket).await?;
-            left += state.stock_left.unwrap_or(0).max(0) + state.in_flight;
-            steps.push(state.transfer_seq);
-        }
-        if seen.as_ref() == Some(&steps) {
-            return Ok(Some(left));
-        }
-        seen = Some(steps);
-    }
-    Ok(None)
+    let buckets: Vec<Bucket> = Bucket::all(home.event_id, home.of).collect();
+    let states = app
+        .redis
+        .bucket_states_between_transfers(&buckets, COUNT_READS)
+        .await?;
+    Ok(states.map(|states| {
+        states
+            .iter()
+            .map(|s| s.stock_left.unwrap_or(0).max(0) + s.in_flight)
+            .sum()
+    }))
 }
 
 /// What the local sold-out flag answers.
